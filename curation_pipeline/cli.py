@@ -1,0 +1,308 @@
+"""`curation`: a thin CLI that materializes through the same Definitions as the UI, on the same
+persistent Dagster instance, so every run it starts is recorded and visible in the UI.
+
+--json output goes to stdout alone; logs and progress go to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from importlib import resources as importlib_resources
+from pathlib import Path
+
+log = logging.getLogger("curation")
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def dagster_home() -> Path:
+    """$DAGSTER_HOME, else $CURATION_HOME/dagster_home; seeded with the packaged dagster.yaml."""
+    from curation_pipeline.resources.database import curation_home
+
+    home = Path(os.environ.get("DAGSTER_HOME") or curation_home() / "dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    target = home / "dagster.yaml"
+    if not target.exists():
+        source = importlib_resources.files("curation_pipeline") / "dagster.yaml"
+        target.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    return home
+
+
+def _instance():
+    import dagster as dg
+
+    dagster_home()
+    return dg.DagsterInstance.get()
+
+
+def _defs():
+    from curation_pipeline.definitions import defs
+
+    return defs
+
+
+def _run_job(job_name: str, partitions_def_name: str, partition_key: str, run_config: dict | None = None) -> dict:
+    """Add the dynamic partition if new and execute the job for it on the persistent instance."""
+    instance = _instance()
+    if not instance.has_dynamic_partition(partitions_def_name, partition_key):
+        instance.add_dynamic_partitions(partitions_def_name, [partition_key])
+    job = _defs().resolve_job_def(job_name)
+    started = time.perf_counter()
+    result = job.execute_in_process(instance=instance, partition_key=partition_key, run_config=run_config or {},
+                                    raise_on_error=False)
+    if not result.success:
+        failures = [ev for ev in result.all_events if ev.is_step_failure]
+        detail = "; ".join(
+            f"{ev.step_key}: {ev.step_failure_data.error.message.strip() if ev.step_failure_data.error else 'failed'}"
+            for ev in failures
+        ) or "see the run in the Dagster UI"
+        raise SystemExit(f"curation: run {result.run_id} of {job_name} for {partition_key!r} failed: {detail}")
+    metadata = {}
+    for ev in result.all_events:
+        if ev.is_step_materialization:
+            mat = ev.event_specific_data.materialization
+            metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+    _stderr(f"run {result.run_id} ({job_name}, {partition_key}) succeeded in {time.perf_counter() - started:.1f}s")
+    return metadata
+
+
+def _catalog():
+    from curation_pipeline.resources.catalog import Catalog
+    from curation_pipeline.resources.database import resolve_database_url
+
+    return Catalog(resolve_database_url())
+
+
+# ---- commands ------------------------------------------------------------------------------------
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from curation_pipeline.core.ids import validate_name
+
+    key = validate_name(args.drop, "drop key")
+    source = args.source
+    if "://" not in source:
+        path = Path(source).expanduser().resolve()
+        if not path.is_dir():
+            raise SystemExit(f"curation: drop source {source!r} is not a folder")
+        source = str(path)
+    _catalog().register_drop(key, source)
+    meta = _run_job("ingest_drop", "capture_drops", key)
+    if args.json:
+        print(json.dumps(meta, default=str))
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from curation_pipeline.core.ids import validate_name
+
+    name = validate_name(args.name, "selection name")
+    config = {"budget": args.budget, "min_distance": args.min_distance}
+    if args.drop:
+        config["drop_keys"] = args.drop
+    run_config = {"ops": {"curated_subset": {"config": config}}}
+    meta = _run_job("select_and_report", "selections", name, run_config)
+    report = meta.get("curation_report", {}).get("path")
+    _stderr(f"selection {name}: {meta.get('curated_subset', {}).get('selected')} images; report: {report}")
+    if args.json:
+        print(json.dumps(meta, default=str))
+    return 0
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    from curation_pipeline.core.ids import validate_name
+
+    name = validate_name(args.name, "retrieval name")
+    paths = [str(Path(p).expanduser().resolve()) for p in args.query]
+    run_config = {"ops": {"retrieval_set": {"config": {"query_paths": paths, "k": args.k}}}}
+    _run_job("retrieve", "retrieval_queries", name, run_config)
+    items = _catalog().retrieval_items(name)
+    if args.json:
+        print(json.dumps([{"rank": it["rank"], "similarity": round(it["similarity"], 6), "path": it["source_uri"]}
+                          for it in items]))
+    else:
+        for it in items:
+            print(f"{it['rank']:3d}  {it['similarity']:.4f}  {it['source_uri']}")
+    return 0
+
+
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    groups = _catalog().duplicate_groups(args.drop or None)
+    listing = [[g["representative"]["source_uri"]] + [m["source_uri"] for m in g["members"]] for g in groups]
+    if args.json:
+        print(json.dumps(listing))
+    else:
+        for g in groups:
+            print(g["representative"]["source_uri"])
+            for m in g["members"]:
+                print(f"    {m['tier']:<10} {m['similarity']:.4f}  {m['source_uri']}")
+    return 0
+
+
+def cmd_subset(args: argparse.Namespace) -> int:
+    catalog = _catalog()
+    if catalog.selection_info(args.name) is None:
+        raise SystemExit(f"curation: selection {args.name!r} does not exist: run `curation select --name {args.name}`")
+    items = catalog.selection_items(args.name)
+    if args.json:
+        print(json.dumps([it["source_uri"] for it in items]))
+    else:
+        for it in items:
+            print(f"{it['rank']:4d}  {it['source_uri']}")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from curation_pipeline.resources.database import resolve_database_url, stop_embedded_server
+
+    if args.action == "url":
+        print(resolve_database_url())
+    elif args.action == "stop":
+        _stderr("embedded PostgreSQL stopped" if stop_embedded_server() else "embedded PostgreSQL was not running")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    home = dagster_home()
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
+    cmd = [dagster, "dev", "-m", "curation_pipeline.definitions", "-h", args.host, "-p", str(args.port)]
+    _stderr(f"DAGSTER_HOME={home}; starting: {' '.join(cmd)}")
+    return subprocess.call(cmd, env=os.environ.copy())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from curation_pipeline.demo_data import build_demo_drops, score_dedup
+    from curation_pipeline.resources.database import curation_home
+
+    started = time.perf_counter()
+    root = curation_home() / "demo"
+    _stderr(f"building demo drops under {root}")
+    demo = build_demo_drops(root)
+    truth = json.loads(demo.ground_truth.read_text())["files"]
+    catalog = _catalog()
+    for key, path in demo.drops.items():
+        catalog.register_drop(key, str(path))
+        _stderr(f"ingesting {key} from {path}")
+        _run_job("ingest_drop", "capture_drops", key)
+    _run_job("select_and_report", "selections", "demo",
+             {"ops": {"curated_subset": {"config": {"budget": args.budget, "min_distance": 0.0}}}})
+    _run_job("retrieve", "retrieval_queries", "demo",
+             {"ops": {"retrieval_set": {"config": {"query_paths": [str(demo.query_image)], "k": 10}}}})
+
+    counts = catalog.corpus_counts()
+    groups = catalog.duplicate_groups()
+    member_to_rep = {}
+    for g in groups:
+        rep = f"{g['representative']['drop_key']}/{g['representative']['object_key']}"
+        for m in g["members"]:
+            member_to_rep[f"{m['drop_key']}/{m['object_key']}"] = rep
+    score = score_dedup(truth, member_to_rep)
+    subset = catalog.selection_items("demo")
+    top = catalog.retrieval_items("demo")
+    report = curation_home() / "reports" / "demo" / "index.html"
+    elapsed = time.perf_counter() - started
+    summary = {
+        "drops": counts["drops"],
+        "images_seen": counts["images"],
+        "corrupt_or_unsupported": counts["failed"],
+        "exact_duplicates": counts["exact_duplicates"],
+        "near_duplicates": counts["perceptual_duplicates"] + counts["semantic_duplicates"],
+        "near_duplicates_perceptual": counts["perceptual_duplicates"],
+        "near_duplicates_semantic": counts["semantic_duplicates"],
+        "duplicate_groups": len(groups),
+        "dedup_vs_planted": score,
+        "subset_size": len(subset),
+        "retrieval_top1": top[0]["object_key"] if top else None,
+        "report": str(report),
+        "wall_seconds": round(elapsed, 1),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print("\ncuration demo summary")
+        print(f"  drops ingested         {summary['drops']}")
+        print(f"  images seen            {summary['images_seen']}")
+        print(f"  corrupt / unsupported  {summary['corrupt_or_unsupported']}")
+        print(f"  exact duplicates       {summary['exact_duplicates']}")
+        print(f"  near duplicates        {summary['near_duplicates']} "
+              f"(perceptual {summary['near_duplicates_perceptual']}, semantic {summary['near_duplicates_semantic']})")
+        print(f"  vs planted             precision {score['precision']}, recall {score['recall']} "
+              f"({score['correct']} of {score['planted_duplicates']} planted found, {score['detected_duplicates']} flagged)")
+        print(f"  subset size            {summary['subset_size']}")
+        print(f"  retrieval top hit      {summary['retrieval_top1']}")
+        print(f"  report                 {summary['report']}")
+        print(f"  wall time              {summary['wall_seconds']} s")
+        print(f"  UI                     make ui  (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="curation", description="Image curation as Dagster assets.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="build sample drops from bundled photographs and run the whole graph")
+    d.add_argument("--budget", type=int, default=30)
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    i = sub.add_parser("ingest", help="register a drop and materialize manifest, embeddings and dedup for it")
+    i.add_argument("source", help="drop folder (local path)")
+    i.add_argument("--drop", required=True, help="partition key for the drop")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("select", help="materialize a named curated subset and its report")
+    s.add_argument("--budget", type=int, required=True)
+    s.add_argument("--min-distance", type=float, default=0.0)
+    s.add_argument("--name", default="default")
+    s.add_argument("--drop", action="append", help="restrict to this drop (repeatable)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_select)
+
+    r = sub.add_parser("retrieve", help="materialize a retrieval set for query image(s)")
+    r.add_argument("--query", action="append", required=True, help="query image path (repeatable)")
+    r.add_argument("--k", type=int, default=20)
+    r.add_argument("--name", default="default")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_retrieve)
+
+    dup = sub.add_parser("duplicates", help="print duplicate groups, representative first")
+    dup.add_argument("--drop", action="append")
+    dup.add_argument("--json", action="store_true")
+    dup.set_defaults(func=cmd_duplicates)
+
+    sb = sub.add_parser("subset", help="print a selection's images in rank order")
+    sb.add_argument("--name", default="default")
+    sb.add_argument("--json", action="store_true")
+    sb.set_defaults(func=cmd_subset)
+
+    db = sub.add_parser("db", help="the embedded database: print its URL or stop it")
+    db.add_argument("action", choices=["url", "stop"])
+    db.set_defaults(func=cmd_db)
+
+    ui = sub.add_parser("ui", help="open the Dagster UI on the same instance and database")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    dagster_home()
+    try:
+        return args.func(args)
+    except (ValueError, LookupError) as exc:
+        raise SystemExit(f"curation: {exc}") from exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""One manifest record per listed object: what it is, whether it is usable, and why not."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from .decode import STATUS_OK, DecodedImage, decode_image
+from .hashing import perceptual_hash, sha256_hex
+from .quality import quality_signals
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    object_key: str
+    bytes: int
+    sha256: str
+    status: str
+    error: str | None = None
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    mode: str | None = None
+    exif_datetime: datetime | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    phash: int | None = None
+    blur_variance: float | None = None
+    brightness: float | None = None
+    contrast: float | None = None
+    entropy: float | None = None
+    aspect_ratio: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def inspect_object(object_key: str, data: bytes) -> ManifestRecord:
+    """Decode, hash and measure one object's bytes. Never raises for bad content."""
+    digest = sha256_hex(data)
+    decoded = decode_image(data)
+    if not isinstance(decoded, DecodedImage):
+        return ManifestRecord(
+            object_key=object_key, bytes=len(data), sha256=digest,
+            status=decoded.status, error=decoded.error, format=decoded.format,
+        )
+    q = quality_signals(decoded.image)
+    return ManifestRecord(
+        object_key=object_key,
+        bytes=len(data),
+        sha256=digest,
+        status=STATUS_OK,
+        format=decoded.format,
+        width=decoded.width,
+        height=decoded.height,
+        mode=decoded.mode,
+        exif_datetime=decoded.exif_datetime,
+        camera_make=decoded.camera_make,
+        camera_model=decoded.camera_model,
+        phash=perceptual_hash(decoded.image),
+        blur_variance=q.blur_variance,
+        brightness=q.brightness,
+        contrast=q.contrast,
+        entropy=q.entropy,
+        aspect_ratio=q.aspect_ratio,
+    )

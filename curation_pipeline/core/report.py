@@ -1,0 +1,103 @@
+"""Static HTML and markdown for the curation report. Pure: data in, text out.
+
+Every user-controlled string (object keys, drop keys, errors, names) goes through html.escape;
+thumbnails are data: URIs built here from image bytes, so the page is self-contained."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from .decode import DecodedImage, decode_image
+
+
+def thumbnail_data_uri(data: bytes, max_side: int = 128, quality: int = 70) -> str | None:
+    """A small JPEG data: URI for image bytes, or None when they do not decode."""
+    decoded = decode_image(data)
+    if not isinstance(decoded, DecodedImage):
+        return None
+    img = decoded.image.copy()
+    img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+@dataclass
+class Tile:
+    caption: str
+    detail: str = ""
+    thumb: str | None = None  # data: URI
+
+
+@dataclass
+class ReportData:
+    title: str
+    generated_at: str
+    counts: dict[str, object]
+    selection: dict[str, object]
+    duplicate_groups: list[list[Tile]] = field(default_factory=list)  # representative first
+    subset: list[Tile] = field(default_factory=list)
+    failed: list[Tile] = field(default_factory=list)
+    groups_total: int = 0
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}
+h1{margin-bottom:4px} h2{margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse} td,th{border:1px solid #ddd;padding:4px 10px;text-align:left}
+.grid{display:flex;flex-wrap:wrap;gap:8px} .group{display:flex;gap:6px;align-items:flex-start;
+padding:8px;margin:8px 0;background:#fff;border:1px solid #e4e4e4;border-radius:6px;overflow-x:auto}
+.tile{width:136px;font-size:11px;word-break:break-all} .tile img{width:128px;height:128px;object-fit:contain;
+background:#eee;display:block} .rep img{outline:3px solid #2a7} .missing{width:128px;height:128px;
+background:#fdd;display:flex;align-items:center;justify-content:center}
+.muted{color:#777}
+"""
+
+
+def _tile(t: Tile, extra_class: str = "") -> str:
+    img = (f'<img src="{html.escape(t.thumb, quote=True)}" alt="{html.escape(t.caption, quote=True)}" loading="lazy">'
+           if t.thumb else '<div class="missing">no preview</div>')
+    detail = f'<div class="muted">{html.escape(t.detail)}</div>' if t.detail else ""
+    return f'<div class="tile {extra_class}">{img}<div>{html.escape(t.caption)}</div>{detail}</div>'
+
+
+def _table(rows: dict[str, object]) -> str:
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows.items())
+    return f"<table>{body}</table>"
+
+
+def render_html(data: ReportData) -> str:
+    groups = "".join(
+        '<div class="group">' + "".join(_tile(t, "rep" if i == 0 else "") for i, t in enumerate(g)) + "</div>"
+        for g in data.duplicate_groups
+    ) or '<p class="muted">No duplicates found.</p>'
+    shown = (f'<p class="muted">Showing {len(data.duplicate_groups)} of {data.groups_total} groups; '
+             "the representative is outlined and first.</p>")
+    subset = '<div class="grid">' + "".join(_tile(t) for t in data.subset) + "</div>"
+    failed = ('<div class="grid">' + "".join(_tile(t) for t in data.failed) + "</div>") if data.failed else \
+        '<p class="muted">No failed objects.</p>'
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(data.title)}</title>
+<style>{_CSS}</style></head><body>
+<h1>{html.escape(data.title)}</h1><p class="muted">generated {html.escape(data.generated_at)}</p>
+<h2 id="counts">Counts</h2>{_table(data.counts)}
+<h2 id="selection">Selection</h2>{_table(data.selection)}
+<h2 id="duplicates">Duplicate groups</h2>{shown}{groups}
+<h2 id="subset">Curated subset ({len(data.subset)} images, in pick order)</h2>{subset}
+<h2 id="failed">Failed objects</h2>{failed}
+</body></html>
+"""
+
+
+def render_markdown(data: ReportData, report_path: str, max_thumbs: int = 12) -> str:
+    lines = [f"### {data.title}", "", "| count | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in data.counts.items()]
+    lines += ["", f"Full report: `{report_path}`", "", "**Subset (first picks)**", ""]
+    thumbs = [t for t in data.subset if t.thumb][:max_thumbs]
+    lines.append(" ".join(f"![{t.caption.replace(']', '')}]({t.thumb})" for t in thumbs))
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Storage and model resources: they know databases, object stores and models, not assets."""

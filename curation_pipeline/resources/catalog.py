@@ -1,0 +1,523 @@
+"""Every SQL statement the pipeline runs, in one place.
+
+Rules: values (partition keys, names, model ids, paths) are always bound parameters; the only
+identifiers composed into SQL are index names built by code from a validated model id, quoted with
+psycopg.sql.Identifier. Every write that belongs to a partition is one transaction that replaces
+that partition's rows, so re-runs are idempotent and a crash leaves the previous state."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+from psycopg import sql
+
+from curation_pipeline.core.manifest import ManifestRecord
+
+from .database import connect
+
+_IMAGE_COLUMNS = (
+    "image_id", "drop_key", "object_key", "source_uri", "bytes", "etag", "sha256", "status", "error",
+    "format", "width", "height", "mode", "exif_datetime", "camera_make", "camera_model", "phash",
+    "blur_variance", "brightness", "contrast", "entropy", "aspect_ratio",
+)
+
+
+@dataclass(frozen=True)
+class EmbeddingSet:
+    """Vectors of one model for a set of images: what the pgvector IO manager stores and loads."""
+
+    model: str
+    image_ids: np.ndarray  # (n,) int64
+    sha256: list[str]
+    vectors: np.ndarray  # (n, dim) float32, unit norm
+    drop_keys: list[str]  # (n,) drop of each row
+
+    def __post_init__(self) -> None:
+        n = len(self.image_ids)
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != n or len(self.sha256) != n or len(self.drop_keys) != n:
+            raise ValueError(
+                f"EmbeddingSet for {self.model}: {n} ids, {len(self.sha256)} hashes, {len(self.drop_keys)} drops "
+                f"and vectors of shape {self.vectors.shape} do not line up"
+            )
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+@dataclass(frozen=True)
+class KeptImage:
+    image_id: int
+    drop_key: str
+    drop_ordinal: int
+    sha256: str
+    phash: int
+    pixels: int
+    sharpness: float
+    object_key: str
+
+
+def hnsw_index_name(model: str) -> str:
+    return "embeddings_hnsw_" + hashlib.sha1(model.encode("utf-8")).hexdigest()[:16]
+
+
+class Catalog:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def connection(self):
+        return connect(self.url)
+
+    # ---- drops -------------------------------------------------------------------------------
+    def register_drop(self, drop_key: str, source_uri: str | None) -> None:
+        with self.connection() as conn:
+            conn.execute(
+                "INSERT INTO drops (drop_key, source_uri) VALUES (%s, %s) ON CONFLICT (drop_key) DO UPDATE"
+                " SET source_uri = COALESCE(EXCLUDED.source_uri, drops.source_uri)",
+                (drop_key, source_uri),
+            )
+
+    def drop_source(self, drop_key: str) -> str | None:
+        with self.connection() as conn:
+            row = conn.execute("SELECT source_uri FROM drops WHERE drop_key = %s", (drop_key,)).fetchone()
+        return row[0] if row else None
+
+    def drops(self) -> list[tuple[str, int, str | None]]:
+        with self.connection() as conn:
+            return conn.execute("SELECT drop_key, ordinal, source_uri FROM drops ORDER BY ordinal").fetchall()
+
+    # ---- manifest ----------------------------------------------------------------------------
+    def replace_manifest(self, drop_key: str, rows: Sequence[tuple[int, str, ManifestRecord, str | None]]) -> dict:
+        """rows: (image_id, source_uri, record, etag). Upserts every row and deletes the drop's rows
+        whose objects are gone, in one transaction (ids are stable, so embeddings of unchanged
+        images survive a manifest re-run)."""
+        placeholders = ", ".join(["%s"] * len(_IMAGE_COLUMNS))
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _IMAGE_COLUMNS if c != "image_id")
+        insert = (
+            f"INSERT INTO images ({', '.join(_IMAGE_COLUMNS)}, ingested_at) VALUES ({placeholders}, now())"
+            f" ON CONFLICT (image_id) DO UPDATE SET {updates}, ingested_at = now()"
+        )
+        values = []
+        for image_id, source_uri, r, etag in rows:
+            values.append((
+                image_id, drop_key, r.object_key, source_uri, r.bytes, etag, r.sha256, r.status, r.error,
+                r.format, r.width, r.height, r.mode, r.exif_datetime, r.camera_make, r.camera_model, r.phash,
+                r.blur_variance, r.brightness, r.contrast, r.entropy, r.aspect_ratio,
+            ))
+        with self.connection() as conn, conn.transaction():
+            conn.execute("INSERT INTO drops (drop_key) VALUES (%s) ON CONFLICT DO NOTHING", (drop_key,))
+            with conn.cursor() as cur:
+                if values:
+                    cur.executemany(insert, values)
+            keep = [v[0] for v in values]
+            deleted = conn.execute(
+                "DELETE FROM images WHERE drop_key = %s AND NOT (image_id = ANY(%s))", (drop_key, keep)
+            ).rowcount
+        return {"upserted": len(values), "deleted_vanished": deleted}
+
+    def manifest_summary(self, drop_key: str) -> dict:
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT status, count(*), count(DISTINCT object_key) FROM images WHERE drop_key = %s GROUP BY status",
+                (drop_key,),
+            ).fetchall()
+            dup_keys = conn.execute(
+                "SELECT count(*) - count(DISTINCT object_key) FROM images WHERE drop_key = %s", (drop_key,)
+            ).fetchone()[0]
+        return {"by_status": {s: n for s, n, _ in rows}, "total": sum(n for _, n, _ in rows), "duplicate_keys": dup_keys}
+
+    def valid_images(self, drop_key: str) -> list[tuple[int, str, str, str]]:
+        """(image_id, object_key, sha256, source_uri) of the drop's decodable images."""
+        with self.connection() as conn:
+            return conn.execute(
+                "SELECT image_id, object_key, sha256, source_uri FROM images"
+                " WHERE drop_key = %s AND status = 'ok' ORDER BY object_key",
+                (drop_key,),
+            ).fetchall()
+
+    def images_by_id(self, image_ids: Iterable[int]) -> dict[int, dict]:
+        ids = [int(i) for i in image_ids]
+        with self.connection() as conn:
+            cur = conn.execute(
+                "SELECT image_id, drop_key, object_key, source_uri, sha256, status, error, width, height, format,"
+                " blur_variance, brightness FROM images WHERE image_id = ANY(%s)",
+                (ids,),
+            )
+            names = [d.name for d in cur.description]
+            return {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
+
+    def failed_images(self, drop_key: str | None = None) -> list[dict]:
+        with self.connection() as conn:
+            cur = conn.execute(
+                "SELECT drop_key, object_key, source_uri, status, error, bytes FROM images"
+                " WHERE status <> 'ok' AND (%s::text IS NULL OR drop_key = %s) ORDER BY drop_key, object_key",
+                (drop_key, drop_key),
+            )
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    # ---- embedding models --------------------------------------------------------------------
+    def register_model(self, model: str, backend: str, dim: int, description: str) -> None:
+        """Record the model and create its partial HNSW index (cosine) on first use. A model id that
+        exists with another dimension is a configuration error, reported as such."""
+        index_name = hnsw_index_name(model)
+        with self.connection() as conn, conn.transaction():
+            row = conn.execute("SELECT dim FROM embedding_models WHERE model = %s", (model,)).fetchone()
+            if row is not None:
+                if row[0] != dim:
+                    raise ValueError(
+                        f"model {model!r} is stored with dimension {row[0]} but the embedder produces {dim}: "
+                        "use a different model id for a different model"
+                    )
+                return
+            conn.execute(
+                "INSERT INTO embedding_models (model, backend, dim, description, index_name) VALUES (%s, %s, %s, %s, %s)",
+                (model, backend, dim, description, index_name),
+            )
+            # CREATE INDEX cannot take bind parameters: the predicate is a quoted literal of the
+            # validated model id, the name is derived by code, the dimension is an int.
+            conn.execute(
+                sql.SQL(
+                    "CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw ((embedding::vector({dim})) vector_cosine_ops)"
+                    " WHERE model = {model}"
+                ).format(name=sql.Identifier(index_name), dim=sql.Literal(int(dim)), model=sql.Literal(model))
+            )
+
+    def model_dim(self, model: str) -> int:
+        with self.connection() as conn:
+            row = conn.execute("SELECT dim FROM embedding_models WHERE model = %s", (model,)).fetchone()
+        if row is None:
+            raise LookupError(f"no embeddings stored for model {model!r}: materialize image_embeddings first")
+        return int(row[0])
+
+    # ---- embeddings --------------------------------------------------------------------------
+    def cached_vectors(self, model: str, sha256s: Sequence[str]) -> dict[str, np.ndarray]:
+        """Vectors already computed by `model` for identical content, from any drop."""
+        if not sha256s:
+            return {}
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT ON (sha256) sha256, embedding FROM embeddings WHERE model = %s AND sha256 = ANY(%s)",
+                (model, list(sha256s)),
+            ).fetchall()
+        return {h: np.asarray(v.to_numpy(), dtype=np.float32) for h, v in rows}
+
+    def replace_embeddings(self, drop_key: str, emb: EmbeddingSet) -> int:
+        with self.connection() as conn, conn.transaction():
+            conn.execute("DELETE FROM embeddings WHERE drop_key = %s AND model = %s", (drop_key, emb.model))
+            with conn.cursor() as cur, cur.copy(
+                "COPY embeddings (image_id, model, drop_key, sha256, embedding) FROM STDIN WITH (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["int8", "text", "text", "text", "vector"])
+                for image_id, h, vec in zip(emb.image_ids.tolist(), emb.sha256, emb.vectors):
+                    copy.write_row((image_id, emb.model, drop_key, h, vec))
+        return len(emb)
+
+    def load_embeddings(self, drop_keys: Sequence[str], model: str | None = None) -> EmbeddingSet:
+        with self.connection() as conn:
+            if model is None:
+                models = conn.execute(
+                    "SELECT DISTINCT model FROM embeddings WHERE drop_key = ANY(%s)", (list(drop_keys),)
+                ).fetchall()
+                if len(models) != 1:
+                    raise LookupError(
+                        f"drops {list(drop_keys)} have embeddings of {len(models)} models "
+                        f"({[m[0] for m in models]}): name the model"
+                    )
+                model = models[0][0]
+            rows = conn.execute(
+                "SELECT image_id, sha256, drop_key, embedding FROM embeddings"
+                " WHERE drop_key = ANY(%s) AND model = %s ORDER BY drop_key, image_id",
+                (list(drop_keys), model),
+            ).fetchall()
+        dim = self.model_dim(model) if not rows else len(rows[0][3].to_numpy())
+        vectors = np.stack([r[3].to_numpy() for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+        return EmbeddingSet(model, np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows], vectors,
+                            [r[2] for r in rows])
+
+    def nearest(self, model: str, queries: np.ndarray, k: int, *, drop_keys: Sequence[str] | None = None,
+                ef_search: int = 100) -> list[list[tuple[int, float]]]:
+        """For each query row of (m, dim), the top-k (image_id, cosine similarity) through the
+        model's HNSW index, on one connection. A drop filter is applied with pgvector's iterative
+        index scan, so filtered queries still return k rows when k exist."""
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        dim = int(q.shape[1])
+        stmt = sql.SQL(
+            "SELECT image_id, 1 - (embedding::vector({dim}) <=> %s::vector({dim})) AS sim FROM embeddings"
+            " WHERE model = %s AND (%s::text[] IS NULL OR drop_key = ANY(%s::text[]))"
+            " ORDER BY embedding::vector({dim}) <=> %s::vector({dim}) LIMIT %s"
+        ).format(dim=sql.Literal(dim))
+        keys = list(drop_keys) if drop_keys is not None else None
+        results = []
+        with self.connection() as conn, conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(min(1000, max(ef_search, k))))))
+            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            # Custom plans see the model literal, so the planner can match the partial HNSW index.
+            conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            for row in q:
+                rows = conn.execute(stmt, (row, model, keys, keys, row, int(k))).fetchall()
+                # relaxed_order may return rows slightly out of order: sort on the exact similarity.
+                results.append(sorted(((int(i), float(s)) for i, s in rows), key=lambda t: -t[1]))
+        return results
+
+    # ---- dedup -------------------------------------------------------------------------------
+    def earlier_drops(self, drop_key: str) -> list[str]:
+        with self.connection() as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT drop_key FROM drops WHERE ordinal < (SELECT ordinal FROM drops WHERE drop_key = %s)"
+                " ORDER BY ordinal",
+                (drop_key,),
+            ).fetchall()]
+
+    def dedup_candidates(self, drop_key: str, model: str) -> list[KeptImage]:
+        """The drop's own valid, embedded images."""
+        return self._kept_query(
+            "WHERE i.drop_key = %s AND i.status = 'ok' AND e.model = %s", (drop_key, model)
+        )
+
+    def kept_images(self, image_ids: Sequence[int], model: str) -> list[KeptImage]:
+        """Of the given images, those that are kept (a representative, or never deduplicated)."""
+        return self._kept_query(
+            "LEFT JOIN dedup_members m ON m.image_id = i.image_id"
+            " WHERE i.image_id = ANY(%s) AND e.model = %s AND (m.image_id IS NULL OR m.is_representative)",
+            (list(map(int, image_ids)), model),
+        )
+
+    def kept_images_with_hashes(self, drop_keys: Sequence[str], sha256s: Sequence[str], model: str) -> list[KeptImage]:
+        """Kept images of the given drops whose content hash is one of `sha256s` (exact tier)."""
+        return self._kept_query(
+            "LEFT JOIN dedup_members m ON m.image_id = i.image_id"
+            " WHERE i.drop_key = ANY(%s) AND i.sha256 = ANY(%s) AND e.model = %s"
+            " AND (m.image_id IS NULL OR m.is_representative)",
+            (list(drop_keys), list(sha256s), model),
+        )
+
+    def kept_phashes(self, drop_keys: Sequence[str], model: str) -> tuple[np.ndarray, np.ndarray]:
+        """(image_ids, phash) int64 arrays of kept images in the given drops (8 bytes each: a
+        million images is 16 MB, so the perceptual tier scans them in numpy)."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT i.image_id, i.phash FROM images i JOIN embeddings e ON e.image_id = i.image_id"
+                " LEFT JOIN dedup_members m ON m.image_id = i.image_id"
+                " WHERE i.drop_key = ANY(%s) AND i.status = 'ok' AND e.model = %s"
+                " AND (m.image_id IS NULL OR m.is_representative)",
+                (list(drop_keys), model),
+            ).fetchall()
+        ids = np.asarray([r[0] for r in rows], dtype=np.int64)
+        return ids, np.asarray([r[1] for r in rows], dtype=np.int64)
+
+    def representatives_of(self, image_ids: Sequence[int]) -> dict[int, int]:
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT image_id, representative_id FROM dedup_members WHERE image_id = ANY(%s)",
+                (list(map(int, image_ids)),),
+            ).fetchall()
+        return {int(a): int(b) for a, b in rows}
+
+    def vectors_for(self, image_ids: Sequence[int], model: str) -> dict[int, np.ndarray]:
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT image_id, embedding FROM embeddings WHERE image_id = ANY(%s) AND model = %s",
+                (list(map(int, image_ids)), model),
+            ).fetchall()
+        return {int(i): np.asarray(v.to_numpy(), dtype=np.float32) for i, v in rows}
+
+    def _kept_query(self, where: str, params: tuple) -> list[KeptImage]:
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT i.image_id, i.drop_key, d.ordinal, i.sha256, i.phash, i.width::bigint * i.height,"
+                " coalesce(i.blur_variance, 0), i.object_key"
+                " FROM images i JOIN drops d ON d.drop_key = i.drop_key"
+                " JOIN embeddings e ON e.image_id = i.image_id " + where + " ORDER BY i.image_id",
+                params,
+            ).fetchall()
+        return [KeptImage(int(r[0]), r[1], int(r[2]), r[3], int(r[4]), int(r[5]), float(r[6]) / (float(r[6]) + 100.0),
+                          r[7]) for r in rows]
+
+    def replace_dedup(self, drop_key: str, model: str, rows: Sequence[tuple[int, int, bool, str | None, float]]) -> int:
+        """rows: (image_id, representative_id, is_representative, tier, similarity)."""
+        with self.connection() as conn, conn.transaction():
+            conn.execute("DELETE FROM dedup_members WHERE drop_key = %s", (drop_key,))
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO dedup_members (image_id, drop_key, model, representative_id, is_representative, tier,"
+                    " similarity) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    [(i, drop_key, model, r, rep, t, s) for i, r, rep, t, s in rows],
+                )
+        return len(rows)
+
+    def duplicate_groups(self, drop_keys: Sequence[str] | None = None) -> list[dict]:
+        """Groups with at least one duplicate: representative first, members by similarity."""
+        keys = list(drop_keys) if drop_keys is not None else None
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT m.representative_id, m.image_id, m.tier, m.similarity, i.source_uri, i.object_key, i.drop_key"
+                " FROM dedup_members m JOIN images i ON i.image_id = m.image_id"
+                " WHERE NOT m.is_representative AND (%s::text[] IS NULL OR m.drop_key = ANY(%s::text[]))"
+                " ORDER BY m.representative_id, m.similarity DESC, i.object_key",
+                (keys, keys),
+            ).fetchall()
+            reps = {int(r[0]) for r in rows}
+            rep_rows = conn.execute(
+                "SELECT image_id, source_uri, object_key, drop_key FROM images WHERE image_id = ANY(%s)", (list(reps),)
+            ).fetchall()
+        rep_info = {int(r[0]): {"image_id": int(r[0]), "source_uri": r[1], "object_key": r[2], "drop_key": r[3]}
+                    for r in rep_rows}
+        groups: dict[int, dict] = {}
+        for rep, image_id, tier, sim, uri, key, drop in rows:
+            group = groups.setdefault(int(rep), {"representative": rep_info[int(rep)], "members": []})
+            group["members"].append({"image_id": int(image_id), "tier": tier, "similarity": float(sim),
+                                     "source_uri": uri, "object_key": key, "drop_key": drop})
+        return sorted(groups.values(), key=lambda g: (-len(g["members"]), g["representative"]["source_uri"]))
+
+    def dedup_summary(self, drop_key: str) -> dict:
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT coalesce(tier, 'representative'), count(*) FROM dedup_members WHERE drop_key = %s GROUP BY 1",
+                (drop_key,),
+            ).fetchall()
+            cross = conn.execute(
+                "SELECT count(*) FROM dedup_members m JOIN images r ON r.image_id = m.representative_id"
+                " WHERE m.drop_key = %s AND r.drop_key <> m.drop_key",
+                (drop_key,),
+            ).fetchone()[0]
+        out = {k: int(v) for k, v in rows}
+        out["matched_earlier_drops"] = int(cross)
+        return out
+
+    def dedup_violations(self, drop_key: str, model: str, min_cosine: float, max_hamming: int) -> dict:
+        """Figures the dedup checks assert on: images of the drop without exactly one dedup row,
+        and members whose recorded similarity to their representative is below their tier's bar."""
+        with self.connection() as conn:
+            unassigned = conn.execute(
+                "SELECT count(*) FROM images i LEFT JOIN dedup_members m ON m.image_id = i.image_id"
+                " JOIN embeddings e ON e.image_id = i.image_id AND e.model = %s"
+                " WHERE i.drop_key = %s AND i.status = 'ok' AND m.image_id IS NULL",
+                (model, drop_key),
+            ).fetchone()[0]
+            weak = conn.execute(
+                "SELECT count(*) FROM dedup_members WHERE drop_key = %s AND NOT is_representative AND"
+                " ((tier = 'semantic' AND similarity < %s) OR (tier = 'perceptual' AND similarity < %s))",
+                (drop_key, min_cosine - 1e-6, 1.0 - max_hamming / 64.0 - 1e-9),
+            ).fetchone()[0]
+            dangling = conn.execute(
+                "SELECT count(*) FROM dedup_members m LEFT JOIN images r ON r.image_id = m.representative_id"
+                " WHERE m.drop_key = %s AND r.image_id IS NULL",
+                (drop_key,),
+            ).fetchone()[0]
+        return {"unassigned": int(unassigned), "below_threshold": int(weak), "dangling_representatives": int(dangling)}
+
+    def selected_duplicates(self, name: str) -> int:
+        """Selected images that are duplicates of another image (should be 0)."""
+        with self.connection() as conn:
+            return int(conn.execute(
+                "SELECT count(*) FROM selection_items s JOIN dedup_members m ON m.image_id = s.image_id"
+                " WHERE s.name = %s AND NOT m.is_representative",
+                (name,),
+            ).fetchone()[0])
+
+    # ---- selection ---------------------------------------------------------------------------
+    def selection_pool(self, model: str, drop_keys: Sequence[str] | None = None) -> EmbeddingSet:
+        """Valid, embedded images that are not duplicates of another image."""
+        keys = list(drop_keys) if drop_keys is not None else None
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT e.image_id, e.sha256, e.drop_key, e.embedding FROM embeddings e"
+                " JOIN images i ON i.image_id = e.image_id"
+                " LEFT JOIN dedup_members m ON m.image_id = e.image_id"
+                " WHERE e.model = %s AND i.status = 'ok' AND (m.image_id IS NULL OR m.is_representative)"
+                " AND (%s::text[] IS NULL OR e.drop_key = ANY(%s::text[])) ORDER BY e.image_id",
+                (model, keys, keys),
+            ).fetchall()
+        dim = self.model_dim(model)
+        vectors = np.stack([r[3].to_numpy() for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+        return EmbeddingSet(model, np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows], vectors,
+                            [r[2] for r in rows])
+
+    def replace_selection(self, name: str, model: str, strategy: str, config: dict, pool_size: int,
+                          image_ids: Sequence[int], distances: Sequence[float]) -> int:
+        with self.connection() as conn, conn.transaction():
+            conn.execute("DELETE FROM selections WHERE name = %s", (name,))
+            conn.execute(
+                "INSERT INTO selections (name, model, strategy, config, pool_size) VALUES (%s, %s, %s, %s, %s)",
+                (name, model, strategy, json.dumps(config), pool_size),
+            )
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO selection_items (name, rank, image_id, distance_at_pick) VALUES (%s, %s, %s, %s)",
+                    [(name, rank, int(i), None if not np.isfinite(d) else float(d))
+                     for rank, (i, d) in enumerate(zip(image_ids, distances), start=1)],
+                )
+        return len(image_ids)
+
+    def selection_items(self, name: str) -> list[dict]:
+        with self.connection() as conn:
+            cur = conn.execute(
+                "SELECT s.rank, s.image_id, s.distance_at_pick, i.source_uri, i.object_key, i.drop_key"
+                " FROM selection_items s JOIN images i ON i.image_id = s.image_id WHERE s.name = %s ORDER BY s.rank",
+                (name,),
+            )
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def selection_info(self, name: str) -> dict | None:
+        with self.connection() as conn:
+            row = conn.execute(
+                "SELECT model, strategy, config, pool_size, created_at FROM selections WHERE name = %s", (name,)
+            ).fetchone()
+        if row is None:
+            return None
+        return {"model": row[0], "strategy": row[1], "config": row[2], "pool_size": row[3], "created_at": row[4]}
+
+    def latest_model(self) -> str | None:
+        with self.connection() as conn:
+            row = conn.execute(
+                "SELECT model FROM embeddings GROUP BY model ORDER BY max(created_at) DESC LIMIT 1"
+            ).fetchone()
+        return row[0] if row else None
+
+    # ---- retrieval ---------------------------------------------------------------------------
+    def replace_retrieval(self, name: str, model: str, config: dict,
+                          results: Sequence[tuple[int, float, str]]) -> int:
+        with self.connection() as conn, conn.transaction():
+            conn.execute("DELETE FROM retrievals WHERE name = %s", (name,))
+            conn.execute("INSERT INTO retrievals (name, model, config) VALUES (%s, %s, %s)",
+                         (name, model, json.dumps(config)))
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO retrieval_items (name, rank, image_id, similarity, query_ref) VALUES (%s, %s, %s, %s, %s)",
+                    [(name, rank, int(i), float(s), q) for rank, (i, s, q) in enumerate(results, start=1)],
+                )
+        return len(results)
+
+    def retrieval_items(self, name: str) -> list[dict]:
+        with self.connection() as conn:
+            cur = conn.execute(
+                "SELECT r.rank, r.image_id, r.similarity, r.query_ref, i.source_uri, i.object_key, i.drop_key"
+                " FROM retrieval_items r JOIN images i ON i.image_id = r.image_id WHERE r.name = %s ORDER BY r.rank",
+                (name,),
+            )
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    # ---- report ------------------------------------------------------------------------------
+    def corpus_counts(self) -> dict:
+        with self.connection() as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM drops), (SELECT count(*) FROM images),"
+                " (SELECT count(*) FROM images WHERE status <> 'ok'),"
+                " (SELECT count(*) FROM dedup_members WHERE tier = 'exact'),"
+                " (SELECT count(*) FROM dedup_members WHERE tier = 'perceptual'),"
+                " (SELECT count(*) FROM dedup_members WHERE tier = 'semantic'),"
+                " (SELECT count(*) FROM embeddings)"
+            ).fetchone()
+        keys = ["drops", "images", "failed", "exact_duplicates", "perceptual_duplicates", "semantic_duplicates",
+                "embeddings"]
+        return dict(zip(keys, map(int, row)))

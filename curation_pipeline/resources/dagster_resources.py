@@ -1,0 +1,77 @@
+"""Dagster resources: configuration surfaces over the plain classes in this package."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Optional
+
+import dagster as dg
+
+from curation_pipeline.core.ids import validate_name
+
+from .catalog import Catalog
+from .database import curation_home, resolve_database_url
+from .embedders import Embedder, OfflineEmbedder, OpenClipEmbedder, TransformersEmbedder
+from .image_store import ImageStore, store_for
+
+
+class DatabaseResource(dg.ConfigurableResource):
+    """PostgreSQL + pgvector. `url` (or $DATABASE_URL) names any server; empty starts the embedded one."""
+
+    url: Optional[str] = None
+
+    def catalog(self) -> Catalog:
+        return Catalog(resolve_database_url(self.url))
+
+
+class ImageStoreResource(dg.ConfigurableResource):
+    """Resolves a drop key to its location and gives the store that reads it. A drop registered
+    with an explicit source (CLI `ingest`, sensors) uses that; otherwise `<drop_root>/<drop_key>`."""
+
+    drop_root: Optional[str] = None
+
+    def location_for(self, drop_key: str, registered_source: Optional[str]) -> str:
+        validate_name(drop_key, "drop key")
+        if registered_source:
+            return registered_source
+        root = self.drop_root or os.environ.get("CURATION_DROP_ROOT") or str(curation_home() / "drops")
+        return str(Path(root) / drop_key) if "://" not in root else root.rstrip("/") + "/" + drop_key
+
+    def store(self, location: str) -> ImageStore:
+        return store_for(location)
+
+
+@lru_cache(maxsize=4)
+def _load_embedder(backend: str, model_name: str, pretrained: str, model_config_path: str, device: str,
+                   batch_size: int) -> Embedder:
+    if backend == "offline":
+        return OfflineEmbedder()
+    if backend == "open_clip":
+        return OpenClipEmbedder(model_name, pretrained or None, model_config_path=model_config_path or None,
+                                device=device, batch_size=batch_size)
+    if backend == "transformers":
+        return TransformersEmbedder(model_name, device=device, batch_size=batch_size)
+    raise ValueError(f"unknown embedder backend {backend!r}: use offline, open_clip or transformers")
+
+
+class EmbedderResource(dg.ConfigurableResource):
+    """Which model embeds images. Loaded once per process and reused across partitions.
+
+    backend: offline | open_clip | transformers.
+    model_name: open_clip architecture (ViT-B-32) or a transformers hub id / local directory.
+    pretrained: open_clip pretrained tag (laion2b_s34b_b79k) or a local checkpoint file."""
+
+    backend: Literal["offline", "open_clip", "transformers"] = "offline"
+    model_name: str = ""
+    pretrained: str = ""
+    model_config_path: str = ""
+    device: str = "auto"
+    batch_size: int = 32
+
+    def load(self) -> Embedder:
+        if self.backend != "offline" and not self.model_name:
+            raise ValueError(f"embedder backend {self.backend!r} needs model_name (e.g. ViT-B-32 or facebook/dinov2-small)")
+        return _load_embedder(self.backend, self.model_name, self.pretrained, self.model_config_path, self.device,
+                              self.batch_size)

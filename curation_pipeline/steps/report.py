@@ -1,0 +1,77 @@
+"""Gather what the report shows and write it to disk."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+from curation_pipeline.core.report import ReportData, Tile, render_html, render_markdown, thumbnail_data_uri
+from curation_pipeline.resources.catalog import Catalog
+from curation_pipeline.resources.image_store import store_for
+
+log = logging.getLogger(__name__)
+
+
+def _thumb(uri: str, side: int) -> str | None:
+    try:
+        return thumbnail_data_uri(store_for(uri).read_uri(uri), max_side=side)
+    except (OSError, ValueError, NotImplementedError):
+        return None
+
+
+def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_groups: int = 50,
+                 max_subset: int = 200, thumb_side: int = 128, logger: logging.Logger = log) -> dict:
+    info = catalog.selection_info(selection_name)
+    if info is None:
+        raise LookupError(f"selection {selection_name!r} does not exist: materialize curated_subset first")
+    counts = catalog.corpus_counts()
+    groups = catalog.duplicate_groups()
+    items = catalog.selection_items(selection_name)
+    failed = catalog.failed_images()
+
+    dup_tiles = []
+    for g in groups[:max_groups]:
+        rep = g["representative"]
+        tiles = [Tile(f"{rep['drop_key']}/{rep['object_key']}", "representative", _thumb(rep["source_uri"], thumb_side))]
+        tiles += [Tile(f"{m['drop_key']}/{m['object_key']}", f"{m['tier']} {m['similarity']:.3f}",
+                       _thumb(m["source_uri"], thumb_side)) for m in g["members"]]
+        dup_tiles.append(tiles)
+    subset_tiles = [
+        Tile(f"#{it['rank']} {it['drop_key']}/{it['object_key']}",
+             "first pick" if it["distance_at_pick"] is None else f"dist {it['distance_at_pick']:.3f}",
+             _thumb(it["source_uri"], thumb_side))
+        for it in items[:max_subset]
+    ]
+    failed_tiles = [Tile(f"{f['drop_key']}/{f['object_key']}", f"{f['status']}: {f['error']}") for f in failed]
+
+    data = ReportData(
+        title=f"Curation report: {selection_name}",
+        generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        counts={**counts, "duplicate_groups": len(groups), "subset_size": len(items)},
+        selection={"name": selection_name, "strategy": info["strategy"], "model": info["model"],
+                   "pool_size": info["pool_size"], **{k: v for k, v in info["config"].items() if k != "model"}},
+        duplicate_groups=dup_tiles,
+        subset=subset_tiles,
+        failed=failed_tiles,
+        groups_total=len(groups),
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "index.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(render_html(data), encoding="utf-8")
+    tmp.replace(path)  # a reader never sees a half-written report
+    markdown = render_markdown(data, str(path))
+    logger.info("report for %s written to %s", selection_name, path)
+    return {
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "markdown": markdown,
+        "duplicate_groups": len(groups),
+        "groups_shown": len(dup_tiles),
+        "subset_shown": len(subset_tiles),
+        "thumbnails_missing": sum(1 for t in subset_tiles if t.thumb is None)
+        + sum(1 for g in dup_tiles for t in g if t.thumb is None),
+        "failed_objects": len(failed_tiles),
+        "counts": data.counts,
+    }

@@ -1,0 +1,56 @@
+"""Find the images nearest to one or more query images."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from curation_pipeline.core.decode import DecodedImage, decode_image
+from curation_pipeline.resources.catalog import Catalog
+from curation_pipeline.resources.embedders import Embedder
+
+log = logging.getLogger(__name__)
+
+
+def retrieve_similar(catalog: Catalog, embedder: Embedder, name: str, query_paths: list[str], *, k: int = 20,
+                     drop_keys: list[str] | None = None, logger: logging.Logger = log) -> dict:
+    if not query_paths:
+        raise ValueError(f"retrieval {name!r}: give at least one query image path")
+    if k < 1:
+        raise ValueError(f"retrieval {name!r}: k must be at least 1, got {k}")
+    started = time.perf_counter()
+    images, refs = [], []
+    for path in query_paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"retrieval {name!r}: cannot read query image {path!r}: {exc}") from exc
+        decoded = decode_image(data)
+        if not isinstance(decoded, DecodedImage):
+            raise ValueError(f"retrieval {name!r}: query image {path!r} is unusable: {decoded.error}")
+        images.append(decoded.image)
+        refs.append(str(path))
+    catalog.model_dim(embedder.model_id)  # clear error if nothing was embedded with this model yet
+    queries = embedder.embed_images(images)
+    best: dict[int, tuple[float, str]] = {}
+    for ref, hits in zip(refs, catalog.nearest(embedder.model_id, queries, k, drop_keys=drop_keys)):
+        for image_id, sim in hits:
+            if image_id not in best or sim > best[image_id][0]:
+                best[image_id] = (sim, ref)
+    ranked = sorted(best.items(), key=lambda t: (-t[1][0], t[0]))[:k]
+    results = [(image_id, sim, ref) for image_id, (sim, ref) in ranked]
+    config = {"queries": refs, "k": k, "drop_keys": drop_keys, "model": embedder.model_id}
+    catalog.replace_retrieval(name, embedder.model_id, config, results)
+    stats = {
+        "retrieval": name,
+        "queries": len(refs),
+        "k": k,
+        "results": len(results),
+        "top_similarity": results[0][1] if results else None,
+        "kth_similarity": results[-1][1] if results else None,
+        "model": embedder.model_id,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    logger.info("retrieval %s: %s", name, stats)
+    return stats
