@@ -7,8 +7,10 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-export CURATION_HOME ?= $(CURDIR)/.curation
-export DAGSTER_HOME ?= $(CURATION_HOME)/dagster_home
+# Local state for the demo and the UI (tests make their own in temp dirs).
+LOCAL_HOME := $(if $(CURATION_HOME),$(CURATION_HOME),$(CURDIR)/.curation)
+demo ui db-stop clean: export CURATION_HOME := $(LOCAL_HOME)
+demo ui db-stop clean: export DAGSTER_HOME := $(if $(DAGSTER_HOME),$(DAGSTER_HOME),$(LOCAL_HOME)/dagster_home)
 
 STAMP := $(VENV)/.installed
 
@@ -40,4 +42,4 @@ lint: $(STAMP)
 
 clean:
 	-$(BIN)/curation db stop
-	rm -rf $(CURATION_HOME)
+	rm -rf $(LOCAL_HOME)

@@ -57,7 +57,9 @@ def _run_job(job_name: str, partitions_def_name: str, partition_key: str, run_co
         instance.add_dynamic_partitions(partitions_def_name, [partition_key])
     job = _defs().resolve_job_def(job_name)
     started = time.perf_counter()
-    result = job.execute_in_process(instance=instance, partition_key=partition_key, run_config=run_config or {},
+    # INFO, not DEBUG, on the console: per-batch progress without every engine event.
+    config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
+    result = job.execute_in_process(instance=instance, partition_key=partition_key, run_config=config,
                                     raise_on_error=False)
     if not result.success:
         failures = [ev for ev in result.all_events if ev.is_step_failure]

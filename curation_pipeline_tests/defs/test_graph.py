@@ -162,13 +162,15 @@ def test_empty_drop_fails_its_blocking_check(tmp_path, database_url, curation_en
     assert not result.success  # the blocking check stops embeddings and dedup
 
 
-def test_workspace_definitions_load():
+def test_workspace_definitions_load(tmp_path):
+    import os
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[2]
     dagster = Path(sys.executable).parent / "dagster"
-    proc = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], cwd=root,
-                          capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    proc = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "All code locations passed validation" in proc.stdout + proc.stderr
