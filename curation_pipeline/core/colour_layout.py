@@ -9,7 +9,10 @@ images score near 0, not near the positive mean of a histogram):
   * layout   256 = 16x16 grey thumbnail, standardised (invariant to brightness and contrast)
   * gradient 128 = 4x4 cells x 8 unsigned orientation bins, magnitude-weighted (edge layout)
   * colour    64 = 8x8 histogram of rg-chromaticity, square-rooted (colour, not brightness)
-The blocks are weighted and the whole vector is L2-normalised: dim 448, float32."""
+The blocks are weighted and the whole vector is L2-normalised: dim 448, float32.
+
+Split in two like a learned model: `preprocess` (decode-side, per image: a 64x64 RGB uint8 array)
+and `descriptor_batch` (compute-side, vectorised over a batch of such arrays)."""
 
 from __future__ import annotations
 
@@ -18,56 +21,69 @@ from PIL import Image
 
 DESCRIPTOR_NAME = "colour-layout-v1"
 DESCRIPTOR_DIM = 448
-_SIZE = 64
-_BLOCK_WEIGHTS = {"layout": 0.60, "gradient": 0.55, "colour": 0.35}
+INPUT_SIZE = 64
+_BLOCK_WEIGHTS = (0.60, 0.55, 0.35)  # layout, gradient, colour
+_GREY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_CELL = np.arange(INPUT_SIZE) // 16
+_CELL_INDEX = ((_CELL[:, None] * 4 + _CELL[None, :]) * 8).astype(np.int64)  # (64, 64): first bin of the cell
+
+
+def preprocess(image: Image.Image) -> np.ndarray:
+    """(64, 64, 3) uint8. Squashed to a square: aspect changes from small crops move vectors less
+    than letterboxing would."""
+    return np.asarray(image.convert("RGB").resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR,
+                                                  reducing_gap=2.0), dtype=np.uint8)
 
 
 def _centred_unit(block: np.ndarray) -> np.ndarray:
-    block = block.astype(np.float64).ravel()
-    block = block - block.mean()
-    norm = np.linalg.norm(block)
-    return block / norm if norm > 1e-12 else np.zeros_like(block)
+    """Row-wise: subtract the mean, divide by the norm (rows of zeros stay zero)."""
+    block = block - block.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(block, axis=1, keepdims=True)
+    return np.divide(block, norm, out=np.zeros_like(block), where=norm > 1e-12)
 
 
-def _resize_rgb(image: Image.Image) -> np.ndarray:
-    # Squash to a square: aspect changes from small crops move vectors less than letterboxing would.
-    return np.asarray(image.convert("RGB").resize((_SIZE, _SIZE), Image.Resampling.BILINEAR, reducing_gap=2.0),
-                      dtype=np.float64) / 255.0
+def descriptor_batch(pixels: np.ndarray) -> np.ndarray:
+    """(n, 64, 64, 3) uint8 -> (n, 448) float32 unit vectors."""
+    pixels = np.asarray(pixels)
+    n = pixels.shape[0]
+    if n == 0:
+        return np.zeros((0, DESCRIPTOR_DIM), dtype=np.float32)
+    rgb = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
+    grey = rgb @ _GREY  # (n, 64, 64)
+
+    layout = grey.reshape(n, 16, 4, 16, 4).mean(axis=(2, 4)).reshape(n, 256)
+
+    gy, gx = np.gradient(grey, axis=(1, 2))
+    magnitude = np.hypot(gx, gy)
+    orientation = np.mod(np.arctan2(gy, gx), np.pi)
+    bins = np.minimum((orientation * np.float32(8 / np.pi)).astype(np.int64), 7)
+    index = (np.arange(n, dtype=np.int64)[:, None, None] * 128 + _CELL_INDEX[None] + bins).ravel()
+    gradient = np.bincount(index, weights=magnitude.ravel(), minlength=n * 128).reshape(n, 16, 8)
+    gradient = (gradient / (np.linalg.norm(gradient, axis=2, keepdims=True) + 1e-6)).reshape(n, 128)
+
+    total = rgb.sum(axis=3) + np.float32(1e-6)
+    r = np.minimum((rgb[..., 0] / total * 8).astype(np.int64), 7)
+    g = np.minimum((rgb[..., 1] / total * 8).astype(np.int64), 7)
+    colour_index = (np.arange(n, dtype=np.int64)[:, None, None] * 64 + r * 8 + g).ravel()
+    colour = np.sqrt(np.bincount(colour_index, minlength=n * 64).reshape(n, 64) / float(INPUT_SIZE * INPUT_SIZE))
+
+    w_layout, w_gradient, w_colour = _BLOCK_WEIGHTS
+    vector = np.concatenate([
+        w_layout * _centred_unit(layout.astype(np.float64)),
+        w_gradient * _centred_unit(gradient.astype(np.float64)),
+        w_colour * _centred_unit(colour.astype(np.float64)),
+    ], axis=1)
+    norm = np.linalg.norm(vector, axis=1, keepdims=True)
+    return np.divide(vector, norm, out=np.zeros_like(vector), where=norm > 0).astype(np.float32)
 
 
 def colour_layout_descriptor(image: Image.Image) -> np.ndarray:
     """(448,) float32 unit vector for one PIL image."""
-    rgb = _resize_rgb(image)
-    grey = rgb @ np.array([0.299, 0.587, 0.114])
-
-    layout = grey.reshape(16, 4, 16, 4).mean(axis=(1, 3))
-
-    gy, gx = np.gradient(grey)
-    magnitude = np.hypot(gx, gy)
-    orientation = np.mod(np.arctan2(gy, gx), np.pi)
-    bins = np.minimum((orientation / np.pi * 8).astype(np.int64), 7)
-    cell = (np.arange(_SIZE) // 16)
-    cell_index = (cell[:, None] * 4 + cell[None, :]) * 8 + bins
-    gradient = np.bincount(cell_index.ravel(), weights=magnitude.ravel(), minlength=128).reshape(16, 8)
-    gradient = gradient / (np.linalg.norm(gradient, axis=1, keepdims=True) + 1e-6)
-
-    total = rgb.sum(axis=2) + 1e-6
-    r = np.minimum((rgb[..., 0] / total * 8).astype(np.int64), 7)
-    g = np.minimum((rgb[..., 1] / total * 8).astype(np.int64), 7)
-    colour = np.sqrt(np.bincount((r * 8 + g).ravel(), minlength=64) / float(_SIZE * _SIZE))
-
-    parts = [
-        _BLOCK_WEIGHTS["layout"] * _centred_unit(layout),
-        _BLOCK_WEIGHTS["gradient"] * _centred_unit(gradient),
-        _BLOCK_WEIGHTS["colour"] * _centred_unit(colour),
-    ]
-    vector = np.concatenate(parts)
-    norm = np.linalg.norm(vector)
-    return (vector / norm if norm > 0 else vector).astype(np.float32)
+    return descriptor_batch(preprocess(image)[None])[0]
 
 
 def colour_layout_batch(images: list[Image.Image]) -> np.ndarray:
     """(n, 448) float32 unit vectors."""
     if not images:
         return np.zeros((0, DESCRIPTOR_DIM), dtype=np.float32)
-    return np.stack([colour_layout_descriptor(im) for im in images])
+    return descriptor_batch(np.stack([preprocess(im) for im in images]))

@@ -8,7 +8,7 @@ from curation_pipeline.resources.catalog import EmbeddingSet
 from curation_pipeline.resources.dagster_resources import DatabaseResource
 from curation_pipeline.steps.dedup import dedup_drop
 
-from .partitions import capture_drops
+from .partitions import INGEST_BACKFILL_POLICY, capture_drops
 
 
 class DedupConfig(dg.Config):
@@ -22,6 +22,7 @@ class DedupConfig(dg.Config):
 
 @dg.asset(
     partitions_def=capture_drops,
+    backfill_policy=INGEST_BACKFILL_POLICY,
     group_name="dedup",
     kinds={"pgvector"},
     owners=["team:curation"],
@@ -38,16 +39,29 @@ def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig, datab
                    image_embeddings: EmbeddingSet) -> dg.MaterializeResult:
     thresholds = DedupThresholds(max_hamming=config.max_hamming, min_cosine=config.min_cosine)
     catalog = database.catalog()
-    stats = dedup_drop(catalog, context.partition_key, image_embeddings, thresholds,
-                       neighbours=config.neighbours, logger=context.log)
-    v = catalog.dedup_violations(context.partition_key, image_embeddings.model, config.min_cosine, config.max_hamming)
+    all_stats, violations = [], []
+    # Earlier drops first: each drop is compared with the ones that arrived before it.
+    for drop_key in catalog.drops_in_order(context.partition_keys):
+        stats = dedup_drop(catalog, drop_key, image_embeddings.for_drop(drop_key), thresholds,
+                           neighbours=config.neighbours, logger=context.log)
+        all_stats.append(stats)
+        violations.append(catalog.dedup_violations(drop_key, image_embeddings.model, config.min_cosine,
+                                                   config.max_hamming))
+    total = {k: sum(v[k] for v in violations) for k in violations[0]}
+    metadata = all_stats[0] if len(all_stats) == 1 else {
+        "drops": len(all_stats), "model": image_embeddings.model,
+        **{k: sum(s[k] for s in all_stats) for k in ("images", "kept", "duplicates", "exact_duplicates",
+                                                      "perceptual_duplicates", "semantic_duplicates",
+                                                      "duplicates_of_earlier_drops")},
+        "max_hamming": config.max_hamming, "min_cosine": config.min_cosine}
     return dg.MaterializeResult(
-        metadata=stats,
+        metadata=metadata,
         check_results=[
-            dg.AssetCheckResult(check_name="every_image_assigned", passed=v["unassigned"] == 0,
-                                metadata={"unassigned": v["unassigned"], "images": stats["images"]}),
+            dg.AssetCheckResult(check_name="every_image_assigned", passed=total["unassigned"] == 0,
+                                metadata={"unassigned": total["unassigned"],
+                                          "images": sum(s["images"] for s in all_stats)}),
             dg.AssetCheckResult(check_name="members_close_to_representative",
-                                passed=v["below_threshold"] == 0 and v["dangling_representatives"] == 0,
-                                metadata=v),
+                                passed=total["below_threshold"] == 0 and total["dangling_representatives"] == 0,
+                                metadata=total),
         ],
     )

@@ -5,3 +5,6 @@ capture_drops = dg.DynamicPartitionsDefinition(name="capture_drops")
 # One key per named selection config, and one per named retrieval query.
 selections = dg.DynamicPartitionsDefinition(name="selections")
 retrieval_queries = dg.DynamicPartitionsDefinition(name="retrieval_queries")
+
+# Backfills of many drops: up to 8 drops per run, so a model is loaded once per 8 drops.
+INGEST_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=8)

@@ -6,6 +6,7 @@ from typing import Optional
 import dagster as dg
 
 from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource
+from curation_pipeline.steps.embed import model_id_for
 from curation_pipeline.steps.retrieve import retrieve_similar
 from curation_pipeline.steps.select import select_subset
 
@@ -43,7 +44,7 @@ class SelectionConfig(dg.Config):
 def curated_subset(context: dg.AssetExecutionContext, config: SelectionConfig, database: DatabaseResource,
                    embedder: EmbedderResource) -> dg.MaterializeResult:
     catalog = database.catalog()
-    model = config.model or embedder.load().model_id
+    model = config.model or model_id_for(embedder.load(), embedder.embed_options())
     stats = select_subset(catalog, context.partition_key, model=model, budget=config.budget,
                           min_distance=config.min_distance, drop_keys=config.drop_keys, logger=context.log)
     dupes = catalog.selected_duplicates(context.partition_key)
@@ -83,7 +84,7 @@ def retrieval_set(context: dg.AssetExecutionContext, config: RetrievalConfig, da
                   embedder: EmbedderResource) -> dg.MaterializeResult:
     catalog = database.catalog()
     stats = retrieve_similar(catalog, embedder.load(), context.partition_key, list(config.query_paths), k=config.k,
-                             drop_keys=config.drop_keys, logger=context.log)
+                             drop_keys=config.drop_keys, options=embedder.embed_options(), logger=context.log)
     sims = [it["similarity"] for it in catalog.retrieval_items(context.partition_key)]
     ranked = all(a >= b - 1e-9 for a, b in zip(sims, sims[1:]))
     return dg.MaterializeResult(

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+from pgvector import HalfVector
 from psycopg import sql
 
 from curation_pipeline.core.manifest import ManifestRecord
@@ -52,6 +54,22 @@ class EmbeddingSet:
         return len(self.image_ids)
 
 
+    def for_drop(self, drop_key: str) -> "EmbeddingSet":
+        mask = np.asarray([d == drop_key for d in self.drop_keys], dtype=bool)
+        idx = np.nonzero(mask)[0]
+        return EmbeddingSet(self.model, self.image_ids[idx], [self.sha256[i] for i in idx], self.vectors[idx],
+                            [drop_key] * len(idx))
+
+
+@dataclass(frozen=True)
+class CachedEmbeddings:
+    """What image_embeddings outputs: 'the cache holds vectors of `model` for these drops'. The
+    pgvector IO manager turns it into each partition's rows, one transaction per partition."""
+
+    model: str
+    drop_keys: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class KeptImage:
     image_id: int
@@ -62,6 +80,49 @@ class KeptImage:
     pixels: int
     sharpness: float
     object_key: str
+
+
+# storage -> (column, SQL type); vectors are always read back as `vector` (float32).
+STORAGE_TYPES = {"vector": ("embedding", "vector"), "halfvec": ("embedding_half", "halfvec")}
+_READ_VECTOR = "coalesce(embedding, embedding_half::vector)"
+_READ_VECTOR_E = "coalesce(e.embedding, e.embedding_half::vector)"
+
+
+def _wire_vector(vec: np.ndarray, storage: str):
+    if storage == "halfvec":
+        return HalfVector(np.asarray(vec, dtype=np.float16))
+    return np.asarray(vec, dtype=np.float32)
+
+
+class CacheWriter:
+    """Appends (sha256 -> vector) rows to the embedding cache, one committed batch at a time
+    (binary COPY into a temp table, then INSERT ... ON CONFLICT DO NOTHING so concurrent drops
+    sharing content never collide)."""
+
+    def __init__(self, conn, model: str, storage: str) -> None:
+        self.conn = conn
+        self.model = model
+        self.storage = storage
+        self.column, self.sqltype = STORAGE_TYPES[storage]
+        self.rows_written = 0
+        conn.execute(sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS cache_stage (sha256 text NOT NULL, vec {} NOT NULL)"
+        ).format(sql.SQL(self.sqltype)))
+
+    def write(self, sha256s: Sequence[str], vectors: np.ndarray) -> int:
+        with self.conn.transaction():
+            self.conn.execute("TRUNCATE cache_stage")
+            with self.conn.cursor() as cur, cur.copy("COPY cache_stage (sha256, vec) FROM STDIN WITH (FORMAT BINARY)") as copy:
+                copy.set_types(["text", self.sqltype])
+                for h, vec in zip(sha256s, vectors):
+                    copy.write_row((h, _wire_vector(vec, self.storage)))
+            inserted = self.conn.execute(
+                sql.SQL("INSERT INTO embedding_cache (model, sha256, {}) SELECT %s, sha256, vec FROM cache_stage"
+                        " ON CONFLICT (model, sha256) DO NOTHING").format(sql.Identifier(self.column)),
+                (self.model,),
+            ).rowcount
+        self.rows_written += inserted
+        return inserted
 
 
 def hnsw_index_name(model: str) -> str:
@@ -164,60 +225,157 @@ class Catalog:
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
     # ---- embedding models --------------------------------------------------------------------
-    def register_model(self, model: str, backend: str, dim: int, description: str) -> None:
+    def register_model(self, model: str, backend: str, dim: int, description: str, *, preprocess: str = "",
+                       storage: str = "vector") -> None:
         """Record the model and create its partial HNSW index (cosine) on first use. A model id that
-        exists with another dimension is a configuration error, reported as such."""
+        exists with another dimension, preprocessing or storage is a configuration error, reported
+        as such: cached vectors are only valid for the exact model + preprocessing that made them."""
+        if storage not in STORAGE_TYPES:
+            raise ValueError(f"storage must be one of {sorted(STORAGE_TYPES)}, got {storage!r}")
         index_name = hnsw_index_name(model)
         with self.connection() as conn, conn.transaction():
-            row = conn.execute("SELECT dim FROM embedding_models WHERE model = %s", (model,)).fetchone()
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (model,))
+            row = conn.execute("SELECT dim, preprocess, storage FROM embedding_models WHERE model = %s",
+                               (model,)).fetchone()
             if row is not None:
                 if row[0] != dim:
                     raise ValueError(
                         f"model {model!r} is stored with dimension {row[0]} but the embedder produces {dim}: "
                         "use a different model id for a different model"
                     )
+                if row[1] and preprocess and row[1] != preprocess:
+                    raise ValueError(
+                        f"model {model!r} is stored with preprocessing {row[1]!r} but this run uses {preprocess!r}: "
+                        "its cached vectors would not match; use a different model id"
+                    )
+                if row[2] != storage:
+                    raise ValueError(
+                        f"model {model!r} is stored as {row[2]} but storage={storage!r} was asked for: "
+                        "use a different model id to keep both"
+                    )
                 return
             conn.execute(
-                "INSERT INTO embedding_models (model, backend, dim, description, index_name) VALUES (%s, %s, %s, %s, %s)",
-                (model, backend, dim, description, index_name),
+                "INSERT INTO embedding_models (model, backend, dim, description, index_name, preprocess, storage)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (model, backend, dim, description, index_name, preprocess, storage),
             )
+            column, sqltype = STORAGE_TYPES[storage]
             # CREATE INDEX cannot take bind parameters: the predicate is a quoted literal of the
             # validated model id, the name is derived by code, the dimension is an int.
             conn.execute(
                 sql.SQL(
-                    "CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw ((embedding::vector({dim})) vector_cosine_ops)"
+                    "CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw (({column}::{sqltype}({dim})) {ops})"
                     " WHERE model = {model}"
-                ).format(name=sql.Identifier(index_name), dim=sql.Literal(int(dim)), model=sql.Literal(model))
+                ).format(name=sql.Identifier(index_name), column=sql.Identifier(column), sqltype=sql.SQL(sqltype),
+                         dim=sql.Literal(int(dim)), ops=sql.SQL(f"{sqltype}_cosine_ops"), model=sql.Literal(model))
             )
 
-    def model_dim(self, model: str) -> int:
+    def model_info(self, model: str) -> tuple[int, str]:
+        """(dim, storage) of a registered model."""
         with self.connection() as conn:
-            row = conn.execute("SELECT dim FROM embedding_models WHERE model = %s", (model,)).fetchone()
+            row = conn.execute("SELECT dim, storage FROM embedding_models WHERE model = %s", (model,)).fetchone()
         if row is None:
             raise LookupError(f"no embeddings stored for model {model!r}: materialize image_embeddings first")
-        return int(row[0])
+        return int(row[0]), row[1]
+
+    def model_dim(self, model: str) -> int:
+        return self.model_info(model)[0]
+
+    # ---- embedding cache ---------------------------------------------------------------------
+    def uncached_items(self, drop_key: str, model: str, *, fetch_rows: int = 2000) -> Iterator[tuple[int, str, str, str]]:
+        """(image_id, object_key, sha256, source_uri) of the drop's valid images whose content has
+        no cached vector for `model`, one per distinct content, streamed from a server-side cursor."""
+        with self.connection() as conn, conn.transaction():
+            with conn.cursor(name="uncached_items") as cur:
+                cur.itersize = fetch_rows
+                cur.execute(
+                    "SELECT DISTINCT ON (i.sha256) i.image_id, i.object_key, i.sha256, i.source_uri FROM images i"
+                    " WHERE i.drop_key = %s AND i.status = 'ok' AND NOT EXISTS ("
+                    "   SELECT 1 FROM embedding_cache c WHERE c.model = %s AND c.sha256 = i.sha256)"
+                    " ORDER BY i.sha256, i.object_key",
+                    (drop_key, model),
+                )
+                for row in cur:
+                    yield int(row[0]), row[1], row[2], row[3]
+
+    def valid_image_count(self, drop_key: str) -> int:
+        with self.connection() as conn:
+            return int(conn.execute("SELECT count(*) FROM images WHERE drop_key = %s AND status = 'ok'",
+                                    (drop_key,)).fetchone()[0])
+
+    @contextmanager
+    def cache_writer(self, model: str, storage: str = "vector") -> Iterator["CacheWriter"]:
+        with self.connection() as conn:
+            yield CacheWriter(conn, model, storage)
+
+    def publish_embeddings(self, drop_key: str, model: str) -> int:
+        """Replace the drop's rows for `model` with one row per valid image whose content is cached,
+        in one transaction and entirely server-side (no vectors cross the wire)."""
+        with self.connection() as conn, conn.transaction():
+            conn.execute("DELETE FROM embeddings WHERE drop_key = %s AND model = %s", (drop_key, model))
+            return conn.execute(
+                "INSERT INTO embeddings (image_id, model, drop_key, sha256, embedding, embedding_half)"
+                " SELECT i.image_id, c.model, i.drop_key, i.sha256, c.embedding, c.embedding_half"
+                " FROM images i JOIN embedding_cache c ON c.model = %s AND c.sha256 = i.sha256"
+                " WHERE i.drop_key = %s AND i.status = 'ok'",
+                (model, drop_key),
+            ).rowcount
+
+    def embedding_stats(self, drop_key: str, model: str) -> dict:
+        """What the embedding checks assert on, computed by PostgreSQL from the stored rows."""
+        with self.connection() as conn:
+            row = conn.execute(
+                "SELECT count(*), min(vector_dims(" + _READ_VECTOR + ")), max(vector_dims(" + _READ_VECTOR + ")),"
+                " coalesce(max(abs(vector_norm(" + _READ_VECTOR + ") - 1)), 0),"
+                " count(*) - count(DISTINCT image_id)"
+                " FROM embeddings WHERE drop_key = %s AND model = %s",
+                (drop_key, model),
+            ).fetchone()
+            failures = conn.execute(
+                "SELECT count(*) FROM embedding_failures WHERE drop_key = %s AND model = %s", (drop_key, model)
+            ).fetchone()[0]
+        return {"rows": int(row[0]), "min_dim": row[1], "max_dim": row[2], "max_norm_error": float(row[3]),
+                "duplicate_rows": int(row[4]), "failures": int(failures), "valid_images": self.valid_image_count(drop_key)}
+
+    def drops_in_order(self, drop_keys: Sequence[str]) -> list[str]:
+        """The given drops sorted by arrival (unregistered ones last, by key)."""
+        with self.connection() as conn:
+            order = dict(conn.execute("SELECT drop_key, ordinal FROM drops WHERE drop_key = ANY(%s)",
+                                      (list(drop_keys),)).fetchall())
+        return sorted(drop_keys, key=lambda k: (order.get(k) is None, order.get(k, 0), k))
+
+    def replace_embedding_failures(self, drop_key: str, model: str, failures: Sequence[tuple[int, str]]) -> None:
+        with self.connection() as conn, conn.transaction():
+            conn.execute("DELETE FROM embedding_failures WHERE drop_key = %s AND model = %s", (drop_key, model))
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO embedding_failures (image_id, model, drop_key, error) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT (image_id, model) DO UPDATE SET error = EXCLUDED.error",
+                    [(int(i), model, drop_key, err) for i, err in failures],
+                )
+
+    def embedding_failures(self, drop_key: str, model: str) -> list[tuple[str, str]]:
+        with self.connection() as conn:
+            return conn.execute(
+                "SELECT i.object_key, f.error FROM embedding_failures f JOIN images i ON i.image_id = f.image_id"
+                " WHERE f.drop_key = %s AND f.model = %s ORDER BY i.object_key",
+                (drop_key, model),
+            ).fetchall()
 
     # ---- embeddings --------------------------------------------------------------------------
-    def cached_vectors(self, model: str, sha256s: Sequence[str]) -> dict[str, np.ndarray]:
-        """Vectors already computed by `model` for identical content, from any drop."""
-        if not sha256s:
-            return {}
-        with self.connection() as conn:
-            rows = conn.execute(
-                "SELECT DISTINCT ON (sha256) sha256, embedding FROM embeddings WHERE model = %s AND sha256 = ANY(%s)",
-                (model, list(sha256s)),
-            ).fetchall()
-        return {h: np.asarray(v.to_numpy(), dtype=np.float32) for h, v in rows}
-
     def replace_embeddings(self, drop_key: str, emb: EmbeddingSet) -> int:
+        """Write explicit vectors for a partition (delete + binary COPY, one transaction)."""
+        _, storage = self.model_info(emb.model)
+        column, sqltype = STORAGE_TYPES[storage]
         with self.connection() as conn, conn.transaction():
             conn.execute("DELETE FROM embeddings WHERE drop_key = %s AND model = %s", (drop_key, emb.model))
             with conn.cursor() as cur, cur.copy(
-                "COPY embeddings (image_id, model, drop_key, sha256, embedding) FROM STDIN WITH (FORMAT BINARY)"
+                sql.SQL("COPY embeddings (image_id, model, drop_key, sha256, {}) FROM STDIN WITH (FORMAT BINARY)").format(
+                    sql.Identifier(column))
             ) as copy:
-                copy.set_types(["int8", "text", "text", "text", "vector"])
+                copy.set_types(["int8", "text", "text", "text", sqltype])
                 for image_id, h, vec in zip(emb.image_ids.tolist(), emb.sha256, emb.vectors):
-                    copy.write_row((image_id, emb.model, drop_key, h, vec))
+                    copy.write_row((image_id, emb.model, drop_key, h, _wire_vector(vec, storage)))
         return len(emb)
 
     def load_embeddings(self, drop_keys: Sequence[str], model: str | None = None) -> EmbeddingSet:
@@ -233,7 +391,7 @@ class Catalog:
                     )
                 model = models[0][0]
             rows = conn.execute(
-                "SELECT image_id, sha256, drop_key, embedding FROM embeddings"
+                "SELECT image_id, sha256, drop_key, " + _READ_VECTOR + " FROM embeddings"
                 " WHERE drop_key = ANY(%s) AND model = %s ORDER BY drop_key, image_id",
                 (list(drop_keys), model),
             ).fetchall()
@@ -248,12 +406,16 @@ class Catalog:
         model's HNSW index, on one connection. A drop filter is applied with pgvector's iterative
         index scan, so filtered queries still return k rows when k exist."""
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        dim = int(q.shape[1])
+        dim, storage = self.model_info(model)
+        if q.shape[1] != dim:
+            raise ValueError(f"query vectors have dimension {q.shape[1]} but model {model!r} has {dim}")
+        column, sqltype = STORAGE_TYPES[storage]
+        # The ORDER BY expression and the model predicate must match the partial HNSW index.
         stmt = sql.SQL(
-            "SELECT image_id, 1 - (embedding::vector({dim}) <=> %s::vector({dim})) AS sim FROM embeddings"
+            "SELECT image_id, 1 - ({col}::{t}({dim}) <=> %s::{t}({dim})) AS sim FROM embeddings"
             " WHERE model = %s AND (%s::text[] IS NULL OR drop_key = ANY(%s::text[]))"
-            " ORDER BY embedding::vector({dim}) <=> %s::vector({dim}) LIMIT %s"
-        ).format(dim=sql.Literal(dim))
+            " ORDER BY {col}::{t}({dim}) <=> %s::{t}({dim}) LIMIT %s"
+        ).format(col=sql.Identifier(column), t=sql.SQL(sqltype), dim=sql.Literal(dim))
         keys = list(drop_keys) if drop_keys is not None else None
         results = []
         with self.connection() as conn, conn.transaction():
@@ -262,7 +424,8 @@ class Catalog:
             # Custom plans see the model literal, so the planner can match the partial HNSW index.
             conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             for row in q:
-                rows = conn.execute(stmt, (row, model, keys, keys, row, int(k))).fetchall()
+                wire = _wire_vector(row, storage)
+                rows = conn.execute(stmt, (wire, model, keys, keys, wire, int(k))).fetchall()
                 # relaxed_order may return rows slightly out of order: sort on the exact similarity.
                 results.append(sorted(((int(i), float(s)) for i, s in rows), key=lambda t: -t[1]))
         return results
@@ -324,7 +487,7 @@ class Catalog:
     def vectors_for(self, image_ids: Sequence[int], model: str) -> dict[int, np.ndarray]:
         with self.connection() as conn:
             rows = conn.execute(
-                "SELECT image_id, embedding FROM embeddings WHERE image_id = ANY(%s) AND model = %s",
+                "SELECT image_id, " + _READ_VECTOR + " FROM embeddings WHERE image_id = ANY(%s) AND model = %s",
                 (list(map(int, image_ids)), model),
             ).fetchall()
         return {int(i): np.asarray(v.to_numpy(), dtype=np.float32) for i, v in rows}
@@ -429,7 +592,7 @@ class Catalog:
         keys = list(drop_keys) if drop_keys is not None else None
         with self.connection() as conn:
             rows = conn.execute(
-                "SELECT e.image_id, e.sha256, e.drop_key, e.embedding FROM embeddings e"
+                "SELECT e.image_id, e.sha256, e.drop_key, " + _READ_VECTOR_E + " FROM embeddings e"
                 " JOIN images i ON i.image_id = e.image_id"
                 " LEFT JOIN dedup_members m ON m.image_id = e.image_id"
                 " WHERE e.model = %s AND i.status = 'ok' AND (m.image_id IS NULL OR m.is_representative)"

@@ -45,19 +45,22 @@ class ImageStoreResource(dg.ConfigurableResource):
 
 @lru_cache(maxsize=4)
 def _load_embedder(backend: str, model_name: str, pretrained: str, model_config_path: str, device: str,
-                   batch_size: int) -> Embedder:
+                   precision: str, channels_last: bool, compile_model: bool) -> Embedder:
+    """One model per process and configuration: a multi-partition backfill run loads it once."""
     if backend == "offline":
         return OfflineEmbedder()
+    torch_options = {"device": device, "precision": precision, "channels_last": channels_last,
+                     "compile_model": compile_model}
     if backend == "open_clip":
         return OpenClipEmbedder(model_name, pretrained or None, model_config_path=model_config_path or None,
-                                device=device, batch_size=batch_size)
+                                **torch_options)
     if backend == "transformers":
-        return TransformersEmbedder(model_name, device=device, batch_size=batch_size)
+        return TransformersEmbedder(model_name, **torch_options)
     raise ValueError(f"unknown embedder backend {backend!r}: use offline, open_clip or transformers")
 
 
 class EmbedderResource(dg.ConfigurableResource):
-    """Which model embeds images. Loaded once per process and reused across partitions.
+    """Which model embeds images, and how the input pipeline feeds it.
 
     backend: offline | open_clip | transformers.
     model_name: open_clip architecture (ViT-B-32) or a transformers hub id / local directory.
@@ -68,10 +71,29 @@ class EmbedderResource(dg.ConfigurableResource):
     pretrained: str = ""
     model_config_path: str = ""
     device: str = "auto"
-    batch_size: int = 32
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """auto: fp16 autocast on CUDA, fp32 elsewhere."""
+    channels_last: bool = False
+    compile_model: bool = False
+    """torch.compile the image tower (worth it for long GPU runs; compile time is paid once per process)."""
+    batch_size: int = 64
+    workers: int = 0
+    """Loader threads for read + decode + preprocess (0: one per CPU core)."""
+    draft: bool = True
+    """Let libjpeg decode JPEGs at a reduced scale that still covers the model input."""
+    storage: Literal["vector", "halfvec"] = "vector"
+    """halfvec stores float16 vectors: half the table and index size."""
 
     def load(self) -> Embedder:
         if self.backend != "offline" and not self.model_name:
             raise ValueError(f"embedder backend {self.backend!r} needs model_name (e.g. ViT-B-32 or facebook/dinov2-small)")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         return _load_embedder(self.backend, self.model_name, self.pretrained, self.model_config_path, self.device,
-                              self.batch_size)
+                              self.precision, self.channels_last, self.compile_model)
+
+    def embed_options(self):
+        from curation_pipeline.steps.embed import EmbedOptions
+
+        return EmbedOptions(batch_size=self.batch_size, workers=self.workers if self.workers > 0 else (os.cpu_count() or 1),
+                            draft=self.draft, storage=self.storage)

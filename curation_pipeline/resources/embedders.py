@@ -1,27 +1,34 @@
 """Image (and text) embedders behind one interface.
 
+Every embedder is split the same way so an input pipeline can overlap the two halves:
+  * `preprocess(image)`: CPU, per image, thread-safe (runs in loader threads next to decoding);
+  * `forward(items)`:   the model on a batch of preprocessed items -> (n, dim) float32 unit rows.
+`input_size` lets the loader ask libjpeg for a reduced-scale decode (Pillow `draft`).
+
 Backends:
   * offline      - the hand-crafted colour/layout/gradient descriptor (core.colour_layout);
                    no weights, no torch, deterministic. Model id `offline:colour-layout-v1`.
-  * open_clip    - any open_clip architecture with a pretrained tag (e.g. ViT-B-32 /
+  * open_clip    - any open_clip architecture with a pretrained tag (production default ViT-B-32 /
                    laion2b_s34b_b79k) or a local checkpoint path; optional JSON model config for
-                   custom architectures. Model id `open_clip:<arch>/<tag-or-checkpoint-name>`.
+                   custom architectures. Embeds text. Model id `open_clip:<arch>/<tag-or-file>`.
   * transformers - AutoModel from a hub id or a local directory (e.g. facebook/dinov2-small).
-                   CLIP-family models use get_image_features; others the pooled output, else
-                   the CLS token. Model id `hf:<id-or-dir-name>`.
-torch, open_clip and transformers are imported lazily, and CUDA is only touched when a model is
-loaded, never at import."""
+                   CLIP-family models use get_image_features (and embed text); others the pooled
+                   output, else the CLS token. Model id `hf:<id-or-dir-name>`.
+torch, open_clip and transformers are imported lazily; CUDA is only touched when a model is loaded
+(never at import, and the loader uses threads, so nothing forks after CUDA is initialised)."""
 
 from __future__ import annotations
 
 import re
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from curation_pipeline.core.colour_layout import DESCRIPTOR_DIM, DESCRIPTOR_NAME, colour_layout_batch
+from curation_pipeline.core import colour_layout
 
 _MODEL_ID_RE = re.compile(r"^[A-Za-z0-9:/._@+-]{1,200}$")
 
@@ -43,10 +50,32 @@ class Embedder(ABC):
     model_id: str
     dim: int
     description: str
+    preprocess_version: str  # changes whenever preprocessing changes the pixels the model sees
+    input_size: int | None = None  # model input side, for reduced-scale JPEG decoding
+
+    def __init__(self) -> None:
+        self._count_lock = threading.Lock()
+        self.images_computed = 0  # model forwards, in images: proves cache hits in tests and benchmarks
 
     @abstractmethod
-    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
-        """(n, dim) float32, L2-normalised."""
+    def preprocess(self, image: Image.Image) -> Any:
+        """One RGB PIL image -> what `forward` takes (numpy array or CPU tensor)."""
+
+    @abstractmethod
+    def _forward(self, items: Sequence[Any]) -> np.ndarray:
+        """The model on a batch -> (n, dim) float32 (normalised by `forward`)."""
+
+    def forward(self, items: Sequence[Any]) -> np.ndarray:
+        if len(items) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = l2_normalise(self._forward(items))
+        with self._count_lock:
+            self.images_computed += len(items)
+        return out
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Convenience for small sets (queries, tests): preprocess + forward in this thread."""
+        return self.forward([self.preprocess(im) for im in images])
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError(f"model {self.model_id} cannot embed text (not a CLIP-family model)")
@@ -60,108 +89,189 @@ class OfflineEmbedder(Embedder):
     backend = "offline"
 
     def __init__(self) -> None:
-        self.model_id = f"offline:{DESCRIPTOR_NAME}"
-        self.dim = DESCRIPTOR_DIM
+        super().__init__()
+        self.model_id = f"offline:{colour_layout.DESCRIPTOR_NAME}"
+        self.dim = colour_layout.DESCRIPTOR_DIM
+        self.input_size = colour_layout.INPUT_SIZE
+        self.preprocess_version = f"squash{colour_layout.INPUT_SIZE}-bilinear-draft"
         self.description = (
             "hand-crafted colour/layout/gradient descriptor (no learned weights): good for near-duplicates "
             "and colour/layout diversity, not for semantics"
         )
 
-    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
-        return l2_normalise(colour_layout_batch(images))
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return colour_layout.preprocess(image)
+
+    def _forward(self, items: Sequence[np.ndarray]) -> np.ndarray:
+        return colour_layout.descriptor_batch(np.stack(items))
 
 
-def _pick_device(device: str) -> str:
+def pick_device(device: str) -> str:
+    """'auto' -> cuda, then mps, then cpu. Querying availability does not create a CUDA context."""
     import torch
 
     if device != "auto":
         return device
     if torch.cuda.is_available():
         return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
         return "mps"
     return "cpu"
 
 
-class OpenClipEmbedder(Embedder):
+class _TorchEmbedder(Embedder):
+    """Shared torch plumbing: device, autocast, channels_last, optional torch.compile, pinned memory."""
+
+    def _setup_torch(self, device: str, precision: str, channels_last: bool, compile_model: bool) -> None:
+        import torch
+
+        self._torch = torch
+        self.device = pick_device(device)
+        if precision == "auto":
+            precision = "fp16" if self.device == "cuda" else "fp32"
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+        self.precision = precision
+        self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        self.channels_last = channels_last
+        self.compile_model = compile_model
+        if self.device == "cpu":
+            torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    def _prepare_module(self, module):
+        module.eval().to(self.device)
+        if self.channels_last:
+            module = module.to(memory_format=self._torch.channels_last)
+        return module
+
+    def _batch_tensor(self, items: Sequence[Any]):
+        torch = self._torch
+        batch = torch.stack([torch.as_tensor(x) for x in items])
+        if self.device == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        else:
+            batch = batch.to(self.device)
+        if self.channels_last and batch.ndim == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def _autocast(self):
+        import contextlib
+
+        if self._autocast_dtype is None or self.device not in ("cuda", "cpu"):
+            return contextlib.nullcontext()
+        return self._torch.autocast(device_type=self.device, dtype=self._autocast_dtype)
+
+
+class OpenClipEmbedder(_TorchEmbedder):
     backend = "open_clip"
 
     def __init__(self, model_name: str, pretrained: str | None = None, *, model_config_path: str | None = None,
-                 device: str = "auto", batch_size: int = 32) -> None:
+                 device: str = "auto", precision: str = "auto", channels_last: bool = False,
+                 compile_model: bool = False) -> None:
+        super().__init__()
         import open_clip
-        import torch
 
+        self._setup_torch(device, precision, channels_last, compile_model)
         if model_config_path:
             open_clip.add_model_config(model_config_path)
-        self.device = _pick_device(device)
-        self.batch_size = batch_size
-        self._torch = torch
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained or None, device=self.device
-        )
-        model.eval()
-        self.model = model
-        self.preprocess = preprocess
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained or None,
+                                                                     device="cpu")
+        self.model = self._prepare_module(model)
+        self._encode_image = self.model.encode_image
+        if compile_model:
+            self._encode_image = self._torch.compile(self.model.encode_image)
+        self._preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(model_name)
         tag = Path(pretrained).name if pretrained and Path(pretrained).exists() else (pretrained or "random-init")
         self.model_id = validate_model_id(f"open_clip:{model_name}/{tag}")
-        with torch.no_grad():
-            probe = self.preprocess(Image.new("RGB", (32, 32))).unsqueeze(0).to(self.device)
-            self.dim = int(model.encode_image(probe).shape[-1])
-        self.description = f"open_clip {model_name} pretrained={pretrained or 'none'} on {self.device}"
+        size = getattr(self.model.visual, "image_size", 224)
+        self.input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.preprocess_version = f"open_clip-{self.input_size}-draft"
+        self.dim = int(self._forward([self.preprocess(Image.new("RGB", (self.input_size, self.input_size)))]).shape[-1])
+        self.description = f"open_clip {model_name} pretrained={pretrained or 'none'} on {self.device} ({self.precision})"
+
+    def preprocess(self, image: Image.Image):
+        return self._preprocess(image)
+
+    def _forward(self, items: Sequence[Any]) -> np.ndarray:
+        with self._torch.inference_mode(), self._autocast():
+            return self._encode_image(self._batch_tensor(items)).float().cpu().numpy()
 
     @property
     def supports_text(self) -> bool:
         return True
 
-    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
-        out = []
-        with self._torch.no_grad():
-            for start in range(0, len(images), self.batch_size):
-                batch = self._torch.stack([self.preprocess(im) for im in images[start:start + self.batch_size]])
-                out.append(self.model.encode_image(batch.to(self.device)).float().cpu().numpy())
-        return l2_normalise(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
-
     def embed_texts(self, texts: list[str]) -> np.ndarray:
-        with self._torch.no_grad():
+        with self._torch.inference_mode(), self._autocast():
             tokens = self.tokenizer(texts).to(self.device)
             return l2_normalise(self.model.encode_text(tokens).float().cpu().numpy())
 
 
-class TransformersEmbedder(Embedder):
+class TransformersEmbedder(_TorchEmbedder):
     backend = "transformers"
 
-    def __init__(self, model_name_or_path: str, *, device: str = "auto", batch_size: int = 32) -> None:
-        import torch
+    def __init__(self, model_name_or_path: str, *, device: str = "auto", precision: str = "auto",
+                 channels_last: bool = False, compile_model: bool = False) -> None:
+        super().__init__()
         from transformers import AutoImageProcessor, AutoModel
 
-        self.device = _pick_device(device)
-        self.batch_size = batch_size
-        self._torch = torch
+        self._setup_torch(device, precision, channels_last, compile_model)
         self.processor = AutoImageProcessor.from_pretrained(model_name_or_path)
-        model = AutoModel.from_pretrained(model_name_or_path)
-        model.eval().to(self.device)
-        self.model = model
-        self._clip_like = hasattr(model, "get_image_features")
+        self.model = self._prepare_module(AutoModel.from_pretrained(model_name_or_path))
+        self._clip_like = hasattr(self.model, "get_image_features")
+        self._tokenizer = None
+        if self._clip_like:
+            try:
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+            except (OSError, ValueError):
+                self._tokenizer = None
         name = Path(model_name_or_path).name if Path(model_name_or_path).exists() else model_name_or_path
         self.model_id = validate_model_id(f"hf:{name}")
-        self.dim = int(self._forward([Image.new("RGB", (32, 32))]).shape[-1])
-        self.description = f"transformers {type(model).__name__} from {model_name_or_path} on {self.device}"
+        crop = getattr(self.processor, "crop_size", None) or getattr(self.processor, "size", None) or {}
+        side = crop.get("height") or crop.get("shortest_edge") if isinstance(crop, dict) else None
+        self.input_size = int(side) if side else None
+        self.preprocess_version = f"hf-processor-{self.input_size}-draft"
+        self.dim = int(self._forward([self.preprocess(Image.new("RGB", (32, 32)))]).shape[-1])
+        self.description = f"transformers {type(self.model).__name__} from {model_name_or_path} on {self.device}"
 
-    def _forward(self, images: list[Image.Image]) -> np.ndarray:
-        inputs = self.processor(images=images, return_tensors="pt")
-        pixel_values = inputs["pixel_values"].to(self.device)
-        with self._torch.no_grad():
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return self.processor(images=[image], return_tensors="np")["pixel_values"][0]
+
+    def _features(self, output):
+        torch = self._torch
+        if isinstance(output, torch.Tensor):
+            return output
+        pooled = getattr(output, "pooler_output", None)
+        if pooled is not None:
+            return pooled
+        embeds = getattr(output, "image_embeds", None) or getattr(output, "text_embeds", None)
+        if embeds is not None:
+            return embeds
+        return output.last_hidden_state[:, 0]
+
+    def _forward(self, items: Sequence[Any]) -> np.ndarray:
+        pixel_values = self._batch_tensor(items)
+        with self._torch.inference_mode(), self._autocast():
             if self._clip_like:
-                feats = self.model.get_image_features(pixel_values=pixel_values)
-                if not isinstance(feats, self._torch.Tensor):  # some versions return a model output
-                    feats = getattr(feats, "pooler_output", None) or feats[0]
+                feats = self._features(self.model.get_image_features(pixel_values=pixel_values))
             else:
                 outputs = self.model(pixel_values=pixel_values)
                 pooled = getattr(outputs, "pooler_output", None)
                 feats = pooled if pooled is not None else outputs.last_hidden_state[:, 0]
         return feats.float().cpu().numpy()
 
-    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
-        out = [self._forward(images[s:s + self.batch_size]) for s in range(0, len(images), self.batch_size)]
-        return l2_normalise(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+    @property
+    def supports_text(self) -> bool:
+        return self._clip_like and self._tokenizer is not None
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        if not self.supports_text:
+            return super().embed_texts(texts)
+        tokens = self._tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        with self._torch.inference_mode(), self._autocast():
+            feats = self._features(self.model.get_text_features(**tokens))
+        return l2_normalise(feats.float().cpu().numpy())

@@ -1,90 +1,132 @@
-"""Embed a drop's valid images once per model, reusing vectors of identical content."""
+"""Embed a drop: each distinct content once per model, streamed into the content cache.
+
+Input pipeline: loader threads read, verify (sha256), decode (reduced-scale JPEG where the model
+input is small) and preprocess up to a bounded window of images ahead, while the calling thread
+runs the model on full batches; every batch's vectors are committed to the embedding cache as soon
+as they exist. Memory is bounded by batch size and window, not by the drop. Content already in the
+cache (any drop, same model and preprocessing) is never loaded or embedded again."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from curation_pipeline.core.decode import DecodedImage, decode_image
 from curation_pipeline.core.hashing import sha256_hex
-from curation_pipeline.resources.catalog import Catalog, EmbeddingSet
+from curation_pipeline.core.pipeline import batched, ordered_parallel_map
+from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.embedders import Embedder
 from curation_pipeline.resources.image_store import store_for
 
 log = logging.getLogger(__name__)
 
 
-def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, *, batch_size: int = 64,
-               logger: logging.Logger = log) -> tuple[EmbeddingSet, dict]:
-    started = time.perf_counter()
-    catalog.register_model(embedder.model_id, embedder.backend, embedder.dim, embedder.description)
-    valid = catalog.valid_images(drop_key)
-    cached = catalog.cached_vectors(embedder.model_id, sorted({h for _, _, h, _ in valid}))
+@dataclass(frozen=True)
+class EmbedOptions:
+    batch_size: int = 64
+    workers: int = 2
+    draft: bool = True
+    storage: str = "vector"
+    log_every_batches: int = 20
 
-    ids: list[int] = []
-    hashes: list[str] = []
-    vectors: list[np.ndarray] = []
-    skipped: list[tuple[str, str]] = []
-    pending: list[tuple[int, str, object]] = []
-    computed = 0
 
-    def flush() -> None:
-        nonlocal computed
-        if not pending:
-            return
-        out = embedder.embed_images([im for _, _, im in pending])
-        for (image_id, h, _), vec in zip(pending, out):
-            ids.append(image_id)
-            hashes.append(h)
-            vectors.append(vec)
-            cached[h] = vec  # identical content later in the same drop reuses it
-        computed += len(pending)
-        pending.clear()
-        logger.info("drop %s: embedded %d/%d images with %s", drop_key, computed, len(valid), embedder.model_id)
+def model_id_for(embedder: Embedder, options: EmbedOptions) -> str:
+    """Reduced-scale decoding changes pixels, so it is part of the cached vectors' identity."""
+    return embedder.model_id if options.draft or embedder.input_size is None else embedder.model_id + "+nodraft"
 
-    for image_id, key, sha, uri in valid:
-        if sha in cached:
-            ids.append(image_id)
-            hashes.append(sha)
-            vectors.append(cached[sha])
-            continue
+
+def _loader(embedder: Embedder, draft_size: int | None):
+    def load(item: tuple[int, str, str, str]):
+        _, key, sha, uri = item
         try:
             data = store_for(uri).read_uri(uri)
         except OSError as exc:
-            skipped.append((key, f"cannot read: {exc}"))
-            continue
+            return None, f"cannot read {key!r}: {exc}"
         if sha256_hex(data) != sha:
-            skipped.append((key, "content changed since the manifest was built: re-materialize raw_image_manifest"))
-            continue
-        decoded = decode_image(data)
+            return None, f"{key!r} changed since the manifest was built: re-materialize raw_image_manifest"
+        decoded = decode_image(data, draft_size=draft_size)
         if not isinstance(decoded, DecodedImage):
-            skipped.append((key, decoded.error))
-            continue
-        pending.append((image_id, sha, decoded.image))
-        if len(pending) >= batch_size:
-            flush()
-    flush()
-    for key, why in skipped:
-        logger.warning("drop %s: %s not embedded: %s", drop_key, key, why)
+            return None, f"{key!r}: {decoded.error}"
+        try:
+            return embedder.preprocess(decoded.image), None
+        except Exception as exc:  # noqa: BLE001 - one odd image must not fail the drop
+            return None, f"{key!r}: preprocessing failed: {type(exc).__name__}: {exc}"
+    return load
 
-    dim = embedder.dim
-    matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
-    emb = EmbeddingSet(embedder.model_id, np.asarray(ids, dtype=np.int64), hashes, matrix, [drop_key] * len(ids))
+
+def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: EmbedOptions = EmbedOptions(), *,
+               logger: logging.Logger = log) -> dict:
+    """Fill the cache for the drop's valid images. Returns figures; publishing the partition's
+    rows is a separate, atomic step (Catalog.publish_embeddings, done by the IO manager)."""
+    started = time.perf_counter()
+    model = model_id_for(embedder, options)
+    catalog.register_model(model, embedder.backend, embedder.dim, embedder.description,
+                           preprocess=embedder.preprocess_version + ("" if options.draft else "-nodraft"),
+                           storage=options.storage)
+    draft_size = embedder.input_size if options.draft else None
+    load = _loader(embedder, draft_size)
+    window = options.batch_size * 2 + options.workers
+    failures: list[tuple[int, str]] = []
+    computed = 0
+    model_seconds = 0.0
+    batches = 0
+    with catalog.cache_writer(model, options.storage) as writer:
+        loaded = ordered_parallel_map(load, catalog.uncached_items(drop_key, model), workers=options.workers,
+                                      window=window)
+        for chunk in batched(loaded, options.batch_size):
+            ok = [(item, pre) for item, (pre, err) in chunk if err is None]
+            failures.extend((item[0], err) for item, (_, err) in chunk if err is not None)
+            if not ok:
+                continue
+            t0 = time.perf_counter()
+            vectors = embedder.forward([pre for _, pre in ok])
+            model_seconds += time.perf_counter() - t0
+            writer.write([item[2] for item, _ in ok], vectors)
+            computed += len(ok)
+            batches += 1
+            if batches % options.log_every_batches == 0:
+                rate = computed / (time.perf_counter() - started)
+                logger.info("drop %s: embedded %d new images with %s (%.1f img/s)", drop_key, computed, model, rate)
+    for image_id, err in failures:
+        logger.warning("drop %s: image %d not embedded: %s", drop_key, image_id, err)
+    catalog.replace_embedding_failures(drop_key, model, failures)
     elapsed = time.perf_counter() - started
-    norms = np.linalg.norm(matrix, axis=1) if len(matrix) else np.ones(0)
-    stats = {
-        "model": embedder.model_id,
+    valid = catalog.valid_image_count(drop_key)
+    return {
+        "model": model,
         "backend": embedder.backend,
-        "dim": dim,
-        "valid_images": len(valid),
-        "embedded": len(ids),
+        "dim": embedder.dim,
+        "storage": options.storage,
+        "valid_images": valid,
         "computed": computed,
-        "reused_from_cache": len(ids) - computed,
-        "not_embedded": len(skipped),
-        "max_norm_error": float(np.abs(norms - 1.0).max()) if len(norms) else 0.0,
+        "served_from_cache": max(0, valid - computed - len(failures)),
+        "not_embedded": len(failures),
+        "batch_size": options.batch_size,
+        "loader_workers": options.workers,
+        "model_seconds": round(model_seconds, 3),
         "seconds": round(elapsed, 3),
         "images_per_second": round(computed / elapsed, 1) if elapsed > 0 and computed else None,
     }
-    return emb, stats
+
+
+def embed_query_images(embedder: Embedder, images_bytes: list[tuple[str, bytes]], options: EmbedOptions
+                       ) -> np.ndarray:
+    """Embed query images exactly as drop images are embedded (same decode scale and
+    preprocessing), so a query identical to a stored image scores 1.0."""
+    draft_size = embedder.input_size if options.draft else None
+    items = []
+    for name, data in images_bytes:
+        decoded = decode_image(data, draft_size=draft_size)
+        if not isinstance(decoded, DecodedImage):
+            raise ValueError(f"query image {name!r} is unusable: {decoded.error}")
+        items.append(embedder.preprocess(decoded.image))
+    return embedder.forward(items)
+
+
+def check_vectors(vectors: np.ndarray, dim: int) -> dict:
+    norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.ones(0)
+    return {"rows": int(len(vectors)), "dim_ok": bool(vectors.ndim == 2 and (len(vectors) == 0 or vectors.shape[1] == dim)),
+            "max_norm_error": float(np.abs(norms - 1.0).max()) if len(norms) else 0.0}

@@ -36,7 +36,7 @@ def test_open_clip_loads_local_checkpoint_and_embeds_images_and_text(tiny_open_c
     import torch
 
     config, ckpt, reference = tiny_open_clip
-    emb = OpenClipEmbedder("tiny-test-clip", str(ckpt), model_config_path=str(config), device="cpu", batch_size=2)
+    emb = OpenClipEmbedder("tiny-test-clip", str(ckpt), model_config_path=str(config), device="cpu")
     assert emb.dim == 16 and emb.model_id == "open_clip:tiny-test-clip/tiny-test-clip.pt"
     images = photo_crops(3)
     v = emb.embed_images(images)
@@ -74,7 +74,7 @@ def tiny_dinov2(tmp_path_factory):
 
 
 def test_transformers_loads_local_directory(tiny_dinov2):
-    emb = TransformersEmbedder(str(tiny_dinov2), device="cpu", batch_size=2)
+    emb = TransformersEmbedder(str(tiny_dinov2), device="cpu")
     assert emb.dim == 32 and emb.model_id == f"hf:{tiny_dinov2.name}"
     v = emb.embed_images(photo_crops(3))
     assert v.shape == (3, 32) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
