@@ -103,3 +103,37 @@ def make_small_drop(folder: Path, n_distinct: int = 8) -> dict:
         "duplicates": {"copy_of_00.jpg": "img_00.jpg", "copy_of_01.jpg": "img_01.jpg",
                        "reencoded_02.jpg": "img_02.jpg", "reencoded_03.jpg": "img_03.jpg"},
     }
+
+
+TINY_CLIP_CONFIG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_files(tmp_path_factory):
+    """A tiny open_clip architecture config and a checkpoint saved from it (seeded, no network)."""
+    import json
+
+    import open_clip
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    config = folder / "tiny-test-clip.json"
+    config.write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-test-clip", pretrained=None)
+    ckpt = folder / "tiny-test-clip.pt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    return config, ckpt, model
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_embedder(tiny_clip_files):
+    from curation_pipeline.resources.embedders import OpenClipEmbedder
+
+    config, ckpt, _ = tiny_clip_files
+    return OpenClipEmbedder("tiny-test-clip", str(ckpt), model_config_path=str(config), device="cpu")

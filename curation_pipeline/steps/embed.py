@@ -33,6 +33,9 @@ class EmbedOptions:
     log_every_batches: int = 20
 
 
+DEFAULT_OPTIONS = EmbedOptions()
+
+
 def model_id_for(embedder: Embedder, options: EmbedOptions) -> str:
     """Reduced-scale decoding changes pixels, so it is part of the cached vectors' identity."""
     return embedder.model_id if options.draft or embedder.input_size is None else embedder.model_id + "+nodraft"
@@ -57,7 +60,7 @@ def _loader(embedder: Embedder, draft_size: int | None):
     return load
 
 
-def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: EmbedOptions = EmbedOptions(), *,
+def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: EmbedOptions = DEFAULT_OPTIONS, *,
                logger: logging.Logger = log) -> dict:
     """Fill the cache for the drop's valid images. Returns figures; publishing the partition's
     rows is a separate, atomic step (Catalog.publish_embeddings, done by the IO manager)."""

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.embedders import Embedder
-from curation_pipeline.steps.embed import EmbedOptions, embed_query_images, model_id_for
+from curation_pipeline.steps.embed import DEFAULT_OPTIONS, EmbedOptions, embed_query_images, model_id_for
 
 log = logging.getLogger(__name__)
 
 
 def retrieve_similar(catalog: Catalog, embedder: Embedder, name: str, query_paths: list[str], *, k: int = 20,
-                     drop_keys: list[str] | None = None, options: EmbedOptions = EmbedOptions(),
+                     drop_keys: list[str] | None = None, options: EmbedOptions = DEFAULT_OPTIONS,
                      logger: logging.Logger = log) -> dict:
     if not query_paths:
         raise ValueError(f"retrieval {name!r}: give at least one query image path")

@@ -178,3 +178,27 @@ def test_workspace_definitions_load(tmp_path):
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "All code locations passed validation" in proc.stdout + proc.stderr
+
+
+def test_one_backfill_run_ingests_several_drops_in_arrival_order(tmp_path, database_url, curation_env, instance):
+    """BackfillPolicy.multi_run: one run (one model load) covers a range of drops."""
+    keys = ["b-1", "b-2", "b-3"]
+    for key in keys:
+        make_small_drop(tmp_path / key, n_distinct=5)
+        Catalog(database_url).register_drop(key, str(tmp_path / key))
+    instance.add_dynamic_partitions("capture_drops", keys)
+    defs = build_definitions(database_url=database_url)
+    result = defs.resolve_job_def("ingest_drop").execute_in_process(
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": "b-1", "dagster/asset_partition_range_end": "b-3"})
+    assert result.success
+    mats = result.get_asset_materialization_events()
+    per_asset = {}
+    for m in mats:
+        per_asset.setdefault(m.asset_key.to_user_string(), set()).add(m.partition)
+    assert per_asset == {a: set(keys) for a in ("raw_image_manifest", "image_embeddings", "dedup_clusters")}
+    catalog = Catalog(database_url)
+    # later drops are identical copies of the first drop's photos: they dedup against it
+    summary = {k: catalog.dedup_summary(k) for k in keys}
+    assert summary["b-1"]["matched_earlier_drops"] == 0
+    assert summary["b-2"]["matched_earlier_drops"] > 0 and summary["b-3"]["matched_earlier_drops"] > 0

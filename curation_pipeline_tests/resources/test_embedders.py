@@ -1,7 +1,5 @@
 """Real model loading code, exercised with tiny checkpoints the tests build and save locally."""
 
-import json
-
 import numpy as np
 import pytest
 
@@ -9,27 +7,10 @@ from curation_pipeline.resources.dagster_resources import EmbedderResource
 from curation_pipeline.resources.embedders import OfflineEmbedder, OpenClipEmbedder, TransformersEmbedder
 from curation_pipeline_tests.conftest import photo_crops
 
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
 
 @pytest.fixture(scope="module")
-def tiny_open_clip(tmp_path_factory):
-    import open_clip
-    import torch
-
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    config = folder / "tiny-test-clip.json"
-    config.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(config)
-    torch.manual_seed(0)
-    model = open_clip.create_model("tiny-test-clip", pretrained=None)
-    ckpt = folder / "tiny-test-clip.pt"
-    torch.save({"state_dict": model.state_dict()}, ckpt)
-    return config, ckpt, model
+def tiny_open_clip(tiny_clip_files):
+    return tiny_clip_files
 
 
 def test_open_clip_loads_local_checkpoint_and_embeds_images_and_text(tiny_open_clip):
