@@ -31,7 +31,10 @@ def _png_header_only(width, height):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
-def _ingest(catalog, folder, key, embedder, options=EmbedOptions(batch_size=4, workers=2)):
+SMALL_BATCHES = EmbedOptions(batch_size=4, workers=2)
+
+
+def _ingest(catalog, folder, key, embedder, options=SMALL_BATCHES):
     catalog.register_drop(key, str(folder))
     build_manifest(catalog, LocalImageStore(), str(folder), key)
     stats = embed_drop(catalog, embedder, key, options)
