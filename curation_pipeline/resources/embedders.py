@@ -7,7 +7,7 @@ Every embedder is split the same way so an input pipeline can overlap the two ha
 
 Backends:
   * offline      - the hand-crafted colour/layout/gradient descriptor (core.colour_layout);
-                   no weights, no torch, deterministic. Model id `offline:colour-layout-v1`.
+                   no weights, no torch, deterministic. Model id `offline:colour-layout-v2`.
   * open_clip    - any open_clip architecture with a pretrained tag (production default ViT-B-32 /
                    laion2b_s34b_b79k) or a local checkpoint path; optional JSON model config for
                    custom architectures. Embeds text. Model id `open_clip:<arch>/<tag-or-file>`.
@@ -51,7 +51,8 @@ class Embedder(ABC):
     dim: int
     description: str
     preprocess_version: str  # changes whenever preprocessing changes the pixels the model sees
-    input_size: int | None = None  # model input side, for reduced-scale JPEG decoding
+    input_size: int | None = None  # model input side
+    draft_size: int | None = None  # smallest side a reduced-scale JPEG decode may produce (default: input_size)
 
     def __init__(self) -> None:
         self._count_lock = threading.Lock()
@@ -73,6 +74,10 @@ class Embedder(ABC):
             self.images_computed += len(items)
         return out
 
+    @property
+    def decode_draft_size(self) -> int | None:
+        return self.draft_size or self.input_size
+
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Convenience for small sets (queries, tests): preprocess + forward in this thread."""
         return self.forward([self.preprocess(im) for im in images])
@@ -93,7 +98,8 @@ class OfflineEmbedder(Embedder):
         self.model_id = f"offline:{colour_layout.DESCRIPTOR_NAME}"
         self.dim = colour_layout.DESCRIPTOR_DIM
         self.input_size = colour_layout.INPUT_SIZE
-        self.preprocess_version = f"squash{colour_layout.INPUT_SIZE}-bilinear-draft"
+        self.draft_size = colour_layout.DRAFT_SIZE
+        self.preprocess_version = f"squash{colour_layout.INPUT_SIZE}-bilinear-draft{colour_layout.DRAFT_SIZE}"
         self.description = (
             "hand-crafted colour/layout/gradient descriptor (no learned weights): good for near-duplicates "
             "and colour/layout diversity, not for semantics"

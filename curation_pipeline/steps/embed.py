@@ -9,6 +9,8 @@ cache (any drop, same model and preprocessing) is never loaded or embedded again
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass
 
@@ -38,7 +40,45 @@ DEFAULT_OPTIONS = EmbedOptions()
 
 def model_id_for(embedder: Embedder, options: EmbedOptions) -> str:
     """Reduced-scale decoding changes pixels, so it is part of the cached vectors' identity."""
-    return embedder.model_id if options.draft or embedder.input_size is None else embedder.model_id + "+nodraft"
+    return embedder.model_id if options.draft or embedder.decode_draft_size is None else embedder.model_id + "+nodraft"
+
+
+class BackgroundWriter:
+    """Runs `write(*args)` calls on one thread, in order, at most `depth` queued: database commits
+    overlap the model instead of stalling it, and memory stays bounded. Errors surface on the
+    next submit or on exit."""
+
+    def __init__(self, write, depth: int = 2) -> None:
+        self._write = write
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            args = self._queue.get()
+            if args is None:
+                return
+            if self._error is None:
+                try:
+                    self._write(*args)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                    self._error = exc
+
+    def submit(self, *args) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(args)
+
+    def __enter__(self) -> "BackgroundWriter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc is None:
+            raise self._error
 
 
 def _loader(embedder: Embedder, draft_size: int | None):
@@ -69,14 +109,14 @@ def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: Emb
     catalog.register_model(model, embedder.backend, embedder.dim, embedder.description,
                            preprocess=embedder.preprocess_version + ("" if options.draft else "-nodraft"),
                            storage=options.storage)
-    draft_size = embedder.input_size if options.draft else None
+    draft_size = embedder.decode_draft_size if options.draft else None
     load = _loader(embedder, draft_size)
-    window = options.batch_size * 2 + options.workers
+    window = options.batch_size * 3 + options.workers
     failures: list[tuple[int, str]] = []
     computed = 0
     model_seconds = 0.0
     batches = 0
-    with catalog.cache_writer(model, options.storage) as writer:
+    with catalog.cache_writer(model, options.storage) as writer, BackgroundWriter(writer.write) as background:
         loaded = ordered_parallel_map(load, catalog.uncached_items(drop_key, model), workers=options.workers,
                                       window=window)
         for chunk in batched(loaded, options.batch_size):
@@ -87,7 +127,7 @@ def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: Emb
             t0 = time.perf_counter()
             vectors = embedder.forward([pre for _, pre in ok])
             model_seconds += time.perf_counter() - t0
-            writer.write([item[2] for item, _ in ok], vectors)
+            background.submit([item[2] for item, _ in ok], vectors)  # the model goes on while this commits
             computed += len(ok)
             batches += 1
             if batches % options.log_every_batches == 0:
@@ -119,7 +159,7 @@ def embed_query_images(embedder: Embedder, images_bytes: list[tuple[str, bytes]]
                        ) -> np.ndarray:
     """Embed query images exactly as drop images are embedded (same decode scale and
     preprocessing), so a query identical to a stored image scores 1.0."""
-    draft_size = embedder.input_size if options.draft else None
+    draft_size = embedder.decode_draft_size if options.draft else None
     items = []
     for name, data in images_bytes:
         decoded = decode_image(data, draft_size=draft_size)

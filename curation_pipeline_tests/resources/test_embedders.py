@@ -66,7 +66,7 @@ def test_transformers_loads_local_directory(tiny_dinov2):
 
 def test_offline_embedder_needs_no_torch_and_is_named_honestly():
     emb = OfflineEmbedder()
-    assert emb.model_id == "offline:colour-layout-v1" and "not for semantics" in emb.description
+    assert emb.model_id == "offline:colour-layout-v2" and "not for semantics" in emb.description
     assert emb.embed_images(photo_crops(2)).shape == (2, emb.dim)
 
 

@@ -169,7 +169,7 @@ def test_halfvec_storage_halves_the_vector_and_still_retrieves(tmp_path, databas
     catalog = Catalog(database_url)
     make_small_drop(tmp_path / "d")
     embedder = OfflineEmbedder()
-    embedder.model_id = "offline:colour-layout-v1-half"  # a separate model id for the halfvec copy
+    embedder.model_id = "offline:colour-layout-v2-half"  # a separate model id for the halfvec copy
     stats = _ingest(catalog, tmp_path / "d", "d", embedder, EmbedOptions(batch_size=4, workers=2, storage="halfvec"))
     full = _ingest(catalog, tmp_path / "d", "d", OfflineEmbedder())
     with catalog.connection() as conn:

