@@ -1,12 +1,17 @@
 """Duplicate clustering in three tiers, cheapest first: exact (sha256), perceptual (pHash Hamming
 distance), semantic (embedding cosine similarity).
 
-Clustering is *star* (leader) clustering, not connected components: candidates are visited in
-representative-preference order, an unassigned candidate becomes a leader, and only candidates
-with a *direct* link to that leader join it. So every member is within the threshold of its
-representative; chains A~B~C with A !~ C never merge A and C (the failure of approximate
-neighbour-chaining tools). Leaders that are already representatives of earlier drops are visited
-first, so a new drop's copies join the clusters that exist instead of re-electing them."""
+Identical contents (same sha256) are collapsed into one node first, so a thousand frames of a
+static camera cost one node, not half a million links. Nodes are then clustered with *star*
+(leader) clustering, not connected components: nodes are visited in representative-preference
+order, an unassigned node becomes a leader, and only nodes with a *direct* link to that leader
+join it. So every member is within the threshold of its representative; chains A~B~C with
+A !~ C never merge A and C (the failure of approximate neighbour-chaining tools). Locked nodes
+(representatives already published by other drops) always lead their own cluster and are never
+absorbed, so existing clusters stay stable while a new drop's copies join them.
+
+Similarities are recomputed exactly for every candidate pair the caller proposes (ANN neighbours,
+hash matches); nothing here builds an all-pairs matrix."""
 
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ _TIER_RANK = {TIER_EXACT: 3, TIER_PERCEPTUAL: 2, TIER_SEMANTIC: 1}
 @dataclass(frozen=True)
 class DedupThresholds:
     max_hamming: int = 6  # pHash bits out of 64
-    min_cosine: float = 0.93  # semantic tier, on L2-normalised embeddings
+    min_cosine: float = 0.90  # semantic tier, on L2-normalised embeddings
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_hamming <= HASH_BITS:
@@ -36,7 +41,7 @@ class DedupThresholds:
 
 @dataclass(frozen=True)
 class Link:
-    """An undirected duplicate link between candidate positions i and j."""
+    """An undirected duplicate link between candidate positions i < j."""
 
     i: int
     j: int
@@ -48,14 +53,14 @@ class Link:
 class Assignment:
     index: int  # candidate position
     leader: int  # candidate position of its representative (itself for a representative)
-    tier: str | None  # strongest tier linking it to the leader; None for the leader itself
-    similarity: float  # similarity to the leader (1.0 for the leader)
+    tier: str | None  # tier linking it to the representative; None for the representative itself
+    similarity: float  # similarity to the representative (1.0 for the representative)
 
 
 def representative_order(pixels: np.ndarray, sharpness: np.ndarray, drop_rank: np.ndarray,
                          prior_leader: np.ndarray, keys: list[str]) -> np.ndarray:
-    """Candidate positions, most preferred representative first: already a representative of an
-    earlier drop, then largest resolution, then sharpest, then earliest drop, then key (stable)."""
+    """Candidate positions, most preferred representative first: already a representative of
+    another drop, then largest resolution, then sharpest, then earliest drop, then key (stable)."""
     order = sorted(
         range(len(keys)),
         key=lambda i: (not bool(prior_leader[i]), -int(pixels[i]), -float(sharpness[i]), int(drop_rank[i]), keys[i]),
@@ -63,79 +68,91 @@ def representative_order(pixels: np.ndarray, sharpness: np.ndarray, drop_rank: n
     return np.asarray(order, dtype=np.int64)
 
 
-def find_links(sha256: list[str], phash: np.ndarray, vectors: np.ndarray | None,
-               thresholds: DedupThresholds, *, extra_pairs: np.ndarray | None = None,
-               chunk_rows: int = 2048) -> list[Link]:
-    """All duplicate links among n candidates, keeping the strongest tier per pair.
+def hamming_pairs(a: np.ndarray, b: np.ndarray | None, max_hamming: int, *, max_cells: int = 1 << 21) -> np.ndarray:
+    """(m, 2) index pairs (i into a, j into b) with Hamming distance <= max_hamming, computed in row
+    chunks of at most `max_cells` comparisons (memory O(max_cells)). With b None: pairs i < j within a."""
+    a = np.asarray(a, dtype=np.int64)
+    other = a if b is None else np.asarray(b, dtype=np.int64)
+    if len(a) == 0 or len(other) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    rows = max(1, max_cells // len(other))
+    found = []
+    for start in range(0, len(a), rows):
+        stop = min(len(a), start + rows)
+        dist = np.bitwise_count(np.bitwise_xor(a[start:stop, None], other[None, :]).view(np.uint64))
+        r, c = np.nonzero(dist <= max_hamming)
+        r = r + start
+        if b is None:
+            keep = r < c
+            r, c = r[keep], c[keep]
+        found.append(np.stack([r, c], axis=1))
+    return np.concatenate(found).astype(np.int64)
 
-    Exact and perceptual links are all-pairs within the candidate set (cheap: hashes). Semantic
-    links are exact cosine similarities, computed in row chunks so memory is O(chunk * n); when
-    `extra_pairs` (m, 2) is given, semantic links are checked only on those pairs (the neighbour
-    candidates an ANN index returned) instead of all pairs."""
+
+def cluster_duplicates(sha256: list[str], phash: np.ndarray, vectors: np.ndarray, has_vector: np.ndarray,
+                       order: np.ndarray, locked: np.ndarray, pairs: np.ndarray,
+                       thresholds: DedupThresholds) -> list[Assignment]:
+    """Assign every candidate position to a representative.
+
+    sha256 (n,), phash (n,) int64, vectors (n, d) unit rows (rows without a vector: has_vector
+    False), order: preference permutation (see representative_order), locked (n,) bool: existing
+    representatives, pairs (m, 2): candidate pairs to check for perceptual/semantic links."""
     n = len(sha256)
-    best: dict[tuple[int, int], Link] = {}
+    if n == 0:
+        return []
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.asarray(order, dtype=np.int64)] = np.arange(n)
 
-    def offer(i: int, j: int, tier: str, sim: float) -> None:
-        if i == j:
-            return
-        a, b = (i, j) if i < j else (j, i)
-        cur = best.get((a, b))
-        if cur is None or _TIER_RANK[tier] > _TIER_RANK[cur.tier]:
-            best[(a, b)] = Link(a, b, tier, float(sim))
+    # 1. identical content -> one node, anchored at its most preferred member
+    anchor_of: dict[str, int] = {}
+    for pos in np.asarray(order).tolist():
+        anchor_of.setdefault(sha256[pos], pos)
+    node = np.asarray([anchor_of[h] for h in sha256], dtype=np.int64)  # anchor position of each position
 
-    by_hash: dict[str, list[int]] = {}
-    for i, h in enumerate(sha256):
-        by_hash.setdefault(h, []).append(i)
-    for members in by_hash.values():
-        for x in range(len(members)):
-            for y in range(x + 1, len(members)):
-                offer(members[x], members[y], TIER_EXACT, 1.0)
+    # 2. links between nodes, strongest tier per node pair, similarity computed exactly
+    links: dict[tuple[int, int], Link] = {}
+    p = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if len(p):
+        a, b = node[p[:, 0]], node[p[:, 1]]
+        keep = a != b
+        a, b = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+        uniq = np.unique(np.stack([a, b], axis=1), axis=0) if len(a) else np.zeros((0, 2), np.int64)
+        if len(uniq):
+            ph = np.asarray(phash, dtype=np.int64)
+            ham = np.bitwise_count(np.bitwise_xor(ph[uniq[:, 0]], ph[uniq[:, 1]]).view(np.uint64)).astype(np.int64)
+            v = np.asarray(vectors, dtype=np.float32)
+            both = np.asarray(has_vector, dtype=bool)[uniq[:, 0]] & np.asarray(has_vector, dtype=bool)[uniq[:, 1]]
+            cos = np.where(both, np.einsum("ij,ij->i", v[uniq[:, 0]], v[uniq[:, 1]]), -1.0)
+            for (i, j), h, c in zip(uniq.tolist(), ham.tolist(), cos.tolist()):
+                if h <= thresholds.max_hamming:
+                    links[(i, j)] = Link(i, j, TIER_PERCEPTUAL, 1.0 - h / HASH_BITS)
+                elif c >= thresholds.min_cosine:
+                    links[(i, j)] = Link(i, j, TIER_SEMANTIC, float(c))
 
-    ph = np.asarray(phash, dtype=np.int64)
-    for start in range(0, n, chunk_rows):
-        stop = min(n, start + chunk_rows)
-        xor = np.bitwise_xor(ph[start:stop, None], ph[None, :]).view(np.uint64)
-        dist = np.bitwise_count(xor)
-        rows, cols = np.nonzero(dist <= thresholds.max_hamming)
-        for r, c in zip(rows.tolist(), cols.tolist()):
-            i = start + r
-            if i < c:
-                offer(i, c, TIER_PERCEPTUAL, 1.0 - dist[r, c] / HASH_BITS)
-
-    if vectors is not None and n > 1:
-        v = np.asarray(vectors, dtype=np.float32)
-        if extra_pairs is not None:
-            pairs = np.asarray(extra_pairs, dtype=np.int64).reshape(-1, 2)
-            if len(pairs):
-                sims = np.einsum("ij,ij->i", v[pairs[:, 0]], v[pairs[:, 1]])
-                for (i, j), s in zip(pairs.tolist(), sims.tolist()):
-                    if s >= thresholds.min_cosine:
-                        offer(i, j, TIER_SEMANTIC, s)
-        else:
-            for start in range(0, n, chunk_rows):
-                stop = min(n, start + chunk_rows)
-                sims = v[start:stop] @ v.T
-                rows, cols = np.nonzero(sims >= thresholds.min_cosine)
-                for r, c in zip(rows.tolist(), cols.tolist()):
-                    i = start + r
-                    if i < c:
-                        offer(i, c, TIER_SEMANTIC, float(sims[r, c]))
-    return sorted(best.values(), key=lambda link: (link.i, link.j))
-
-
-def star_clusters(n: int, links: list[Link], order: np.ndarray) -> list[Assignment]:
-    """Leader clustering over candidate positions 0..n-1 visited in `order`."""
-    neighbours: dict[int, dict[int, Link]] = {}
-    for link in links:
-        neighbours.setdefault(link.i, {})[link.j] = link
-        neighbours.setdefault(link.j, {})[link.i] = link
-    assigned: dict[int, Assignment] = {}
-    for leader in order.tolist():
-        if leader in assigned:
+    # 3. star clustering over nodes: locked nodes lead first and are never absorbed
+    neighbours: dict[int, list[Link]] = {}
+    for link in links.values():
+        neighbours.setdefault(link.i, []).append(link)
+        neighbours.setdefault(link.j, []).append(link)
+    is_locked = {int(x) for x in node[np.asarray(locked, dtype=bool)]}
+    leader_of: dict[int, tuple[int, str | None, float]] = {}
+    anchors = sorted(set(node.tolist()), key=lambda x: (x not in is_locked, rank[x]))
+    for lead in anchors:
+        if lead in leader_of:
             continue
-        assigned[leader] = Assignment(leader, leader, None, 1.0)
-        for other, link in sorted(neighbours.get(leader, {}).items()):
-            if other not in assigned:
-                assigned[other] = Assignment(other, leader, link.tier, link.similarity)
-    return [assigned[i] for i in range(n)]
+        leader_of[lead] = (lead, None, 1.0)
+        for link in sorted(neighbours.get(lead, []), key=lambda lk: (-_TIER_RANK[lk.tier], -lk.similarity)):
+            other = link.j if link.i == lead else link.i
+            if other not in leader_of and other not in is_locked:
+                leader_of[other] = (lead, link.tier, link.similarity)
 
+    # 4. expand nodes back to positions
+    out = []
+    for pos in range(n):
+        anchor = int(node[pos])
+        lead, tier, sim = leader_of[anchor]
+        if lead == anchor:
+            out.append(Assignment(pos, anchor, None, 1.0) if pos == anchor else Assignment(pos, anchor, TIER_EXACT, 1.0))
+        else:
+            out.append(Assignment(pos, lead, tier, sim))
+    return out

@@ -27,12 +27,13 @@ class DedupConfig(dg.Config):
     kinds={"pgvector"},
     owners=["team:curation"],
     description="Exact (sha256), perceptual (pHash) and semantic (HNSW + exact cosine) duplicates of the drop, "
-                "within it and against all earlier drops; star clusters with one representative each.",
+                "within it and against every drop deduplicated before it; star clusters with one representative each.",
     check_specs=[
         dg.AssetCheckSpec("every_image_assigned", asset="dedup_clusters", blocking=True,
                           description="Each embedded valid image has exactly one cluster row."),
         dg.AssetCheckSpec("members_close_to_representative", asset="dedup_clusters", blocking=True,
-                          description="No member is below its tier's threshold to its representative."),
+                          description="Recomputed from stored hashes and vectors: every member is within its tier's threshold "
+                                      "of a representative that still is one."),
     ],
 )
 def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig, database: DatabaseResource,
@@ -52,7 +53,7 @@ def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig, datab
         "drops": len(all_stats), "model": image_embeddings.model,
         **{k: sum(s[k] for s in all_stats) for k in ("images", "kept", "duplicates", "exact_duplicates",
                                                       "perceptual_duplicates", "semantic_duplicates",
-                                                      "duplicates_of_earlier_drops")},
+                                                      "duplicates_of_other_drops")},
         "max_hamming": config.max_hamming, "min_cosine": config.min_cosine}
     return dg.MaterializeResult(
         metadata=metadata,
@@ -61,7 +62,8 @@ def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig, datab
                                 metadata={"unassigned": total["unassigned"],
                                           "images": sum(s["images"] for s in all_stats)}),
             dg.AssetCheckResult(check_name="members_close_to_representative",
-                                passed=total["below_threshold"] == 0 and total["dangling_representatives"] == 0,
+                                passed=(total["below_threshold"] == 0 and total["orphaned_members"] == 0
+                                        and total["malformed_representatives"] == 0),
                                 metadata=total),
         ],
     )

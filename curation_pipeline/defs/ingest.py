@@ -39,7 +39,8 @@ def raw_image_manifest(context: dg.AssetExecutionContext, database: DatabaseReso
                        image_store: ImageStoreResource) -> dg.MaterializeResult:
     catalog = database.catalog()
     stats = []
-    for drop_key in catalog.drops_in_order(context.partition_keys):
+    keys = catalog.drops_in_order(context.partition_keys)
+    for drop_key in keys:
         location = image_store.location_for(drop_key, catalog.drop_source(drop_key))
         context.log.info(f"building manifest of drop {drop_key} from {location}")
         stats.append(build_manifest(catalog, image_store.store(location), location, drop_key, logger=context.log))
@@ -48,7 +49,7 @@ def raw_image_manifest(context: dg.AssetExecutionContext, database: DatabaseReso
         for k, v in s["by_status"].items():
             by_status[k] = by_status.get(k, 0) + v
     listed, rows, dup_keys = _sum(stats, "objects_listed"), _sum(stats, "rows"), _sum(stats, "duplicate_keys")
-    empty = [s for s, st in zip(context.partition_keys, stats) if st["objects_listed"] == 0]
+    empty = [key for key, st in zip(keys, stats) if st["objects_listed"] == 0]
     metadata = stats[0] if len(stats) == 1 else {"drops": len(stats), "objects_listed": listed, "rows": rows,
                                                   "valid_images": _sum(stats, "valid_images"),
                                                   "failed": _sum(stats, "failed"),
@@ -57,7 +58,11 @@ def raw_image_manifest(context: dg.AssetExecutionContext, database: DatabaseReso
     return dg.MaterializeResult(
         metadata={**metadata, "by_status": dg.MetadataValue.json(by_status)},
         check_results=[
+            # An empty drop is an ERROR (it stops downstream) only when nothing in the run has
+            # objects: one empty drop in a backfill batch is reported, not allowed to block the rest.
             dg.AssetCheckResult(check_name="drop_not_empty", passed=not empty,
+                                severity=dg.AssetCheckSeverity.ERROR if len(empty) == len(keys)
+                                else dg.AssetCheckSeverity.WARN,
                                 metadata={"objects_listed": listed, "empty_drops": ", ".join(empty) or "none"}),
             dg.AssetCheckResult(check_name="every_object_recorded_once", passed=rows == listed and dup_keys == 0,
                                 metadata={"rows": rows, "objects_listed": listed, "duplicate_keys": dup_keys}),

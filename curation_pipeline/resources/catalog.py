@@ -125,6 +125,20 @@ class CacheWriter:
         return inserted
 
 
+_DEDUP_LOCK_ID = 0x6375726164  # "curad"
+
+
+def _repair_orphaned_members(conn) -> int:
+    """Members whose representative vanished or stopped being a representative (an earlier drop
+    was re-ingested or re-deduplicated) become representatives of themselves: nothing is lost
+    from selections, and re-running their drop's dedup finds their new match."""
+    return conn.execute(
+        "UPDATE dedup_members m SET representative_id = m.image_id, is_representative = true, tier = NULL,"
+        " similarity = 1.0 WHERE NOT m.is_representative AND NOT EXISTS ("
+        "  SELECT 1 FROM dedup_members r WHERE r.image_id = m.representative_id AND r.is_representative)"
+    ).rowcount
+
+
 def hnsw_index_name(model: str) -> str:
     return "embeddings_hnsw_" + hashlib.sha1(model.encode("utf-8")).hexdigest()[:16]
 
@@ -181,7 +195,8 @@ class Catalog:
             deleted = conn.execute(
                 "DELETE FROM images WHERE drop_key = %s AND NOT (image_id = ANY(%s))", (drop_key, keep)
             ).rowcount
-        return {"upserted": len(values), "deleted_vanished": deleted}
+            repaired = _repair_orphaned_members(conn) if deleted else 0
+        return {"upserted": len(values), "deleted_vanished": deleted, "repaired_members": repaired}
 
     def manifest_summary(self, drop_key: str) -> dict:
         with self.connection() as conn:
@@ -431,50 +446,59 @@ class Catalog:
         return results
 
     # ---- dedup -------------------------------------------------------------------------------
-    def earlier_drops(self, drop_key: str) -> list[str]:
+    @contextmanager
+    def dedup_lock(self) -> Iterator[None]:
+        """Serialises dedup across drops (a session advisory lock held for one drop's dedup): two
+        drops deduplicated at the same time would otherwise each miss the other."""
+        with self.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (_DEDUP_LOCK_ID,))
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_DEDUP_LOCK_ID,))
+
+    def deduplicated_drops(self, exclude: str) -> list[str]:
+        """Drops whose dedup has run (whatever their arrival order), except `exclude`."""
         with self.connection() as conn:
             return [r[0] for r in conn.execute(
-                "SELECT drop_key FROM drops WHERE ordinal < (SELECT ordinal FROM drops WHERE drop_key = %s)"
-                " ORDER BY ordinal",
-                (drop_key,),
+                "SELECT d.drop_key FROM drops d WHERE d.drop_key <> %s"
+                " AND EXISTS (SELECT 1 FROM dedup_members m WHERE m.drop_key = d.drop_key) ORDER BY d.ordinal",
+                (exclude,),
             ).fetchall()]
 
     def dedup_candidates(self, drop_key: str, model: str) -> list[KeptImage]:
-        """The drop's own valid, embedded images."""
-        return self._kept_query(
-            "WHERE i.drop_key = %s AND i.status = 'ok' AND e.model = %s", (drop_key, model)
+        """The drop's own valid images that have a vector for `model`."""
+        return self._image_query(
+            "JOIN embeddings e ON e.image_id = i.image_id AND e.model = %s WHERE i.drop_key = %s AND i.status = 'ok'",
+            (model, drop_key),
         )
 
-    def kept_images(self, image_ids: Sequence[int], model: str) -> list[KeptImage]:
-        """Of the given images, those that are kept (a representative, or never deduplicated)."""
-        return self._kept_query(
-            "LEFT JOIN dedup_members m ON m.image_id = i.image_id"
-            " WHERE i.image_id = ANY(%s) AND e.model = %s AND (m.image_id IS NULL OR m.is_representative)",
-            (list(map(int, image_ids)), model),
+    def kept_images(self, image_ids: Sequence[int]) -> list[KeptImage]:
+        """Of the given images, the published representatives (any model, any drop)."""
+        return self._image_query(
+            "JOIN dedup_members m ON m.image_id = i.image_id AND m.is_representative WHERE i.image_id = ANY(%s)",
+            (list(map(int, image_ids)),),
         )
 
-    def kept_images_with_hashes(self, drop_keys: Sequence[str], sha256s: Sequence[str], model: str) -> list[KeptImage]:
-        """Kept images of the given drops whose content hash is one of `sha256s` (exact tier)."""
-        return self._kept_query(
-            "LEFT JOIN dedup_members m ON m.image_id = i.image_id"
-            " WHERE i.drop_key = ANY(%s) AND i.sha256 = ANY(%s) AND e.model = %s"
-            " AND (m.image_id IS NULL OR m.is_representative)",
-            (list(drop_keys), list(sha256s), model),
+    def kept_images_with_hashes(self, drop_keys: Sequence[str], sha256s: Sequence[str]) -> list[KeptImage]:
+        """Representatives in the given drops whose content hash is one of `sha256s` (exact tier)."""
+        return self._image_query(
+            "JOIN dedup_members m ON m.image_id = i.image_id AND m.is_representative"
+            " WHERE i.drop_key = ANY(%s) AND i.sha256 = ANY(%s)",
+            (list(drop_keys), list(sha256s)),
         )
 
-    def kept_phashes(self, drop_keys: Sequence[str], model: str) -> tuple[np.ndarray, np.ndarray]:
-        """(image_ids, phash) int64 arrays of kept images in the given drops (8 bytes each: a
-        million images is 16 MB, so the perceptual tier scans them in numpy)."""
+    def kept_phashes(self, drop_keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(image_ids, phash) int64 arrays of the representatives in the given drops (8 bytes each:
+        a million images is 16 MB, so the perceptual tier scans them in numpy)."""
         with self.connection() as conn:
             rows = conn.execute(
-                "SELECT i.image_id, i.phash FROM images i JOIN embeddings e ON e.image_id = i.image_id"
-                " LEFT JOIN dedup_members m ON m.image_id = i.image_id"
-                " WHERE i.drop_key = ANY(%s) AND i.status = 'ok' AND e.model = %s"
-                " AND (m.image_id IS NULL OR m.is_representative)",
-                (list(drop_keys), model),
+                "SELECT i.image_id, i.phash FROM images i"
+                " JOIN dedup_members m ON m.image_id = i.image_id AND m.is_representative"
+                " WHERE i.drop_key = ANY(%s) AND i.phash IS NOT NULL",
+                (list(drop_keys),),
             ).fetchall()
-        ids = np.asarray([r[0] for r in rows], dtype=np.int64)
-        return ids, np.asarray([r[1] for r in rows], dtype=np.int64)
+        return np.asarray([r[0] for r in rows], dtype=np.int64), np.asarray([r[1] for r in rows], dtype=np.int64)
 
     def representatives_of(self, image_ids: Sequence[int]) -> dict[int, int]:
         with self.connection() as conn:
@@ -492,20 +516,21 @@ class Catalog:
             ).fetchall()
         return {int(i): np.asarray(v.to_numpy(), dtype=np.float32) for i, v in rows}
 
-    def _kept_query(self, where: str, params: tuple) -> list[KeptImage]:
+    def _image_query(self, where: str, params: tuple) -> list[KeptImage]:
         with self.connection() as conn:
             rows = conn.execute(
-                "SELECT i.image_id, i.drop_key, d.ordinal, i.sha256, i.phash, i.width::bigint * i.height,"
-                " coalesce(i.blur_variance, 0), i.object_key"
-                " FROM images i JOIN drops d ON d.drop_key = i.drop_key"
-                " JOIN embeddings e ON e.image_id = i.image_id " + where + " ORDER BY i.image_id",
+                "SELECT i.image_id, i.drop_key, d.ordinal, i.sha256, coalesce(i.phash, 0),"
+                " coalesce(i.width, 0)::bigint * coalesce(i.height, 0), coalesce(i.blur_variance, 0), i.object_key"
+                " FROM images i JOIN drops d ON d.drop_key = i.drop_key " + where + " ORDER BY i.image_id",
                 params,
             ).fetchall()
         return [KeptImage(int(r[0]), r[1], int(r[2]), r[3], int(r[4]), int(r[5]), float(r[6]) / (float(r[6]) + 100.0),
                           r[7]) for r in rows]
 
-    def replace_dedup(self, drop_key: str, model: str, rows: Sequence[tuple[int, int, bool, str | None, float]]) -> int:
-        """rows: (image_id, representative_id, is_representative, tier, similarity)."""
+    def replace_dedup(self, drop_key: str, model: str, rows: Sequence[tuple[int, int, bool, str | None, float]]) -> dict:
+        """rows: (image_id, representative_id, is_representative, tier, similarity). Replaces the
+        drop's rows and repairs other drops' members whose representative stopped being one, in one
+        transaction."""
         with self.connection() as conn, conn.transaction():
             conn.execute("DELETE FROM dedup_members WHERE drop_key = %s", (drop_key,))
             with conn.cursor() as cur:
@@ -514,7 +539,8 @@ class Catalog:
                     " similarity) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                     [(i, drop_key, model, r, rep, t, s) for i, r, rep, t, s in rows],
                 )
-        return len(rows)
+            repaired = _repair_orphaned_members(conn)
+        return {"rows": len(rows), "repaired_members": repaired}
 
     def duplicate_groups(self, drop_keys: Sequence[str] | None = None) -> list[dict]:
         """Groups with at least one duplicate: representative first, members by similarity."""
@@ -552,30 +578,45 @@ class Catalog:
                 (drop_key,),
             ).fetchone()[0]
         out = {k: int(v) for k, v in rows}
-        out["matched_earlier_drops"] = int(cross)
+        out["matched_other_drops"] = int(cross)
         return out
 
     def dedup_violations(self, drop_key: str, model: str, min_cosine: float, max_hamming: int) -> dict:
-        """Figures the dedup checks assert on: images of the drop without exactly one dedup row,
-        and members whose recorded similarity to their representative is below their tier's bar."""
+        """What the dedup checks assert on, recomputed from the stored images and vectors (not from
+        the similarities dedup recorded): embedded valid images without a row; members whose
+        representative is missing or no longer a representative; members whose recomputed
+        similarity to their representative fails their tier's threshold."""
+        vec_m = "coalesce(me.embedding, me.embedding_half::vector)"
+        vec_r = "coalesce(re.embedding, re.embedding_half::vector)"
         with self.connection() as conn:
             unassigned = conn.execute(
-                "SELECT count(*) FROM images i LEFT JOIN dedup_members m ON m.image_id = i.image_id"
-                " JOIN embeddings e ON e.image_id = i.image_id AND e.model = %s"
+                "SELECT count(*) FROM images i JOIN embeddings e ON e.image_id = i.image_id AND e.model = %s"
+                " LEFT JOIN dedup_members m ON m.image_id = i.image_id"
                 " WHERE i.drop_key = %s AND i.status = 'ok' AND m.image_id IS NULL",
                 (model, drop_key),
             ).fetchone()[0]
-            weak = conn.execute(
-                "SELECT count(*) FROM dedup_members WHERE drop_key = %s AND NOT is_representative AND"
-                " ((tier = 'semantic' AND similarity < %s) OR (tier = 'perceptual' AND similarity < %s))",
-                (drop_key, min_cosine - 1e-6, 1.0 - max_hamming / 64.0 - 1e-9),
+            orphaned, weak = conn.execute(
+                "SELECT count(*) FILTER (WHERE r.image_id IS NULL),"
+                " count(*) FILTER (WHERE r.image_id IS NOT NULL AND ("
+                "   (m.tier = 'exact' AND mi.sha256 <> ri.sha256)"
+                "   OR (m.tier = 'perceptual' AND bit_count(int8send(mi.phash # ri.phash)) > %s)"
+                "   OR (m.tier = 'semantic' AND (me.image_id IS NULL OR re.image_id IS NULL"
+                "       OR 1 - (" + vec_m + " <=> " + vec_r + ") < %s))))"
+                " FROM dedup_members m"
+                " JOIN images mi ON mi.image_id = m.image_id"
+                " LEFT JOIN dedup_members r ON r.image_id = m.representative_id AND r.is_representative"
+                " LEFT JOIN images ri ON ri.image_id = m.representative_id"
+                " LEFT JOIN embeddings me ON me.image_id = m.image_id AND me.model = m.model"
+                " LEFT JOIN embeddings re ON re.image_id = m.representative_id AND re.model = m.model"
+                " WHERE m.drop_key = %s AND NOT m.is_representative",
+                (max_hamming, min_cosine - 1e-4, drop_key),
+            ).fetchone()
+            self_reps = conn.execute(
+                "SELECT count(*) FROM dedup_members WHERE drop_key = %s AND is_representative"
+                " AND representative_id <> image_id", (drop_key,),
             ).fetchone()[0]
-            dangling = conn.execute(
-                "SELECT count(*) FROM dedup_members m LEFT JOIN images r ON r.image_id = m.representative_id"
-                " WHERE m.drop_key = %s AND r.image_id IS NULL",
-                (drop_key,),
-            ).fetchone()[0]
-        return {"unassigned": int(unassigned), "below_threshold": int(weak), "dangling_representatives": int(dangling)}
+        return {"unassigned": int(unassigned), "orphaned_members": int(orphaned), "below_threshold": int(weak),
+                "malformed_representatives": int(self_reps)}
 
     def selected_duplicates(self, name: str) -> int:
         """Selected images that are duplicates of another image (should be 0)."""

@@ -1,11 +1,16 @@
-"""Deduplicate one drop against itself and every earlier drop.
+"""Deduplicate one drop against itself and every drop deduplicated before it.
 
 Candidates come cheapest first: identical sha256 (SQL index), pHash within the Hamming radius
-(numpy over the kept images' 8-byte hashes), and semantic neighbours from the model's pgvector HNSW
-index (within the drop and across earlier drops). Earlier images that are themselves duplicates
-are replaced by their representative. Every candidate pair's similarity is then recomputed
-exactly, and star clustering assigns each image of this drop to a representative it is directly
-similar to (see core.dedup). Earlier drops' rows are never modified."""
+(numpy over 8-byte hashes, chunked), and semantic neighbours from the model's pgvector HNSW index
+(within the drop and across the other drops). Images of other drops that are themselves duplicates
+stand for their representative. Every candidate pair's similarity is recomputed exactly and star
+clustering assigns each image of this drop to a representative it is directly similar to (see
+core.dedup). Other drops' representatives stay representatives: a new drop's copies join them.
+
+Consistency: dedup of different drops is serialised by a database lock, so of any two drops the
+one deduplicated second always sees the first, whatever order they arrived or ran in. Members of
+other drops whose representative stops being one (re-ingest or re-dedup of its drop) are turned
+into representatives in the same transaction, so no row ever points at a missing representative."""
 
 from __future__ import annotations
 
@@ -14,8 +19,7 @@ import time
 
 import numpy as np
 
-from curation_pipeline.core.dedup import DedupThresholds, find_links, representative_order, star_clusters
-from curation_pipeline.core.hashing import hamming_distances
+from curation_pipeline.core.dedup import DedupThresholds, cluster_duplicates, hamming_pairs, representative_order
 from curation_pipeline.resources.catalog import Catalog, EmbeddingSet, KeptImage
 
 log = logging.getLogger(__name__)
@@ -25,92 +29,103 @@ def dedup_drop(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thresh
                neighbours: int = 16, logger: logging.Logger = log) -> dict:
     started = time.perf_counter()
     model = embeddings.model
+    with catalog.dedup_lock():
+        waited = time.perf_counter() - started
+        stats = _dedup_locked(catalog, drop_key, embeddings, thresholds, neighbours)
+    stats["lock_wait_seconds"] = round(waited, 3)
+    stats["seconds"] = round(time.perf_counter() - started, 3)
+    stats["model"] = model
+    logger.info("drop %s: %s", drop_key, stats)
+    return stats
+
+
+def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thresholds: DedupThresholds,
+                  neighbours: int) -> dict:
+    model = embeddings.model
     own = catalog.dedup_candidates(drop_key, model)
-    own_ids = {c.image_id for c in own}
+    own_pos = {c.image_id: p for p, c in enumerate(own)}
     vec_by_id = {int(i): v for i, v in zip(embeddings.image_ids.tolist(), embeddings.vectors)}
-    missing = own_ids - set(vec_by_id)
+    missing = set(own_pos) - set(vec_by_id)
     if missing:
         raise RuntimeError(f"drop {drop_key}: {len(missing)} images have no {model} vector in the loaded embeddings")
-    earlier = catalog.earlier_drops(drop_key)
+    others = catalog.deduplicated_drops(exclude=drop_key)
+    dim = embeddings.dim
+    own_vectors = np.stack([vec_by_id[c.image_id] for c in own]) if own else np.zeros((0, dim), np.float32)
+    own_hashes = np.asarray([c.phash for c in own], dtype=np.int64)
 
-    # 1. semantic neighbours through HNSW (this drop and all earlier drops)
-    own_vectors = np.stack([vec_by_id[c.image_id] for c in own]) if own else np.zeros((0, embeddings.dim), np.float32)
-    ann = catalog.nearest(model, own_vectors, neighbours + 1, drop_keys=earlier + [drop_key]) if own else []
-    neighbour_ids = {i for hits in ann for i, _ in hits}
-    foreign = neighbour_ids - own_ids
-
-    # 2. exact and perceptual matches among earlier drops' kept images
-    if earlier:
-        foreign |= {k.image_id for k in catalog.kept_images_with_hashes(earlier, [c.sha256 for c in own], model)}
-        kept_ids, kept_hashes = catalog.kept_phashes(earlier, model)
-        if len(kept_ids):
-            for c in own:
-                close = kept_ids[hamming_distances(c.phash, kept_hashes) <= thresholds.max_hamming]
-                foreign.update(int(i) for i in close)
-
-    # 3. earlier duplicates stand for their representative
-    reps = catalog.representatives_of(sorted(foreign))
-    foreign = {reps.get(i, i) for i in foreign}
-    earlier_kept: list[KeptImage] = catalog.kept_images(sorted(foreign), model) if foreign else []
-    foreign_vectors = catalog.vectors_for([k.image_id for k in earlier_kept], model) if earlier_kept else {}
-
-    candidates = list(own) + earlier_kept
-    position = {c.image_id: p for p, c in enumerate(candidates)}
-    vectors = (np.stack([vec_by_id.get(c.image_id, foreign_vectors.get(c.image_id)) for c in candidates])
-               if candidates else np.zeros((0, embeddings.dim), np.float32))
-
-    # 4. pairs to re-check exactly: ANN pairs, plus every (own, earlier representative) pair
-    pairs = set()
+    # Candidate pairs in image ids: (own image, other image). Other images are resolved to their
+    # representatives below.
+    id_pairs: list[tuple[int, int]] = []
+    # 1. semantic neighbours through HNSW, in this drop and the other deduplicated drops
+    ann = catalog.nearest(model, own_vectors, neighbours + 1, drop_keys=others + [drop_key]) if own else []
     for c, hits in zip(own, ann):
-        for other, _ in hits:
-            other = reps.get(other, other)
-            if other in position and other != c.image_id:
-                pairs.add((position[c.image_id], position[other]))
-    n_own = len(own)
-    for p in range(n_own):
-        for q in range(n_own, len(candidates)):
-            pairs.add((p, q))
+        id_pairs.extend((c.image_id, other) for other, _ in hits if other != c.image_id)
+    # 2. perceptual: within the drop (chunked all-pairs over 8-byte hashes) and against other drops
+    for i, j in hamming_pairs(own_hashes, None, thresholds.max_hamming).tolist():
+        id_pairs.append((own[i].image_id, own[j].image_id))
+    exact = []
+    if others:
+        kept_ids, kept_hashes = catalog.kept_phashes(others)
+        for i, j in hamming_pairs(own_hashes, kept_hashes, thresholds.max_hamming).tolist():
+            id_pairs.append((own[i].image_id, int(kept_ids[j])))
+        # 3. exact: identical content already represented in another drop
+        exact = catalog.kept_images_with_hashes(others, sorted({c.sha256 for c in own}))
+
+    foreign_ids = {b for _, b in id_pairs if b not in own_pos} | {k.image_id for k in exact}
+    reps = catalog.representatives_of(sorted(foreign_ids))
+    # (a member of another drop may point back at one of this drop's images: that stays an own candidate)
+    foreign_reps = {reps.get(i, i) for i in foreign_ids} - set(own_pos)
+    foreign: list[KeptImage] = catalog.kept_images(sorted(foreign_reps)) if foreign_reps else []
+    foreign_vectors = catalog.vectors_for([k.image_id for k in foreign], model) if foreign else {}
+
+    candidates = list(own) + foreign
+    position = {c.image_id: p for p, c in enumerate(candidates)}
+    has_vector = np.asarray([c.image_id in vec_by_id or c.image_id in foreign_vectors for c in candidates])
+    vectors = np.zeros((len(candidates), dim), dtype=np.float32)
+    for p, c in enumerate(candidates):
+        v = vec_by_id.get(c.image_id, foreign_vectors.get(c.image_id))
+        if v is not None:
+            vectors[p] = v
+    pairs = set()
+    for a, b in id_pairs:
+        b = b if b in own_pos else reps.get(b, b)
+        if b in position and a != b:
+            pairs.add((position[a], position[b]))
     pair_array = np.asarray(sorted(pairs), dtype=np.int64).reshape(-1, 2)
 
-    links = find_links([c.sha256 for c in candidates], np.asarray([c.phash for c in candidates], dtype=np.int64),
-                       vectors, thresholds, extra_pairs=pair_array)
+    n_own = len(own)
     order = representative_order(
         pixels=np.asarray([c.pixels for c in candidates]),
         sharpness=np.asarray([c.sharpness for c in candidates]),
         drop_rank=np.asarray([c.drop_ordinal for c in candidates]),
-        prior_leader=np.asarray([p >= n_own for p in range(len(candidates))]),
+        prior_leader=np.arange(len(candidates)) >= n_own,
         keys=[f"{c.drop_key}/{c.object_key}" for c in candidates],
     )
-    assignments = star_clusters(len(candidates), links, order)
-
+    assignments = cluster_duplicates([c.sha256 for c in candidates], np.asarray([c.phash for c in candidates]),
+                                     vectors, has_vector, order, np.arange(len(candidates)) >= n_own, pair_array,
+                                     thresholds)
     rows = []
     tiers = {"exact": 0, "perceptual": 0, "semantic": 0}
     cross = 0
     for a in assignments[:n_own]:
-        image = candidates[a.index]
-        leader = candidates[a.leader]
         is_rep = a.leader == a.index
-        rows.append((image.image_id, leader.image_id, is_rep, a.tier, a.similarity))
+        rows.append((candidates[a.index].image_id, candidates[a.leader].image_id, is_rep, a.tier, a.similarity))
         if not is_rep:
             tiers[a.tier] += 1
             cross += a.leader >= n_own
-    catalog.replace_dedup(drop_key, model, rows)
-    elapsed = time.perf_counter() - started
-    stats = {
+    written = catalog.replace_dedup(drop_key, model, rows)
+    return {
         "images": n_own,
         "kept": sum(1 for r in rows if r[2]),
         "duplicates": sum(tiers.values()),
         "exact_duplicates": tiers["exact"],
         "perceptual_duplicates": tiers["perceptual"],
         "semantic_duplicates": tiers["semantic"],
-        "duplicates_of_earlier_drops": int(cross),
-        "earlier_drops_compared": len(earlier),
-        "earlier_candidates_checked": len(earlier_kept),
+        "duplicates_of_other_drops": int(cross),
+        "other_drops_compared": len(others),
+        "other_candidates_checked": len(foreign),
         "pairs_rechecked": int(len(pair_array)),
+        "repaired_members_elsewhere": written["repaired_members"],
         "max_hamming": thresholds.max_hamming,
         "min_cosine": thresholds.min_cosine,
-        "model": model,
-        "seconds": round(elapsed, 3),
     }
-    logger.info("drop %s: %s", drop_key, stats)
-    return stats

@@ -6,9 +6,9 @@ from curation_pipeline.core.dedup import (
     TIER_PERCEPTUAL,
     TIER_SEMANTIC,
     DedupThresholds,
-    find_links,
+    cluster_duplicates,
+    hamming_pairs,
     representative_order,
-    star_clusters,
 )
 
 
@@ -17,53 +17,79 @@ def _unit(v):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _far_hashes(n):
-    # pairwise at least 16 bits apart, so the perceptual tier stays out of the way
-    return np.array([0, 0xFFFF, 0xFFFF0000, 0xFFFF00000000][:n], dtype=np.int64)
+FAR = np.array([0, 0xFFFF, 0xFFFF0000, 0xFFFF00000000, -1], dtype=np.int64)  # pairwise >= 16 bits apart
+
+
+def _cluster(sha, hashes, v, pairs, th, locked=None, order=None):
+    n = len(sha)
+    order = np.arange(n) if order is None else np.asarray(order)
+    locked = np.zeros(n, bool) if locked is None else np.asarray(locked)
+    return cluster_duplicates(sha, np.asarray(hashes, dtype=np.int64), v, np.ones(n, bool), order, locked,
+                              np.asarray(pairs, dtype=np.int64).reshape(-1, 2), th)
 
 
 def test_no_chaining_across_a_similarity_chain():
     # A~B (0.95) and B~C (0.95) but A vs C only ~0.80: C must not join A's cluster.
-    a = [1.0, 0.0, 0.0]
-    b = [np.cos(0.32), np.sin(0.32), 0.0]
-    c = [np.cos(0.64), np.sin(0.64), 0.0]
-    v = _unit([a, b, c])
+    v = _unit([[1, 0, 0], [np.cos(0.32), np.sin(0.32), 0], [np.cos(0.64), np.sin(0.64), 0]])
     th = DedupThresholds(max_hamming=0, min_cosine=0.94)
-    links = find_links(["h1", "h2", "h3"], _far_hashes(3), v, th)
-    assert {(l.i, l.j) for l in links} == {(0, 1), (1, 2)}
-    order = np.array([0, 1, 2])
-    out = star_clusters(3, links, order)
-    assert out[0].leader == 0 and out[1].leader == 0
-    assert out[2].leader == 2  # C stays its own representative
-    # every member is directly above the threshold to its representative
-    for a_ in out:
-        assert float(v[a_.index] @ v[a_.leader]) >= th.min_cosine - 1e-6
+    out = _cluster(["a", "b", "c"], FAR[:3], v, [[0, 1], [1, 2], [0, 2]], th)
+    assert [a.leader for a in out] == [0, 0, 2]
+    for a in out:
+        assert float(v[a.index] @ v[a.leader]) >= th.min_cosine - 1e-6
 
 
-def test_strongest_tier_wins_per_pair():
-    v = _unit([[1, 0], [1, 0], [0, 1]])
-    links = find_links(["same", "same", "other"], np.array([5, 5, -1], dtype=np.int64), v,
-                       DedupThresholds(max_hamming=4, min_cosine=0.9))
-    assert [(l.i, l.j, l.tier) for l in links] == [(0, 1, TIER_EXACT)]
+def test_identical_content_collapses_and_copies_follow_their_group():
+    # 500 identical frames + one near-duplicate of them: no pairwise blow-up, all in one cluster
+    n = 501
+    sha = ["same"] * 500 + ["other"]
+    v = _unit(np.tile([1.0, 0.0], (n, 1)) + np.r_[np.zeros((500, 2)), [[0.0, 0.1]]])
+    hashes = np.r_[np.zeros(500, np.int64), [1 << 40]]
+    out = _cluster(sha, hashes, v, [[500, 3]], DedupThresholds(max_hamming=0, min_cosine=0.99))
+    assert {a.leader for a in out} == {0}
+    assert sum(a.tier == TIER_EXACT for a in out) == 499 and out[500].tier == TIER_SEMANTIC
 
 
-def test_perceptual_and_semantic_tiers_recorded_with_similarity():
+def test_tiers_and_exact_similarities_are_recorded():
     v = _unit([[1, 0, 0], [0.999, 0.04, 0], [0, 0, 1], [0, 0.2, 1]])
     hashes = np.array([0, 0b111, 1 << 50, (1 << 50) | (0xFFFF << 2)], dtype=np.int64)
-    links = find_links(["a", "b", "c", "d"], hashes, v, DedupThresholds(max_hamming=4, min_cosine=0.95))
-    by_pair = {(l.i, l.j): l for l in links}
-    assert by_pair[(0, 1)].tier == TIER_PERCEPTUAL
-    assert by_pair[(0, 1)].similarity == pytest.approx(1 - 3 / 64)
-    assert by_pair[(2, 3)].tier == TIER_SEMANTIC
-    assert by_pair[(2, 3)].similarity == pytest.approx(float(v[2] @ v[3]))
+    out = _cluster(["a", "b", "c", "d"], hashes, v, [[0, 1], [2, 3]], DedupThresholds(max_hamming=4, min_cosine=0.95))
+    assert (out[1].leader, out[1].tier) == (0, TIER_PERCEPTUAL) and out[1].similarity == pytest.approx(1 - 3 / 64)
+    assert (out[3].leader, out[3].tier) == (2, TIER_SEMANTIC)
+    assert out[3].similarity == pytest.approx(float(v[2] @ v[3]))
 
 
-def test_extra_pairs_limit_semantic_checks_to_candidates():
+def test_only_proposed_pairs_are_checked():
     v = _unit([[1, 0], [1, 0.01], [1, 0.02]])
-    hashes = np.array([0, 1 << 20, 1 << 40], dtype=np.int64)
-    th = DedupThresholds(max_hamming=0, min_cosine=0.9)
-    links = find_links(["a", "b", "c"], hashes, v, th, extra_pairs=np.array([[0, 2]]))
-    assert [(l.i, l.j) for l in links] == [(0, 2)]
+    out = _cluster(["a", "b", "c"], FAR[:3], v, [[0, 2]], DedupThresholds(max_hamming=0, min_cosine=0.9))
+    assert [a.leader for a in out] == [0, 1, 0]
+
+
+def test_locked_representatives_lead_and_are_never_absorbed():
+    # E1 (locked) ~ E2 (locked) ~ X; X must join a locked leader it links to, and E2 stays a leader
+    v = _unit([[1, 0], [1, 0.05], [1, 0.1]])
+    out = _cluster(["e1", "e2", "x"], FAR[:3], v, [[0, 1], [1, 2]], DedupThresholds(max_hamming=0, min_cosine=0.99),
+                   locked=[True, True, False])
+    assert out[0].leader == 0 and out[1].leader == 1  # E2 not absorbed by E1
+    assert out[2].leader == 1  # X joins the representative it is directly similar to
+
+
+def test_vectorless_candidates_still_match_by_hash():
+    v = np.zeros((2, 4), np.float32)
+    out = cluster_duplicates(["a", "b"], np.array([0, 1], np.int64), v, np.array([False, False]), np.arange(2),
+                             np.zeros(2, bool), np.array([[0, 1]]), DedupThresholds(max_hamming=2))
+    assert out[1].leader == 0 and out[1].tier == TIER_PERCEPTUAL
+
+
+def test_hamming_pairs_match_brute_force_in_small_chunks():
+    rng = np.random.default_rng(0)
+    base = rng.integers(-(2**63), 2**63 - 1, size=40, dtype=np.int64)
+    a = np.r_[base, base[:10] ^ np.int64(0b1011)]  # 10 near copies at distance 3
+    got = {tuple(p) for p in hamming_pairs(a, None, 4, max_cells=7).tolist()}
+    want = {(i, j) for i in range(len(a)) for j in range(i + 1, len(a))
+            if bin((int(a[i]) ^ int(a[j])) & (2**64 - 1)).count("1") <= 4}
+    assert got == want and len(want) >= 10
+    cross = hamming_pairs(a[:5], a, 0, max_cells=3)
+    assert {tuple(p) for p in cross.tolist()} >= {(i, i) for i in range(5)}
 
 
 def test_representative_prefers_prior_leader_then_resolution_then_sharpness():

@@ -151,7 +151,7 @@ def test_a_later_drop_is_deduplicated_against_earlier_drops(tmp_path, database_u
     assert by_rep["img_06.jpg"][0] == "one" and by_rep["img_06.jpg"][1][0]["object_key"] == "again_06_small.jpg"
     assert [r for r in _snapshot(catalog)[2] if r in before] == before  # earlier drop untouched
     meta = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
-    assert meta["dedup_clusters"].materialization.metadata["duplicates_of_earlier_drops"].value == 2
+    assert meta["dedup_clusters"].materialization.metadata["duplicates_of_other_drops"].value == 2
 
 
 def test_empty_drop_fails_its_blocking_check(tmp_path, database_url, curation_env, instance):
@@ -200,5 +200,5 @@ def test_one_backfill_run_ingests_several_drops_in_arrival_order(tmp_path, datab
     catalog = Catalog(database_url)
     # later drops are identical copies of the first drop's photos: they dedup against it
     summary = {k: catalog.dedup_summary(k) for k in keys}
-    assert summary["b-1"]["matched_earlier_drops"] == 0
-    assert summary["b-2"]["matched_earlier_drops"] > 0 and summary["b-3"]["matched_earlier_drops"] > 0
+    assert summary["b-1"]["matched_other_drops"] == 0
+    assert summary["b-2"]["matched_other_drops"] > 0 and summary["b-3"]["matched_other_drops"] > 0

@@ -1,0 +1,130 @@
+"""Dedup across drops against a real PostgreSQL + pgvector: order, models, re-ingest, concurrency."""
+
+import threading
+import time
+
+from PIL import Image
+
+from curation_pipeline.core.dedup import DedupThresholds
+from curation_pipeline.resources.catalog import Catalog
+from curation_pipeline.resources.embedders import OfflineEmbedder
+from curation_pipeline.resources.image_store import LocalImageStore
+from curation_pipeline.steps.dedup import dedup_drop
+from curation_pipeline.steps.embed import EmbedOptions, embed_drop
+from curation_pipeline.steps.manifest import build_manifest
+from curation_pipeline_tests.conftest import jpeg, make_small_drop
+
+TH = DedupThresholds()
+
+
+OPTIONS = EmbedOptions(batch_size=8, workers=2)
+
+
+def _ingest(catalog, folder, key, options=OPTIONS, dedup=True):
+    catalog.register_drop(key, str(folder))
+    build_manifest(catalog, LocalImageStore(), str(folder), key)
+    stats = embed_drop(catalog, OfflineEmbedder(), key, options)
+    catalog.publish_embeddings(key, stats["model"])
+    if dedup:
+        return dedup_drop(catalog, key, catalog.load_embeddings([key], stats["model"]), TH)
+    return stats
+
+
+def _second_drop(first, second):
+    second.mkdir()
+    (second / "again_05.jpg").write_bytes((first / "img_05.jpg").read_bytes())
+    (second / "again_06_small.jpg").write_bytes(jpeg(Image.open(first / "img_06.jpg").reduce(2), 70))
+    (second / "fresh.jpg").write_bytes(jpeg(Image.open(first / "img_07.jpg").rotate(90, expand=True)))
+
+
+def _pairs(catalog):
+    return {(g["representative"]["object_key"], m["object_key"]) for g in catalog.duplicate_groups()
+            for m in g["members"]}
+
+
+def _violations(catalog, key, model="offline:colour-layout-v2"):
+    return catalog.dedup_violations(key, model, TH.min_cosine, TH.max_hamming)
+
+
+def test_drops_deduplicated_out_of_arrival_order_still_find_each_other(tmp_path, database_url):
+    catalog = Catalog(database_url)
+    make_small_drop(tmp_path / "one")
+    _second_drop(tmp_path / "one", tmp_path / "two")
+    catalog.register_drop("one", str(tmp_path / "one"))
+    catalog.register_drop("two", str(tmp_path / "two"))
+    _ingest(catalog, tmp_path / "two", "two")  # the later arrival runs first
+    _ingest(catalog, tmp_path / "one", "one")
+    pairs = _pairs(catalog)
+    assert ("again_05.jpg", "img_05.jpg") in pairs and ("again_06_small.jpg", "img_06.jpg") in pairs
+    assert _violations(catalog, "one")["orphaned_members"] == 0
+
+
+def test_hash_tiers_see_drops_embedded_with_another_model(tmp_path, database_url):
+    catalog = Catalog(database_url)
+    make_small_drop(tmp_path / "one")
+    _second_drop(tmp_path / "one", tmp_path / "two")
+    _ingest(catalog, tmp_path / "one", "one")
+    _ingest(catalog, tmp_path / "two", "two", options=EmbedOptions(batch_size=8, workers=2, draft=False))
+    assert ("img_05.jpg", "again_05.jpg") in _pairs(catalog)
+
+
+def test_reingesting_an_earlier_drop_repairs_later_members(tmp_path, database_url):
+    catalog = Catalog(database_url)
+    make_small_drop(tmp_path / "one")
+    _second_drop(tmp_path / "one", tmp_path / "two")
+    _ingest(catalog, tmp_path / "one", "one")
+    _ingest(catalog, tmp_path / "two", "two")
+    assert ("img_05.jpg", "again_05.jpg") in _pairs(catalog)
+    (tmp_path / "one" / "img_05.jpg").unlink()
+    rebuilt = build_manifest(catalog, LocalImageStore(), str(tmp_path / "one"), "one")  # re-ingest without img_05
+    assert rebuilt["rows_removed_as_vanished"] == 1
+    v = _violations(catalog, "two")
+    assert v["orphaned_members"] == 0
+    with catalog.connection() as conn:
+        row = conn.execute("SELECT is_representative FROM dedup_members m JOIN images i USING (image_id)"
+                           " WHERE i.object_key = 'again_05.jpg'").fetchone()
+    assert row == (True,)  # promoted, not lost: it is selectable again
+    assert all(g["representative"]["object_key"] for g in catalog.duplicate_groups())  # no KeyError
+    # re-running drop two's dedup is consistent again
+    dedup_drop(catalog, "two", catalog.load_embeddings(["two"], "offline:colour-layout-v2"), TH)
+    assert _violations(catalog, "two") == {"unassigned": 0, "orphaned_members": 0, "below_threshold": 0,
+                                           "malformed_representatives": 0}
+
+
+def test_rededuplicating_an_earlier_drop_keeps_its_representatives(tmp_path, database_url):
+    catalog = Catalog(database_url)
+    make_small_drop(tmp_path / "one")
+    _second_drop(tmp_path / "one", tmp_path / "two")
+    _ingest(catalog, tmp_path / "one", "one")
+    _ingest(catalog, tmp_path / "two", "two")
+    before = _pairs(catalog)
+    stats = dedup_drop(catalog, "one", catalog.load_embeddings(["one"], "offline:colour-layout-v2"), TH)
+    assert _pairs(catalog) == before and stats["repaired_members_elsewhere"] == 0
+
+
+def test_dedup_of_two_drops_is_serialised(tmp_path, database_url):
+    catalog = Catalog(database_url)
+    make_small_drop(tmp_path / "one")
+    _ingest(catalog, tmp_path / "one", "one", dedup=False)
+    emb = catalog.load_embeddings(["one"], "offline:colour-layout-v2")
+    result = {}
+    with catalog.dedup_lock():  # another drop's dedup holds the lock
+        worker = threading.Thread(target=lambda: result.update(dedup_drop(catalog, "one", emb, TH)))
+        worker.start()
+        time.sleep(0.5)
+        assert worker.is_alive()  # waiting, not running alongside
+    worker.join(timeout=60)
+    assert result["lock_wait_seconds"] >= 0.4 and result["images"] > 0
+
+
+def test_the_dedup_check_recomputes_similarities(tmp_path, database_url):
+    catalog = Catalog(database_url)
+    make_small_drop(tmp_path / "one")
+    _ingest(catalog, tmp_path / "one", "one")
+    assert _violations(catalog, "one")["below_threshold"] == 0
+    with catalog.connection() as conn:  # corrupt one recorded link: claim two unrelated images are duplicates
+        a, b = conn.execute("SELECT image_id FROM images WHERE object_key IN ('img_04.jpg', 'img_05.jpg')"
+                            " ORDER BY object_key").fetchall()
+        conn.execute("UPDATE dedup_members SET representative_id = %s, is_representative = false,"
+                     " tier = 'semantic', similarity = 0.99 WHERE image_id = %s", (b[0], a[0]))
+    assert _violations(catalog, "one")["below_threshold"] == 1
