@@ -88,10 +88,48 @@ _READ_VECTOR = "coalesce(embedding, embedding_half::vector)"
 _READ_VECTOR_E = "coalesce(e.embedding, e.embedding_half::vector)"
 
 
-def _wire_vector(vec: np.ndarray, storage: str):
+def wire_vector(vec: np.ndarray, storage: str):
     if storage == "halfvec":
         return HalfVector(np.asarray(vec, dtype=np.float16))
     return np.asarray(vec, dtype=np.float32)
+
+
+class ManifestWriter:
+    """Buffers manifest rows and upserts them in chunks inside the caller's transaction."""
+
+    _INSERT = (
+        f"INSERT INTO images ({', '.join(_IMAGE_COLUMNS)}, ingested_at) VALUES ({', '.join(['%s'] * len(_IMAGE_COLUMNS))}, now())"
+        f" ON CONFLICT (image_id) DO UPDATE SET "
+        + ", ".join(f"{c} = EXCLUDED.{c}" for c in _IMAGE_COLUMNS if c != "image_id") + ", ingested_at = now()"
+    )
+
+    def __init__(self, conn, drop_key: str, chunk: int = 500) -> None:
+        self.conn = conn
+        self.drop_key = drop_key
+        self.chunk = chunk
+        self.buffer: list[tuple] = []
+        self.upserted = 0
+        self.deleted_vanished = 0
+        self.repaired_members = 0
+
+    def add(self, image_id: int, source_uri: str, r: ManifestRecord, etag: str | None) -> None:
+        self.buffer.append((
+            image_id, self.drop_key, r.object_key, source_uri, r.bytes, etag, r.sha256, r.status, r.error,
+            r.format, r.width, r.height, r.mode, r.exif_datetime, r.camera_make, r.camera_model, r.phash,
+            r.blur_variance, r.brightness, r.contrast, r.entropy, r.aspect_ratio,
+        ))
+        if len(self.buffer) >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        with self.conn.cursor() as cur:
+            cur.executemany(self._INSERT, self.buffer)
+            cur.executemany("INSERT INTO manifest_seen (image_id) VALUES (%s) ON CONFLICT DO NOTHING",
+                            [(row[0],) for row in self.buffer])
+        self.upserted += len(self.buffer)
+        self.buffer.clear()
 
 
 class CacheWriter:
@@ -115,7 +153,7 @@ class CacheWriter:
             with self.conn.cursor() as cur, cur.copy("COPY cache_stage (sha256, vec) FROM STDIN WITH (FORMAT BINARY)") as copy:
                 copy.set_types(["text", self.sqltype])
                 for h, vec in zip(sha256s, vectors):
-                    copy.write_row((h, _wire_vector(vec, self.storage)))
+                    copy.write_row((h, wire_vector(vec, self.storage)))
             inserted = self.conn.execute(
                 sql.SQL("INSERT INTO embedding_cache (model, sha256, {}) SELECT %s, sha256, vec FROM cache_stage"
                         " ON CONFLICT (model, sha256) DO NOTHING").format(sql.Identifier(self.column)),
@@ -169,34 +207,32 @@ class Catalog:
             return conn.execute("SELECT drop_key, ordinal, source_uri FROM drops ORDER BY ordinal").fetchall()
 
     # ---- manifest ----------------------------------------------------------------------------
-    def replace_manifest(self, drop_key: str, rows: Sequence[tuple[int, str, ManifestRecord, str | None]]) -> dict:
-        """rows: (image_id, source_uri, record, etag). Upserts every row and deletes the drop's rows
-        whose objects are gone, in one transaction (ids are stable, so embeddings of unchanged
-        images survive a manifest re-run)."""
-        placeholders = ", ".join(["%s"] * len(_IMAGE_COLUMNS))
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _IMAGE_COLUMNS if c != "image_id")
-        insert = (
-            f"INSERT INTO images ({', '.join(_IMAGE_COLUMNS)}, ingested_at) VALUES ({placeholders}, now())"
-            f" ON CONFLICT (image_id) DO UPDATE SET {updates}, ingested_at = now()"
-        )
-        values = []
-        for image_id, source_uri, r, etag in rows:
-            values.append((
-                image_id, drop_key, r.object_key, source_uri, r.bytes, etag, r.sha256, r.status, r.error,
-                r.format, r.width, r.height, r.mode, r.exif_datetime, r.camera_make, r.camera_model, r.phash,
-                r.blur_variance, r.brightness, r.contrast, r.entropy, r.aspect_ratio,
-            ))
+    @contextmanager
+    def manifest_writer(self, drop_key: str) -> Iterator["ManifestWriter"]:
+        """One transaction for a drop's whole manifest, written in chunks as objects are inspected
+        (memory bounded by the chunk, not the drop). On exit: the drop's rows whose objects were not
+        seen this time are deleted, orphaned dedup members elsewhere are repaired, and everything
+        commits at once; an exception rolls all of it back, leaving the previous manifest."""
         with self.connection() as conn, conn.transaction():
             conn.execute("INSERT INTO drops (drop_key) VALUES (%s) ON CONFLICT DO NOTHING", (drop_key,))
-            with conn.cursor() as cur:
-                if values:
-                    cur.executemany(insert, values)
-            keep = [v[0] for v in values]
-            deleted = conn.execute(
-                "DELETE FROM images WHERE drop_key = %s AND NOT (image_id = ANY(%s))", (drop_key, keep)
+            conn.execute("CREATE TEMP TABLE manifest_seen (image_id bigint PRIMARY KEY) ON COMMIT DROP")
+            writer = ManifestWriter(conn, drop_key)
+            yield writer
+            writer.flush()
+            writer.deleted_vanished = conn.execute(
+                "DELETE FROM images i WHERE i.drop_key = %s"
+                " AND NOT EXISTS (SELECT 1 FROM manifest_seen s WHERE s.image_id = i.image_id)",
+                (drop_key,),
             ).rowcount
-            repaired = _repair_orphaned_members(conn) if deleted else 0
-        return {"upserted": len(values), "deleted_vanished": deleted, "repaired_members": repaired}
+            writer.repaired_members = _repair_orphaned_members(conn) if writer.deleted_vanished else 0
+
+    def replace_manifest(self, drop_key: str, rows: Sequence[tuple[int, str, ManifestRecord, str | None]]) -> dict:
+        """rows: (image_id, source_uri, record, etag): the drop's complete manifest."""
+        with self.manifest_writer(drop_key) as writer:
+            for row in rows:
+                writer.add(*row)
+        return {"upserted": writer.upserted, "deleted_vanished": writer.deleted_vanished,
+                "repaired_members": writer.repaired_members}
 
     def manifest_summary(self, drop_key: str) -> dict:
         with self.connection() as conn:
@@ -390,7 +426,7 @@ class Catalog:
             ) as copy:
                 copy.set_types(["int8", "text", "text", "text", sqltype])
                 for image_id, h, vec in zip(emb.image_ids.tolist(), emb.sha256, emb.vectors):
-                    copy.write_row((image_id, emb.model, drop_key, h, _wire_vector(vec, storage)))
+                    copy.write_row((image_id, emb.model, drop_key, h, wire_vector(vec, storage)))
         return len(emb)
 
     def load_embeddings(self, drop_keys: Sequence[str], model: str | None = None) -> EmbeddingSet:
@@ -415,22 +451,28 @@ class Catalog:
         return EmbeddingSet(model, np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows], vectors,
                             [r[2] for r in rows])
 
+    def nearest_statement(self, model: str):
+        """(statement, dim, storage) of the top-k query for `model`. Parameters: query vector, model,
+        drop keys (twice), query vector, k. Its ORDER BY expression and model predicate must match
+        the model's partial HNSW index (a test EXPLAINs exactly this statement)."""
+        dim, storage = self.model_info(model)
+        column, sqltype = STORAGE_TYPES[storage]
+        stmt = sql.SQL(
+            "SELECT image_id, 1 - ({col}::{t}({dim}) <=> %s::{t}({dim})) AS sim FROM embeddings"
+            " WHERE model = %s AND (%s::text[] IS NULL OR drop_key = ANY(%s::text[]))"
+            " ORDER BY {col}::{t}({dim}) <=> %s::{t}({dim}) LIMIT %s"
+        ).format(col=sql.Identifier(column), t=sql.SQL(sqltype), dim=sql.Literal(dim))
+        return stmt, dim, storage
+
     def nearest(self, model: str, queries: np.ndarray, k: int, *, drop_keys: Sequence[str] | None = None,
                 ef_search: int = 100) -> list[list[tuple[int, float]]]:
         """For each query row of (m, dim), the top-k (image_id, cosine similarity) through the
         model's HNSW index, on one connection. A drop filter is applied with pgvector's iterative
         index scan, so filtered queries still return k rows when k exist."""
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        dim, storage = self.model_info(model)
+        stmt, dim, storage = self.nearest_statement(model)
         if q.shape[1] != dim:
             raise ValueError(f"query vectors have dimension {q.shape[1]} but model {model!r} has {dim}")
-        column, sqltype = STORAGE_TYPES[storage]
-        # The ORDER BY expression and the model predicate must match the partial HNSW index.
-        stmt = sql.SQL(
-            "SELECT image_id, 1 - ({col}::{t}({dim}) <=> %s::{t}({dim})) AS sim FROM embeddings"
-            " WHERE model = %s AND (%s::text[] IS NULL OR drop_key = ANY(%s::text[]))"
-            " ORDER BY {col}::{t}({dim}) <=> %s::{t}({dim}) LIMIT %s"
-        ).format(col=sql.Identifier(column), t=sql.SQL(sqltype), dim=sql.Literal(dim))
         keys = list(drop_keys) if drop_keys is not None else None
         results = []
         with self.connection() as conn, conn.transaction():
@@ -439,7 +481,7 @@ class Catalog:
             # Custom plans see the model literal, so the planner can match the partial HNSW index.
             conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             for row in q:
-                wire = _wire_vector(row, storage)
+                wire = wire_vector(row, storage)
                 rows = conn.execute(stmt, (wire, model, keys, keys, wire, int(k))).fetchall()
                 # relaxed_order may return rows slightly out of order: sort on the exact similarity.
                 results.append(sorted(((int(i), float(s)) for i, s in rows), key=lambda t: -t[1]))

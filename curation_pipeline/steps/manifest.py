@@ -18,27 +18,27 @@ def build_manifest(catalog: Catalog, store: ImageStore, location: str, drop_key:
                    logger: logging.Logger = log, progress_every: int = 200) -> dict:
     started = time.perf_counter()
     catalog.register_drop(drop_key, None)
-    rows = []
     listed = 0
     bytes_total = 0
-    for info in store.list_objects(location):
-        listed += 1
-        try:
-            data = store.read_bytes(location, info.key)
-            record = inspect_object(info.key, data)
-        except FileNotFoundError:
-            record = ManifestRecord(object_key=info.key, bytes=info.size, sha256="", status=STATUS_UNREADABLE,
-                                    error="object vanished between listing and reading")
-        except OSError as exc:
-            record = ManifestRecord(object_key=info.key, bytes=info.size, sha256="", status=STATUS_UNREADABLE,
-                                    error=f"cannot read object: {exc}")
-        if record.status != STATUS_OK:
-            logger.warning("drop %s: %s recorded as %s: %s", drop_key, info.key, record.status, record.error)
-        bytes_total += record.bytes
-        rows.append((image_id_for(drop_key, info.key), store.object_uri(location, info.key), record, info.etag))
-        if listed % progress_every == 0:
-            logger.info("drop %s: inspected %d objects", drop_key, listed)
-    written = catalog.replace_manifest(drop_key, rows)
+    with catalog.manifest_writer(drop_key) as writer:
+        for info in store.list_objects(location):
+            listed += 1
+            try:
+                data = store.read_bytes(location, info.key)
+                record = inspect_object(info.key, data)
+            except FileNotFoundError:
+                record = ManifestRecord(object_key=info.key, bytes=info.size, sha256="", status=STATUS_UNREADABLE,
+                                        error="object vanished between listing and reading")
+            except OSError as exc:
+                record = ManifestRecord(object_key=info.key, bytes=info.size, sha256="", status=STATUS_UNREADABLE,
+                                        error=f"cannot read object: {exc}")
+            if record.status != STATUS_OK:
+                logger.warning("drop %s: %s recorded as %s: %s", drop_key, info.key, record.status, record.error)
+            bytes_total += record.bytes
+            writer.add(image_id_for(drop_key, info.key), store.object_uri(location, info.key), record, info.etag)
+            if listed % progress_every == 0:
+                logger.info("drop %s: inspected %d objects", drop_key, listed)
+    written = {"deleted_vanished": writer.deleted_vanished}
     summary = catalog.manifest_summary(drop_key)
     elapsed = time.perf_counter() - started
     return {

@@ -83,25 +83,25 @@ def test_hnsw_neighbours_with_drop_filter(database_url):
     assert self_hit[0] == 4 and self_hit[1] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_nearest_query_matches_the_partial_hnsw_index(database_url):
-    """The planner picks exact scans for tiny tables, so force index paths: if the query's
-    expression or model predicate ever stops matching the partial index, this fails."""
-    from psycopg import sql
-
-    from curation_pipeline.resources.catalog import hnsw_index_name
+@pytest.mark.parametrize("storage", ["vector", "halfvec"])
+def test_nearest_query_matches_the_partial_hnsw_index(database_url, storage):
+    """The planner picks exact scans for tiny tables, so force index paths and EXPLAIN the very
+    statement Catalog.nearest runs: if its expression or model predicate ever stops matching the
+    partial index, this fails."""
+    from curation_pipeline.resources.catalog import hnsw_index_name, wire_vector
 
     catalog = Catalog(database_url)
-    catalog.register_model("test:model", "test", 8, "x")
+    catalog.register_model("test:model", "test", 8, "x", storage=storage)
     _seed(catalog, "d1", list(range(1, 21)))
     catalog.replace_embeddings("d1", _emb(list(range(1, 21)), "d1", 0))
-    q = _emb([1], "d1", 5).vectors[0]
+    q = wire_vector(_emb([1], "d1", 5).vectors[0], storage)
+    stmt, _, _ = catalog.nearest_statement("test:model")
     with catalog.connection() as conn, conn.transaction():
         conn.execute("ANALYZE embeddings")
         conn.execute("SET LOCAL enable_seqscan = off")
         conn.execute("SET LOCAL enable_bitmapscan = off")
         conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        plan = conn.execute(sql.SQL(
-            "EXPLAIN SELECT image_id FROM embeddings WHERE model = %s AND (%s::text[] IS NULL OR drop_key = ANY(%s::text[]))"
-            " ORDER BY embedding::vector({d}) <=> %s::vector({d}) LIMIT 3").format(d=sql.Literal(8)),
-            ("test:model", None, None, q)).fetchall()
+        plan = conn.execute(b"EXPLAIN " + stmt.as_bytes(conn), (q, "test:model", None, None, q, 3)).fetchall()
     assert hnsw_index_name("test:model") in " ".join(r[0] for r in plan)
+    hits = catalog.nearest("test:model", _emb([1], "d1", 0).vectors, 3)[0]
+    assert hits[0][0] == 1 and hits[0][1] == pytest.approx(1.0, abs=2e-3)
