@@ -98,7 +98,8 @@ class ManifestWriter:
     """Buffers manifest rows and upserts them in chunks inside the caller's transaction."""
 
     _INSERT = (
-        f"INSERT INTO images ({', '.join(_IMAGE_COLUMNS)}, ingested_at) VALUES ({', '.join(['%s'] * len(_IMAGE_COLUMNS))}, now())"
+        f"INSERT INTO images ({', '.join(_IMAGE_COLUMNS)}, ingested_at)"
+        f" VALUES ({', '.join(['%s'] * len(_IMAGE_COLUMNS))}, now())"
         f" ON CONFLICT (image_id) DO UPDATE SET "
         + ", ".join(f"{c} = EXCLUDED.{c}" for c in _IMAGE_COLUMNS if c != "image_id") + ", ingested_at = now()"
     )
