@@ -91,11 +91,12 @@ def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int,
     sample = [embedder.preprocess(decode_image(f.read_bytes(), draft_size=embedder.decode_draft_size).image)
               for f in files[:batch_size]]
     embedder.forward(sample)  # warm-up
-    done, t0 = 0, time.perf_counter()
+    done, t0, cpu0 = 0, time.perf_counter(), time.process_time()
     while done < model_images:
         embedder.forward(sample)
         done += len(sample)
     model_ips = done / (time.perf_counter() - t0)
+    model_cpu_ms = (time.process_time() - cpu0) / done * 1000
 
     with tempfile.TemporaryDirectory(prefix="embed-bench-") as tmp:
         tmp = Path(tmp)
@@ -118,17 +119,22 @@ def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int,
         # (b) the loader alone, same threads and window as the asset path
         load = _loader(embedder, embedder.decode_draft_size)
         items = list(catalog.uncached_items(key, embedder.model_id))
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         ok = sum(1 for _, (pre, err) in ordered_parallel_map(load, items, workers=workers,
-                                                             window=batch_size * 2 + workers) if err is None)
+                                                             window=batch_size * 3 + workers,
+                                                             chunk=options.loader_chunk) if err is None)
         loader_ips = ok / (time.perf_counter() - t0)
+        loader_cpu_ms = (time.process_time() - cpu0) / ok * 1000
 
         # (c) end to end into PostgreSQL, cold cache
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         stats = embed_drop(catalog, embedder, key, options)
-        rows = catalog.publish_embeddings(key, stats["model"])
+        t1 = time.perf_counter()
+        cache_cpu_ms = (time.process_time() - cpu0) / max(1, stats["computed"]) * 1000
+        rows = catalog.publish_embeddings(key, stats["model"])  # per-image rows + HNSW index maintenance
         e2e_s = time.perf_counter() - t0
+        embed_s, publish_s = t1 - t0, time.perf_counter() - t1
         # (d) the same partition again: everything is served by the cache
         t0 = time.perf_counter()
         again = embed_drop(catalog, embedder, key, options)
@@ -137,10 +143,19 @@ def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int,
         if server is not None:
             server.cleanup()
     e2e_ips = stats["computed"] / e2e_s
+    cache_ips = stats["computed"] / embed_s
     return {
         "backend": backend, "model": stats["model"], "images": n, "batch_size": batch_size, "workers": workers,
         "a_model_img_s": round(model_ips, 1), "b_loader_img_s": round(loader_ips, 1),
         "c_end_to_end_img_s": round(e2e_ips, 1), "ratio_c_over_min_ab": round(e2e_ips / min(model_ips, loader_ips), 3),
+        "c1_streamed_to_cache_img_s": round(cache_ips, 1),
+        "ratio_c1_over_min_ab": round(cache_ips / min(model_ips, loader_ips), 3),
+        "publish_hnsw_rows_s": round(rows / publish_s, 1),
+        # CPU time of this process per image in each phase (all threads): a + b is what one image
+        # costs, so on `cores` cores no pipeline can beat cores / (a + b) when both halves are CPU work.
+        "cpu_ms_a": round(model_cpu_ms, 3), "cpu_ms_b": round(loader_cpu_ms, 3), "cpu_ms_c1": round(cache_cpu_ms, 3),
+        "cpu_bound_img_s": round((os.cpu_count() or 1) * 1000 / (model_cpu_ms + loader_cpu_ms), 1),
+        "c1_over_cpu_bound": round(cache_ips / ((os.cpu_count() or 1) * 1000 / (model_cpu_ms + loader_cpu_ms)), 3),
         "rows_published": rows, "rerun_seconds": round(rerun_s, 2), "rerun_computed": again["computed"],
         "peak_rss_mb_before_c": round(rss_before / 1024, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -176,7 +191,9 @@ def main() -> None:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
-    cols = ["backend", "images", "a_model_img_s", "b_loader_img_s", "c_end_to_end_img_s", "ratio_c_over_min_ab",
+    cols = ["backend", "images", "a_model_img_s", "b_loader_img_s", "c1_streamed_to_cache_img_s",
+            "ratio_c1_over_min_ab", "cpu_bound_img_s", "c1_over_cpu_bound", "publish_hnsw_rows_s",
+            "c_end_to_end_img_s", "ratio_c_over_min_ab",
             "peak_rss_mb", "rerun_seconds", "rerun_computed"]
     print(" | ".join(cols))
     for r in rows:

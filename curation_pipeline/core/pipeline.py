@@ -14,27 +14,34 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def ordered_parallel_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, window: int
+def ordered_parallel_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, window: int, chunk: int = 1
                          ) -> Iterator[tuple[T, R]]:
     """Yield (item, fn(item)) in input order, computing up to `window` items ahead on `workers`
-    threads. `fn` should turn per-item failures into values; an exception it raises propagates."""
-    if workers < 1 or window < 1:
-        raise ValueError(f"workers and window must be >= 1, got {workers} and {window}")
-    source = iter(items)
-    pending: deque[tuple[T, Future]] = deque()
+    threads. Items go to the threads `chunk` at a time: one task per image costs more in
+    scheduling and GIL hand-offs than decoding a small JPEG, so chunks of 8-16 roughly double
+    throughput. `fn` should turn per-item failures into values; an exception it raises propagates."""
+    if workers < 1 or window < 1 or chunk < 1:
+        raise ValueError(f"workers, window and chunk must be >= 1, got {workers}, {window} and {chunk}")
+
+    def run_chunk(part: list[T]) -> list[R]:
+        return [fn(x) for x in part]
+
+    source = batched(items, chunk)
+    pending: deque[tuple[list[T], Future]] = deque()
+    max_chunks = max(1, window // chunk)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loader") as pool:
         try:
-            for item in source:
-                pending.append((item, pool.submit(fn, item)))
-                if len(pending) >= window:
+            for part in source:
+                pending.append((part, pool.submit(run_chunk, part)))
+                if len(pending) >= max_chunks:
                     break
             while pending:
-                item, future = pending.popleft()
-                result = future.result()
+                part, future = pending.popleft()
+                results = future.result()
                 nxt = next(source, _END)
                 if nxt is not _END:
-                    pending.append((nxt, pool.submit(fn, nxt)))
-                yield item, result
+                    pending.append((nxt, pool.submit(run_chunk, nxt)))
+                yield from zip(part, results)
         finally:
             for _, future in pending:
                 future.cancel()

@@ -361,17 +361,28 @@ class Catalog:
             yield CacheWriter(conn, model, storage)
 
     def publish_embeddings(self, drop_key: str, model: str) -> int:
-        """Replace the drop's rows for `model` with one row per valid image whose content is cached,
-        in one transaction and entirely server-side (no vectors cross the wire)."""
+        """Make the drop's rows for `model` exactly one per valid image whose content is cached, in
+        one transaction and entirely server-side (no vectors cross the wire). Applied as a diff:
+        rows whose image vanished, failed or changed content go, missing rows come from the cache,
+        rows already right are left alone (cached vectors never change for a model), so a re-run
+        neither rewrites the table nor churns the HNSW index. Returns the partition's row count."""
         with self.connection() as conn, conn.transaction():
-            conn.execute("DELETE FROM embeddings WHERE drop_key = %s AND model = %s", (drop_key, model))
-            return conn.execute(
+            conn.execute(
+                "DELETE FROM embeddings e WHERE e.drop_key = %s AND e.model = %s AND NOT EXISTS ("
+                " SELECT 1 FROM images i WHERE i.image_id = e.image_id AND i.drop_key = e.drop_key"
+                " AND i.status = 'ok' AND i.sha256 = e.sha256)",
+                (drop_key, model),
+            )
+            conn.execute(
                 "INSERT INTO embeddings (image_id, model, drop_key, sha256, embedding, embedding_half)"
                 " SELECT i.image_id, c.model, i.drop_key, i.sha256, c.embedding, c.embedding_half"
                 " FROM images i JOIN embedding_cache c ON c.model = %s AND c.sha256 = i.sha256"
-                " WHERE i.drop_key = %s AND i.status = 'ok'",
-                (model, drop_key),
-            ).rowcount
+                " WHERE i.drop_key = %s AND i.status = 'ok'"
+                " AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.image_id = i.image_id AND e.model = %s)",
+                (model, drop_key, model),
+            )
+            return int(conn.execute("SELECT count(*) FROM embeddings WHERE drop_key = %s AND model = %s",
+                                    (drop_key, model)).fetchone()[0])
 
     def embedding_stats(self, drop_key: str, model: str) -> dict:
         """What the embedding checks assert on, computed by PostgreSQL from the stored rows."""

@@ -43,6 +43,9 @@ class ImageStoreResource(dg.ConfigurableResource):
         return store_for(location)
 
 
+OPEN_CLIP_DEFAULT = ("ViT-B-32", "laion2b_s34b_b79k")
+
+
 @lru_cache(maxsize=4)
 def _load_embedder(backend: str, model_name: str, pretrained: str, model_config_path: str, device: str,
                    precision: str, channels_last: bool, compile_model: bool) -> Embedder:
@@ -84,12 +87,21 @@ class EmbedderResource(dg.ConfigurableResource):
     storage: Literal["vector", "halfvec"] = "vector"
     """halfvec stores float16 vectors: half the table and index size."""
 
+    def resolved_model(self) -> tuple[str, str]:
+        """(model_name, pretrained) after defaults: open_clip without a model_name means the
+        production default, ViT-B-32 with the LAION-2B weights."""
+        if self.backend == "open_clip" and not self.model_name:
+            return OPEN_CLIP_DEFAULT
+        return self.model_name, self.pretrained
+
     def load(self) -> Embedder:
-        if self.backend != "offline" and not self.model_name:
-            raise ValueError(f"embedder backend {self.backend!r} needs model_name (e.g. ViT-B-32 or facebook/dinov2-small)")
+        model_name, pretrained = self.resolved_model()
+        if self.backend == "transformers" and not model_name:
+            raise ValueError("embedder backend 'transformers' needs model_name (a hub id such as "
+                             "facebook/dinov2-small, or a local directory saved with save_pretrained)")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        return _load_embedder(self.backend, self.model_name, self.pretrained, self.model_config_path, self.device,
+        return _load_embedder(self.backend, model_name, pretrained, self.model_config_path, self.device,
                               self.precision, self.channels_last, self.compile_model)
 
     def embed_options(self):

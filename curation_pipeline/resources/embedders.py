@@ -189,21 +189,41 @@ class OpenClipEmbedder(_TorchEmbedder):
         if compile_model:
             self._encode_image = self._torch.compile(self.model.encode_image)
         self._preprocess = preprocess
+        self._split = _split_clip_transform(preprocess)
+        if self._split is not None:
+            torch = self._torch
+            mean, std = self._split[1]
+            self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
+            self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
         self.tokenizer = open_clip.get_tokenizer(model_name)
         tag = Path(pretrained).name if pretrained and Path(pretrained).exists() else (pretrained or "random-init")
         self.model_id = validate_model_id(f"open_clip:{model_name}/{tag}")
         size = getattr(self.model.visual, "image_size", 224)
         self.input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        self.preprocess_version = f"open_clip-{self.input_size}-draft"
+        self.preprocess_version = f"open_clip-{self.input_size}-draft" + ("-u8" if self._split else "")
         self.dim = int(self._forward([self.preprocess(Image.new("RGB", (self.input_size, self.input_size)))]).shape[-1])
         self.description = f"open_clip {model_name} pretrained={pretrained or 'none'} on {self.device} ({self.precision})"
 
     def preprocess(self, image: Image.Image):
-        return self._preprocess(image)
+        if self._split is None:
+            return self._preprocess(image)
+        # PIL-only resize + crop in the loader thread -> uint8 HWC; no torch op runs outside the
+        # model thread (torch ops in loader threads fight the model's intra-op thread pool).
+        return np.asarray(self._split[0](image), dtype=np.uint8)
 
     def _forward(self, items: Sequence[Any]) -> np.ndarray:
         with self._torch.inference_mode(), self._autocast():
-            return self._encode_image(self._batch_tensor(items)).float().cpu().numpy()
+            if self._split is None:
+                batch = self._batch_tensor(items)
+            else:
+                # uint8 crosses to the device (4x fewer bytes than float); scaling and
+                # normalisation happen there, on the whole batch at once.
+                raw = self._torch.from_numpy(np.stack(items))
+                raw = raw.pin_memory().to(self.device, non_blocking=True) if self.device == "cuda" else raw.to(self.device)
+                batch = (raw.permute(0, 3, 1, 2).float() - self._mean) / self._std
+                if not self.channels_last:
+                    batch = batch.contiguous()
+            return self._encode_image(batch).float().cpu().numpy()
 
     @property
     def supports_text(self) -> bool:
@@ -213,6 +233,22 @@ class OpenClipEmbedder(_TorchEmbedder):
         with self._torch.inference_mode(), self._autocast():
             tokens = self.tokenizer(texts).to(self.device)
             return l2_normalise(self.model.encode_text(tokens).float().cpu().numpy())
+
+
+def _split_clip_transform(transform):
+    """Split open_clip's standard eval transform (Resize, CenterCrop, mode conversion, ToTensor,
+    Normalize) into a PIL-only part and the (mean, std) that the model thread applies to uint8
+    batches. Returns None for any other transform, which then runs whole in the loader."""
+    steps = list(getattr(transform, "transforms", []))
+    names = [type(t).__name__ for t in steps]
+    if len(steps) != 5 or names[0] != "Resize" or names[1] != "CenterCrop" or names[4] != "Normalize":
+        return None
+    if names[3] not in ("ToTensor", "MaybeToTensor") or names[2] not in ("MaybeConvertMode", "function"):
+        return None
+    from torchvision import transforms as T
+
+    pil_part = T.Compose([steps[0], steps[1], lambda im: im.convert("RGB")])
+    return pil_part, (tuple(float(x) for x in steps[4].mean), tuple(float(x) for x in steps[4].std))
 
 
 class TransformersEmbedder(_TorchEmbedder):

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 class EmbedOptions:
     batch_size: int = 64
     workers: int = 2
+    loader_chunk: int = 16
     draft: bool = True
     storage: str = "vector"
     log_every_batches: int = 20
@@ -118,7 +119,7 @@ def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: Emb
     batches = 0
     with catalog.cache_writer(model, options.storage) as writer, BackgroundWriter(writer.write) as background:
         loaded = ordered_parallel_map(load, catalog.uncached_items(drop_key, model), workers=options.workers,
-                                      window=window)
+                                      window=window, chunk=options.loader_chunk)
         for chunk in batched(loaded, options.batch_size):
             ok = [(item, pre) for item, (pre, err) in chunk if err is None]
             failures.extend((item[0], err) for item, (_, err) in chunk if err is not None)

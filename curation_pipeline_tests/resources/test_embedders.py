@@ -72,7 +72,9 @@ def test_offline_embedder_needs_no_torch_and_is_named_honestly():
 
 def test_unknown_backend_and_missing_model_name_fail_clearly():
     with pytest.raises(ValueError, match="needs model_name"):
-        EmbedderResource(backend="open_clip").load()
+        EmbedderResource(backend="transformers").load()
+    # open_clip without a model name is the production default (its weights are not loaded here)
+    assert EmbedderResource(backend="open_clip").resolved_model() == ("ViT-B-32", "laion2b_s34b_b79k")
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="backend"):
