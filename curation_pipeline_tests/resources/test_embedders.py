@@ -22,9 +22,10 @@ def test_open_clip_loads_local_checkpoint_and_embeds_images_and_text(tiny_open_c
     images = photo_crops(3)
     v = emb.embed_images(images)
     assert v.shape == (3, 16) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
-    # the weights really came from the checkpoint: same output as the model that was saved
+    # the weights really came from the checkpoint, and the split uint8 preprocessing matches
+    # open_clip's own transform: same output as the saved model fed by open_clip's pipeline
     with torch.no_grad():
-        ref = reference.eval().encode_image(torch.stack([emb.preprocess(im) for im in images])).numpy()
+        ref = reference.eval().encode_image(torch.stack([emb._preprocess(im) for im in images])).numpy()
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
     assert np.allclose(v, ref, atol=1e-5)
     t = emb.embed_texts(["a photo of a cat", "a rocket"])
