@@ -72,17 +72,41 @@ def _embedder(backend: str):
     raise ValueError(backend)
 
 
-def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int, model_images: int) -> dict:
+def _server_cpu(server) -> float:
+    """CPU seconds used so far by the embedded PostgreSQL's processes (its work shares our cores)."""
+    if server is None:
+        return 0.0
+    import psutil
+
+    try:
+        root = psutil.Process(server.get_pid())
+        procs = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            # exited backends (one per closed connection) are reaped by the postmaster: their time
+            # shows up in its children_* fields
+            total += t.user + t.system + (t.children_user + t.children_system if proc is root else 0.0)
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int, model_images: int,
+            loader: str = "auto") -> dict:
     """Runs in its own process so peak RSS belongs to this configuration alone."""
     from curation_pipeline.core.decode import decode_image
     from curation_pipeline.core.pipeline import ordered_parallel_map
     from curation_pipeline.resources.catalog import Catalog
     from curation_pipeline.resources.image_store import LocalImageStore
-    from curation_pipeline.steps.embed import EmbedOptions, _loader, embed_drop
+    from curation_pipeline.steps.embed import EmbedOptions, ImageLoader, embed_drop, loader_kind
     from curation_pipeline.steps.manifest import build_manifest
 
     embedder = _embedder(backend)
-    options = EmbedOptions(batch_size=batch_size, workers=workers)
+    options = EmbedOptions(batch_size=batch_size, workers=workers, loader=loader)
     files = sorted(p for p in data_dir.rglob("*.jpg"))[:n]
     if len(files) < n:
         raise SystemExit(f"dataset {data_dir} has {len(files)} images, need {n}")
@@ -117,21 +141,24 @@ def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int,
         build_manifest(catalog, LocalImageStore(), str(drop), key)
 
         # (b) the loader alone, same threads and window as the asset path
-        load = _loader(embedder, embedder.decode_draft_size)
+        load = ImageLoader(embedder.preprocessor, embedder.decode_draft_size)
         items = list(catalog.uncached_items(key, embedder.model_id))
+        kind = loader_kind(options, len(items))
         t0, cpu0 = time.perf_counter(), time.process_time()
         ok = sum(1 for _, (pre, err) in ordered_parallel_map(load, items, workers=workers,
                                                              window=batch_size * 3 + workers,
-                                                             chunk=options.loader_chunk) if err is None)
+                                                             chunk=options.loader_chunk, executor=kind)
+                 if err is None)
         loader_ips = ok / (time.perf_counter() - t0)
         loader_cpu_ms = (time.process_time() - cpu0) / ok * 1000
 
         # (c) end to end into PostgreSQL, cold cache
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        t0, cpu0 = time.perf_counter(), time.process_time()
+        t0, cpu0, db0 = time.perf_counter(), time.process_time(), _server_cpu(server)
         stats = embed_drop(catalog, embedder, key, options)
         t1 = time.perf_counter()
         cache_cpu_ms = (time.process_time() - cpu0) / max(1, stats["computed"]) * 1000
+        db_cpu_ms = (_server_cpu(server) - db0) / max(1, stats["computed"]) * 1000
         rows = catalog.publish_embeddings(key, stats["model"])  # per-image rows + HNSW index maintenance
         e2e_s = time.perf_counter() - t0
         embed_s, publish_s = t1 - t0, time.perf_counter() - t1
@@ -146,6 +173,7 @@ def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int,
     cache_ips = stats["computed"] / embed_s
     return {
         "backend": backend, "model": stats["model"], "images": n, "batch_size": batch_size, "workers": workers,
+        "loader": stats["loader"],
         "a_model_img_s": round(model_ips, 1), "b_loader_img_s": round(loader_ips, 1),
         "c_end_to_end_img_s": round(e2e_ips, 1), "ratio_c_over_min_ab": round(e2e_ips / min(model_ips, loader_ips), 3),
         "c1_streamed_to_cache_img_s": round(cache_ips, 1),
@@ -154,8 +182,10 @@ def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int,
         # CPU time of this process per image in each phase (all threads): a + b is what one image
         # costs, so on `cores` cores no pipeline can beat cores / (a + b) when both halves are CPU work.
         "cpu_ms_a": round(model_cpu_ms, 3), "cpu_ms_b": round(loader_cpu_ms, 3), "cpu_ms_c1": round(cache_cpu_ms, 3),
-        "cpu_bound_img_s": round((os.cpu_count() or 1) * 1000 / (model_cpu_ms + loader_cpu_ms), 1),
-        "c1_over_cpu_bound": round(cache_ips / ((os.cpu_count() or 1) * 1000 / (model_cpu_ms + loader_cpu_ms)), 3),
+        "cpu_ms_db_c1": round(db_cpu_ms, 3),
+        "cpu_bound_img_s": round((os.cpu_count() or 1) * 1000 / (model_cpu_ms + loader_cpu_ms + db_cpu_ms), 1),
+        "c1_over_cpu_bound": round(cache_ips / ((os.cpu_count() or 1) * 1000
+                                                / (model_cpu_ms + loader_cpu_ms + db_cpu_ms)), 3),
         "rows_published": rows, "rerun_seconds": round(rerun_s, 2), "rerun_computed": again["computed"],
         "peak_rss_mb_before_c": round(rss_before / 1024, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -169,6 +199,7 @@ def main() -> None:
     p.add_argument("--vit-sizes", default="1000", help="drop sizes for ViT-B-32 (~11 img/s on 2 CPU cores)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--loader", default="auto", choices=["auto", "threads", "processes"])
     p.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "curation-embed-bench"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -185,14 +216,16 @@ def main() -> None:
         for n in sizes[backend]:
             cfg = {"backend": backend, "data_dir": str(data), "n": n,
                    "batch_size": args.batch_size if backend == "offline" else 32, "workers": args.workers,
-                   "model_images": 20_000 if backend == "offline" else 256}
+                   "loader": args.loader,
+                   "model_images": 20_000 if backend == "offline" else 640}
             out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True,
                                  text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
-    cols = ["backend", "images", "a_model_img_s", "b_loader_img_s", "c1_streamed_to_cache_img_s",
-            "ratio_c1_over_min_ab", "cpu_bound_img_s", "c1_over_cpu_bound", "publish_hnsw_rows_s",
+    cols = ["backend", "images", "loader", "a_model_img_s", "b_loader_img_s", "c1_streamed_to_cache_img_s",
+            "ratio_c1_over_min_ab", "cpu_ms_a", "cpu_ms_b", "cpu_ms_db_c1", "cpu_bound_img_s", "c1_over_cpu_bound",
+            "publish_hnsw_rows_s",
             "c_end_to_end_img_s", "ratio_c_over_min_ab",
             "peak_rss_mb", "rerun_seconds", "rerun_computed"]
     print(" | ".join(cols))

@@ -81,7 +81,9 @@ class EmbedderResource(dg.ConfigurableResource):
     """torch.compile the image tower (worth it for long GPU runs; compile time is paid once per process)."""
     batch_size: int = 64
     workers: int = 0
-    """Loader threads for read + decode + preprocess (0: one per CPU core)."""
+    """Loader workers for read + decode + preprocess (0: one per CPU core)."""
+    loader: Literal["auto", "threads", "processes"] = "auto"
+    """auto: worker processes for drops with 2000+ images to embed, threads below (no start-up cost)."""
     draft: bool = True
     """Let libjpeg decode JPEGs at a reduced scale that still covers the model input."""
     storage: Literal["vector", "halfvec"] = "vector"
@@ -108,4 +110,4 @@ class EmbedderResource(dg.ConfigurableResource):
         from curation_pipeline.steps.embed import EmbedOptions
 
         return EmbedOptions(batch_size=self.batch_size, workers=self.workers if self.workers > 0 else (os.cpu_count() or 1),
-                            draft=self.draft, storage=self.storage)
+                            draft=self.draft, storage=self.storage, loader=self.loader)

@@ -58,9 +58,11 @@ class Embedder(ABC):
         self._count_lock = threading.Lock()
         self.images_computed = 0  # model forwards, in images: proves cache hits in tests and benchmarks
 
-    @abstractmethod
+    preprocessor: Any  # picklable callable: RGB PIL image -> what `forward` takes (loader threads or processes)
+
     def preprocess(self, image: Image.Image) -> Any:
         """One RGB PIL image -> what `forward` takes (numpy array or CPU tensor)."""
+        return self.preprocessor(image)
 
     @abstractmethod
     def _forward(self, items: Sequence[Any]) -> np.ndarray:
@@ -100,13 +102,11 @@ class OfflineEmbedder(Embedder):
         self.input_size = colour_layout.INPUT_SIZE
         self.draft_size = colour_layout.DRAFT_SIZE
         self.preprocess_version = f"squash{colour_layout.INPUT_SIZE}-bilinear-draft{colour_layout.DRAFT_SIZE}"
+        self.preprocessor = colour_layout.preprocess
         self.description = (
             "hand-crafted colour/layout/gradient descriptor (no learned weights): good for near-duplicates "
             "and colour/layout diversity, not for semantics"
         )
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return colour_layout.preprocess(image)
 
     def _forward(self, items: Sequence[np.ndarray]) -> np.ndarray:
         return colour_layout.descriptor_batch(np.stack(items))
@@ -190,6 +190,9 @@ class OpenClipEmbedder(_TorchEmbedder):
             self._encode_image = self._torch.compile(self.model.encode_image)
         self._preprocess = preprocess
         self._split = _split_clip_transform(preprocess)
+        # PIL-only resize + crop -> uint8 HWC in the loader; no torch op runs outside the model
+        # thread (torch ops in loader threads fight the model's intra-op thread pool).
+        self.preprocessor = PilToUint8(self._split[0]) if self._split else preprocess
         if self._split is not None:
             torch = self._torch
             mean, std = self._split[1]
@@ -203,13 +206,6 @@ class OpenClipEmbedder(_TorchEmbedder):
         self.preprocess_version = f"open_clip-{self.input_size}-draft" + ("-u8" if self._split else "")
         self.dim = int(self._forward([self.preprocess(Image.new("RGB", (self.input_size, self.input_size)))]).shape[-1])
         self.description = f"open_clip {model_name} pretrained={pretrained or 'none'} on {self.device} ({self.precision})"
-
-    def preprocess(self, image: Image.Image):
-        if self._split is None:
-            return self._preprocess(image)
-        # PIL-only resize + crop in the loader thread -> uint8 HWC; no torch op runs outside the
-        # model thread (torch ops in loader threads fight the model's intra-op thread pool).
-        return np.asarray(self._split[0](image), dtype=np.uint8)
 
     def _forward(self, items: Sequence[Any]) -> np.ndarray:
         with self._torch.inference_mode(), self._autocast():
@@ -235,6 +231,30 @@ class OpenClipEmbedder(_TorchEmbedder):
             return l2_normalise(self.model.encode_text(tokens).float().cpu().numpy())
 
 
+def _to_rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")
+
+
+class PilToUint8:
+    """Picklable: a PIL transform, then an HWC uint8 array."""
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        return np.asarray(self.transform(image), dtype=np.uint8)
+
+
+class HFPreprocess:
+    """Picklable: a transformers image processor applied to one image."""
+
+    def __init__(self, processor) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        return self.processor(images=[image], return_tensors="np")["pixel_values"][0]
+
+
 def _split_clip_transform(transform):
     """Split open_clip's standard eval transform (Resize, CenterCrop, mode conversion, ToTensor,
     Normalize) into a PIL-only part and the (mean, std) that the model thread applies to uint8
@@ -247,7 +267,7 @@ def _split_clip_transform(transform):
         return None
     from torchvision import transforms as T
 
-    pil_part = T.Compose([steps[0], steps[1], lambda im: im.convert("RGB")])
+    pil_part = T.Compose([steps[0], steps[1], _to_rgb])
     return pil_part, (tuple(float(x) for x in steps[4].mean), tuple(float(x) for x in steps[4].std))
 
 
@@ -261,6 +281,7 @@ class TransformersEmbedder(_TorchEmbedder):
 
         self._setup_torch(device, precision, channels_last, compile_model)
         self.processor = AutoImageProcessor.from_pretrained(model_name_or_path)
+        self.preprocessor = HFPreprocess(self.processor)
         self.model = self._prepare_module(AutoModel.from_pretrained(model_name_or_path))
         self._clip_like = hasattr(self.model, "get_image_features")
         self._tokenizer = None
@@ -279,9 +300,6 @@ class TransformersEmbedder(_TorchEmbedder):
         self.preprocess_version = f"hf-processor-{self.input_size}-draft"
         self.dim = int(self._forward([self.preprocess(Image.new("RGB", (32, 32)))]).shape[-1])
         self.description = f"transformers {type(self.model).__name__} from {model_name_or_path} on {self.device}"
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return self.processor(images=[image], return_tensors="np")["pixel_values"][0]
 
     def _features(self, output):
         torch = self._torch

@@ -31,6 +31,8 @@ class EmbedOptions:
     batch_size: int = 64
     workers: int = 2
     loader_chunk: int = 16
+    loader: str = "auto"  # threads | processes | auto
+    processes_from: int = 2000  # 'auto' uses processes from this many images to embed
     draft: bool = True
     storage: str = "vector"
     log_every_batches: int = 20
@@ -82,8 +84,16 @@ class BackgroundWriter:
             raise self._error
 
 
-def _loader(embedder: Embedder, draft_size: int | None):
-    def load(item: tuple[int, str, str, str]):
+class ImageLoader:
+    """Loader work for one image: read, verify, decode, preprocess -> (item, None) or (None, error).
+    Picklable (module-level class holding a picklable preprocessor), so it runs in loader threads
+    or processes alike."""
+
+    def __init__(self, preprocessor, draft_size: int | None) -> None:
+        self.preprocessor = preprocessor
+        self.draft_size = draft_size
+
+    def __call__(self, item: tuple[int, str, str, str]):
         _, key, sha, uri = item
         try:
             data = store_for(uri).read_uri(uri)
@@ -91,14 +101,21 @@ def _loader(embedder: Embedder, draft_size: int | None):
             return None, f"cannot read {key!r}: {exc}"
         if sha256_hex(data) != sha:
             return None, f"{key!r} changed since the manifest was built: re-materialize raw_image_manifest"
-        decoded = decode_image(data, draft_size=draft_size)
+        decoded = decode_image(data, draft_size=self.draft_size)
         if not isinstance(decoded, DecodedImage):
             return None, f"{key!r}: {decoded.error}"
         try:
-            return embedder.preprocess(decoded.image), None
+            return self.preprocessor(decoded.image), None
         except Exception as exc:  # noqa: BLE001 - one odd image must not fail the drop
             return None, f"{key!r}: preprocessing failed: {type(exc).__name__}: {exc}"
-    return load
+
+
+def loader_kind(options: "EmbedOptions", pending: int) -> str:
+    """'auto': processes for large batches of work on several cores (no GIL between decoding and
+    the model), threads otherwise (no start-up cost for small drops and tests)."""
+    if options.loader != "auto":
+        return options.loader
+    return "processes" if options.workers >= 2 and pending >= options.processes_from else "threads"
 
 
 def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: EmbedOptions = DEFAULT_OPTIONS, *,
@@ -111,7 +128,8 @@ def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: Emb
                            preprocess=embedder.preprocess_version + ("" if options.draft else "-nodraft"),
                            storage=options.storage)
     draft_size = embedder.decode_draft_size if options.draft else None
-    load = _loader(embedder, draft_size)
+    load = ImageLoader(embedder.preprocessor, draft_size)
+    kind = loader_kind(options, catalog.uncached_count(drop_key, model) if options.loader == "auto" else 0)
     window = options.batch_size * 3 + options.workers
     failures: list[tuple[int, str]] = []
     computed = 0
@@ -119,7 +137,7 @@ def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: Emb
     batches = 0
     with catalog.cache_writer(model, options.storage) as writer, BackgroundWriter(writer.write) as background:
         loaded = ordered_parallel_map(load, catalog.uncached_items(drop_key, model), workers=options.workers,
-                                      window=window, chunk=options.loader_chunk)
+                                      window=window, chunk=options.loader_chunk, executor=kind)
         for chunk in batched(loaded, options.batch_size):
             ok = [(item, pre) for item, (pre, err) in chunk if err is None]
             failures.extend((item[0], err) for item, (_, err) in chunk if err is not None)
@@ -150,6 +168,7 @@ def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: Emb
         "not_embedded": len(failures),
         "batch_size": options.batch_size,
         "loader_workers": options.workers,
+        "loader": kind,
         "model_seconds": round(model_seconds, 3),
         "seconds": round(elapsed, 3),
         "images_per_second": round(computed / elapsed, 1) if elapsed > 0 and computed else None,
@@ -166,7 +185,7 @@ def embed_query_images(embedder: Embedder, images_bytes: list[tuple[str, bytes]]
         decoded = decode_image(data, draft_size=draft_size)
         if not isinstance(decoded, DecodedImage):
             raise ValueError(f"query image {name!r} is unusable: {decoded.error}")
-        items.append(embedder.preprocess(decoded.image))
+        items.append(embedder.preprocessor(decoded.image))
     return embedder.forward(items)
 
 

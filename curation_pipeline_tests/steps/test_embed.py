@@ -196,3 +196,22 @@ def test_preprocessing_is_part_of_the_model_identity(tmp_path, database_url):
     assert full["model"] == drafted["model"] + "+nodraft" and full["computed"] > 0
     with pytest.raises(ValueError, match="preprocessing"):
         catalog.register_model(drafted["model"], "offline", 448, "x", preprocess="something-else")
+
+
+def test_process_and_thread_loaders_give_identical_vectors(tmp_path, database_url, tiny_clip_embedder):
+    """Loader processes (forkserver/spawn, never fork) receive the picklable preprocessor and
+    produce exactly what loader threads produce, for the offline and an open_clip model."""
+    make_small_drop(tmp_path / "d")
+    for embedder in (OfflineEmbedder(), tiny_clip_embedder):
+        results = {}
+        for kind in ("threads", "processes"):
+            catalog = Catalog(database_url)
+            with catalog.connection() as conn:  # cold cache for each loader kind
+                conn.execute("DELETE FROM embeddings")
+                conn.execute("DELETE FROM embedding_cache")
+            stats = _ingest(catalog, tmp_path / "d", "d", embedder,
+                            EmbedOptions(batch_size=4, workers=2, loader=kind, loader_chunk=3))
+            assert stats["loader"] == kind and stats["computed"] > 0
+            results[kind] = catalog.load_embeddings(["d"], stats["model"])
+        assert results["threads"].image_ids.tolist() == results["processes"].image_ids.tolist()
+        assert np.allclose(results["threads"].vectors, results["processes"].vectors, atol=1e-6)
