@@ -96,13 +96,13 @@ def _server_cpu(server) -> float:
 
 
 def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int, model_images: int,
-            loader: str = "auto") -> dict:
+            loader: str = "threads") -> dict:
     """Runs in its own process so peak RSS belongs to this configuration alone."""
     from curation_pipeline.core.decode import decode_image
     from curation_pipeline.core.pipeline import ordered_parallel_map
     from curation_pipeline.resources.catalog import Catalog
     from curation_pipeline.resources.image_store import LocalImageStore
-    from curation_pipeline.steps.embed import EmbedOptions, ImageLoader, embed_drop, loader_kind
+    from curation_pipeline.steps.embed import EmbedOptions, ImageLoader, embed_drop
     from curation_pipeline.steps.manifest import build_manifest
 
     embedder = _embedder(backend)
@@ -143,7 +143,7 @@ def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int,
         # (b) the loader alone, same threads and window as the asset path
         load = ImageLoader(embedder.preprocessor, embedder.decode_draft_size)
         items = list(catalog.uncached_items(key, embedder.model_id))
-        kind = loader_kind(options, len(items))
+        kind = options.loader
         t0, cpu0 = time.perf_counter(), time.process_time()
         ok = sum(1 for _, (pre, err) in ordered_parallel_map(load, items, workers=workers,
                                                              window=batch_size * 3 + workers,
@@ -199,7 +199,7 @@ def main() -> None:
     p.add_argument("--vit-sizes", default="1000", help="drop sizes for ViT-B-32 (~11 img/s on 2 CPU cores)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--loader", default="auto", choices=["auto", "threads", "processes"])
+    p.add_argument("--loader", default="threads", choices=["threads", "processes"])
     p.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "curation-embed-bench"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -350,14 +350,6 @@ class Catalog:
                 for row in cur:
                     yield int(row[0]), row[1], row[2], row[3]
 
-    def uncached_count(self, drop_key: str, model: str) -> int:
-        with self.connection() as conn:
-            return int(conn.execute(
-                "SELECT count(DISTINCT i.sha256) FROM images i WHERE i.drop_key = %s AND i.status = 'ok'"
-                " AND NOT EXISTS (SELECT 1 FROM embedding_cache c WHERE c.model = %s AND c.sha256 = i.sha256)",
-                (drop_key, model),
-            ).fetchone()[0])
-
     def valid_image_count(self, drop_key: str) -> int:
         with self.connection() as conn:
             return int(conn.execute("SELECT count(*) FROM images WHERE drop_key = %s AND status = 'ok'",

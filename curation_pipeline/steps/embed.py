@@ -31,8 +31,7 @@ class EmbedOptions:
     batch_size: int = 64
     workers: int = 2
     loader_chunk: int = 16
-    loader: str = "auto"  # threads | processes | auto
-    processes_from: int = 2000  # 'auto' uses processes from this many images to embed
+    loader: str = "threads"  # threads | processes
     draft: bool = True
     storage: str = "vector"
     log_every_batches: int = 20
@@ -110,14 +109,6 @@ class ImageLoader:
             return None, f"{key!r}: preprocessing failed: {type(exc).__name__}: {exc}"
 
 
-def loader_kind(options: "EmbedOptions", pending: int) -> str:
-    """'auto': processes for large batches of work on several cores (no GIL between decoding and
-    the model), threads otherwise (no start-up cost for small drops and tests)."""
-    if options.loader != "auto":
-        return options.loader
-    return "processes" if options.workers >= 2 and pending >= options.processes_from else "threads"
-
-
 def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: EmbedOptions = DEFAULT_OPTIONS, *,
                logger: logging.Logger = log) -> dict:
     """Fill the cache for the drop's valid images. Returns figures; publishing the partition's
@@ -129,7 +120,7 @@ def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: Emb
                            storage=options.storage)
     draft_size = embedder.decode_draft_size if options.draft else None
     load = ImageLoader(embedder.preprocessor, draft_size)
-    kind = loader_kind(options, catalog.uncached_count(drop_key, model) if options.loader == "auto" else 0)
+    kind = options.loader
     window = options.batch_size * 3 + options.workers
     failures: list[tuple[int, str]] = []
     computed = 0
