@@ -62,13 +62,13 @@ def make_dataset(folder: Path, n: int, seed: int = 0) -> Path:
     return folder
 
 
-def _embedder(backend: str):
+def _embedder(backend: str, device: str = "cpu"):
     from curation_pipeline.resources.embedders import OfflineEmbedder, OpenClipEmbedder
 
     if backend == "offline":
         return OfflineEmbedder()
     if backend == "vit-b-32":
-        return OpenClipEmbedder("ViT-B-32", None, device="cpu")  # random init: timing only
+        return OpenClipEmbedder("ViT-B-32", None, device=device)  # random init: timing only; fp16 autocast on CUDA
     raise ValueError(backend)
 
 
@@ -96,7 +96,7 @@ def _server_cpu(server) -> float:
 
 
 def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int, model_images: int,
-            loader: str = "threads") -> dict:
+            loader: str = "threads", device: str = "cpu") -> dict:
     """Runs in its own process so peak RSS belongs to this configuration alone."""
     from curation_pipeline.core.decode import decode_image
     from curation_pipeline.core.pipeline import ordered_parallel_map
@@ -105,7 +105,7 @@ def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int,
     from curation_pipeline.steps.embed import EmbedOptions, ImageLoader, embed_drop
     from curation_pipeline.steps.manifest import build_manifest
 
-    embedder = _embedder(backend)
+    embedder = _embedder(backend, device)
     options = EmbedOptions(batch_size=batch_size, workers=workers, loader=loader)
     files = sorted(p for p in data_dir.rglob("*.jpg"))[:n]
     if len(files) < n:
@@ -173,7 +173,7 @@ def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int,
     cache_ips = stats["computed"] / embed_s
     return {
         "backend": backend, "model": stats["model"], "images": n, "batch_size": batch_size, "workers": workers,
-        "loader": stats["loader"],
+        "loader": stats["loader"], "device": getattr(embedder, "device", "cpu"),
         "a_model_img_s": round(model_ips, 1), "b_loader_img_s": round(loader_ips, 1),
         "c_end_to_end_img_s": round(e2e_ips, 1), "ratio_c_over_min_ab": round(e2e_ips / min(model_ips, loader_ips), 3),
         "c1_streamed_to_cache_img_s": round(cache_ips, 1),
@@ -200,6 +200,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--loader", default="threads", choices=["threads", "processes"])
+    p.add_argument("--device", default="cpu", help="for ViT-B-32: cpu, cuda, mps or auto")
     p.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "curation-embed-bench"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -216,7 +217,7 @@ def main() -> None:
         for n in sizes[backend]:
             cfg = {"backend": backend, "data_dir": str(data), "n": n,
                    "batch_size": args.batch_size if backend == "offline" else 32, "workers": args.workers,
-                   "loader": args.loader,
+                   "loader": args.loader, "device": args.device,
                    "model_images": 20_000 if backend == "offline" else 640}
             out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True,
                                  text=True, check=True)
