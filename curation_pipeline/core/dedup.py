@@ -91,12 +91,13 @@ def hamming_pairs(a: np.ndarray, b: np.ndarray | None, max_hamming: int, *, max_
 
 def cluster_duplicates(sha256: list[str], phash: np.ndarray, vectors: np.ndarray, has_vector: np.ndarray,
                        order: np.ndarray, locked: np.ndarray, pairs: np.ndarray,
-                       thresholds: DedupThresholds) -> list[Assignment]:
+                       thresholds: DedupThresholds, phash_mirror: np.ndarray | None = None) -> list[Assignment]:
     """Assign every candidate position to a representative.
 
     sha256 (n,), phash (n,) int64, vectors (n, d) unit rows (rows without a vector: has_vector
     False), order: preference permutation (see representative_order), locked (n,) bool: existing
-    representatives, pairs (m, 2): candidate pairs to check for perceptual/semantic links."""
+    representatives, pairs (m, 2): candidate pairs to check for perceptual/semantic links,
+    phash_mirror (n,): pHash of each mirrored image, so a horizontal flip counts as perceptual."""
     n = len(sha256)
     if n == 0:
         return []
@@ -120,6 +121,10 @@ def cluster_duplicates(sha256: list[str], phash: np.ndarray, vectors: np.ndarray
         if len(uniq):
             ph = np.asarray(phash, dtype=np.int64)
             ham = np.bitwise_count(np.bitwise_xor(ph[uniq[:, 0]], ph[uniq[:, 1]]).view(np.uint64)).astype(np.int64)
+            if phash_mirror is not None:
+                pm = np.asarray(phash_mirror, dtype=np.int64)
+                for x, y in ((pm[uniq[:, 0]], ph[uniq[:, 1]]), (ph[uniq[:, 0]], pm[uniq[:, 1]])):
+                    ham = np.minimum(ham, np.bitwise_count(np.bitwise_xor(x, y).view(np.uint64)).astype(np.int64))
             v = np.asarray(vectors, dtype=np.float32)
             both = np.asarray(has_vector, dtype=bool)[uniq[:, 0]] & np.asarray(has_vector, dtype=bool)[uniq[:, 1]]
             cos = np.where(both, np.einsum("ij,ij->i", v[uniq[:, 0]], v[uniq[:, 1]]), -1.0)

@@ -19,16 +19,25 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def perceptual_hash(image: Image.Image) -> int:
-    """64-bit DCT perceptual hash of a PIL image, as a signed int64."""
-    grey = image.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
-    pixels = np.asarray(grey, dtype=np.float64)
+def _hash_bits(pixels: np.ndarray) -> int:
     coeffs = dctn(pixels, type=2, norm="ortho")[:8, :8]
     bits = (coeffs > np.median(coeffs)).ravel()
     value = 0
     for bit in bits:
         value = (value << 1) | int(bit)
     return int(np.array(value, dtype=np.uint64).view(np.int64))
+
+
+def perceptual_hash(image: Image.Image) -> int:
+    """64-bit DCT perceptual hash of a PIL image, as a signed int64."""
+    return perceptual_hashes(image)[0]
+
+
+def perceptual_hashes(image: Image.Image) -> tuple[int, int]:
+    """(pHash, pHash of the horizontally mirrored image): a flipped copy's pHash is close to the
+    original's mirrored pHash, so the perceptual tier can match flips for one extra 32x32 DCT."""
+    pixels = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+    return _hash_bits(pixels), _hash_bits(pixels[:, ::-1])
 
 
 def hamming_distances(query_hash: int, hashes_int64: np.ndarray) -> np.ndarray:

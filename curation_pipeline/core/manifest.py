@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from .decode import STATUS_OK, DecodedImage, decode_image
-from .hashing import perceptual_hash, sha256_hex
+from .hashing import perceptual_hashes, sha256_hex
 from .quality import quality_signals
 
 
@@ -25,6 +25,7 @@ class ManifestRecord:
     camera_make: str | None = None
     camera_model: str | None = None
     phash: int | None = None
+    phash_mirror: int | None = None
     blur_variance: float | None = None
     brightness: float | None = None
     contrast: float | None = None
@@ -45,6 +46,7 @@ def inspect_object(object_key: str, data: bytes) -> ManifestRecord:
             status=decoded.status, error=decoded.error, format=decoded.format,
         )
     q = quality_signals(decoded.image)
+    phash, phash_mirror = perceptual_hashes(decoded.image)
     return ManifestRecord(
         object_key=object_key,
         bytes=len(data),
@@ -57,7 +59,8 @@ def inspect_object(object_key: str, data: bytes) -> ManifestRecord:
         exif_datetime=decoded.exif_datetime,
         camera_make=decoded.camera_make,
         camera_model=decoded.camera_model,
-        phash=perceptual_hash(decoded.image),
+        phash=phash,
+        phash_mirror=phash_mirror,
         blur_variance=q.blur_variance,
         brightness=q.brightness,
         contrast=q.contrast,

@@ -23,7 +23,7 @@ from .database import connect
 
 _IMAGE_COLUMNS = (
     "image_id", "drop_key", "object_key", "source_uri", "bytes", "etag", "sha256", "status", "error",
-    "format", "width", "height", "mode", "exif_datetime", "camera_make", "camera_model", "phash",
+    "format", "width", "height", "mode", "exif_datetime", "camera_make", "camera_model", "phash", "phash_mirror",
     "blur_variance", "brightness", "contrast", "entropy", "aspect_ratio",
 )
 
@@ -80,6 +80,7 @@ class KeptImage:
     pixels: int
     sharpness: float
     object_key: str
+    phash_mirror: int = 0
 
 
 # storage -> (column, SQL type); vectors are always read back as `vector` (float32).
@@ -117,7 +118,7 @@ class ManifestWriter:
         self.buffer.append((
             image_id, self.drop_key, r.object_key, source_uri, r.bytes, etag, r.sha256, r.status, r.error,
             r.format, r.width, r.height, r.mode, r.exif_datetime, r.camera_make, r.camera_model, r.phash,
-            r.blur_variance, r.brightness, r.contrast, r.entropy, r.aspect_ratio,
+            r.phash_mirror, r.blur_variance, r.brightness, r.contrast, r.entropy, r.aspect_ratio,
         ))
         if len(self.buffer) >= self.chunk:
             self.flush()
@@ -574,12 +575,13 @@ class Catalog:
         with self.connection() as conn:
             rows = conn.execute(
                 "SELECT i.image_id, i.drop_key, d.ordinal, i.sha256, coalesce(i.phash, 0),"
-                " coalesce(i.width, 0)::bigint * coalesce(i.height, 0), coalesce(i.blur_variance, 0), i.object_key"
+                " coalesce(i.width, 0)::bigint * coalesce(i.height, 0), coalesce(i.blur_variance, 0), i.object_key,"
+                " coalesce(i.phash_mirror, i.phash, 0)"
                 " FROM images i JOIN drops d ON d.drop_key = i.drop_key " + where + " ORDER BY i.image_id",
                 params,
             ).fetchall()
         return [KeptImage(int(r[0]), r[1], int(r[2]), r[3], int(r[4]), int(r[5]), float(r[6]) / (float(r[6]) + 100.0),
-                          r[7]) for r in rows]
+                          r[7], int(r[8])) for r in rows]
 
     def replace_dedup(self, drop_key: str, model: str, rows: Sequence[tuple[int, int, bool, str | None, float]]) -> dict:
         """rows: (image_id, representative_id, is_representative, tier, similarity). Replaces the
@@ -653,7 +655,8 @@ class Catalog:
                 "SELECT count(*) FILTER (WHERE r.image_id IS NULL),"
                 " count(*) FILTER (WHERE r.image_id IS NOT NULL AND ("
                 "   (m.tier = 'exact' AND mi.sha256 <> ri.sha256)"
-                "   OR (m.tier = 'perceptual' AND bit_count(int8send(mi.phash # ri.phash)) > %s)"
+                "   OR (m.tier = 'perceptual' AND least(bit_count(int8send(mi.phash # ri.phash)),"
+                "       bit_count(int8send(coalesce(mi.phash_mirror, mi.phash) # ri.phash))) > %s)"
                 "   OR (m.tier = 'semantic' AND (me.image_id IS NULL OR re.image_id IS NULL"
                 "       OR 1 - (" + vec_m + " <=> " + vec_r + ") < %s))))"
                 " FROM dedup_members m"

@@ -52,6 +52,7 @@ def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thr
     dim = embeddings.dim
     own_vectors = np.stack([vec_by_id[c.image_id] for c in own]) if own else np.zeros((0, dim), np.float32)
     own_hashes = np.asarray([c.phash for c in own], dtype=np.int64)
+    own_mirrors = np.asarray([c.phash_mirror for c in own], dtype=np.int64)
 
     # Candidate pairs in image ids: (own image, other image). Other images are resolved to their
     # representatives below.
@@ -61,13 +62,18 @@ def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thr
     for c, hits in zip(own, ann):
         id_pairs.extend((c.image_id, other) for other, _ in hits if other != c.image_id)
     # 2. perceptual: within the drop (chunked all-pairs over 8-byte hashes) and against other drops
+    #    (a mirrored hash close to another image's hash is a horizontally flipped copy)
     for i, j in hamming_pairs(own_hashes, None, thresholds.max_hamming).tolist():
         id_pairs.append((own[i].image_id, own[j].image_id))
+    for i, j in hamming_pairs(own_mirrors, own_hashes, thresholds.max_hamming).tolist():
+        if i != j:
+            id_pairs.append((own[i].image_id, own[j].image_id))
     exact = []
     if others:
         kept_ids, kept_hashes = catalog.kept_phashes(others)
-        for i, j in hamming_pairs(own_hashes, kept_hashes, thresholds.max_hamming).tolist():
-            id_pairs.append((own[i].image_id, int(kept_ids[j])))
+        for hashes in (own_hashes, own_mirrors):
+            for i, j in hamming_pairs(hashes, kept_hashes, thresholds.max_hamming).tolist():
+                id_pairs.append((own[i].image_id, int(kept_ids[j])))
         # 3. exact: identical content already represented in another drop
         exact = catalog.kept_images_with_hashes(others, sorted({c.sha256 for c in own}))
 
@@ -103,7 +109,7 @@ def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thr
     )
     assignments = cluster_duplicates([c.sha256 for c in candidates], np.asarray([c.phash for c in candidates]),
                                      vectors, has_vector, order, np.arange(len(candidates)) >= n_own, pair_array,
-                                     thresholds)
+                                     thresholds, phash_mirror=np.asarray([c.phash_mirror for c in candidates]))
     rows = []
     tiers = {"exact": 0, "perceptual": 0, "semantic": 0}
     cross = 0

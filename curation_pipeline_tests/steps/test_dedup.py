@@ -128,3 +128,16 @@ def test_the_dedup_check_recomputes_similarities(tmp_path, database_url):
         conn.execute("UPDATE dedup_members SET representative_id = %s, is_representative = false,"
                      " tier = 'semantic', similarity = 0.99 WHERE image_id = %s", (b[0], a[0]))
     assert _violations(catalog, "one")["below_threshold"] == 1
+
+
+def test_a_mirrored_copy_is_a_perceptual_duplicate(tmp_path, database_url):
+    from PIL import ImageOps
+
+    catalog = Catalog(database_url)
+    make_small_drop(tmp_path / "one")
+    (tmp_path / "one" / "mirrored_05.jpg").write_bytes(jpeg(ImageOps.mirror(Image.open(tmp_path / "one" / "img_05.jpg"))))
+    _ingest(catalog, tmp_path / "one", "one")
+    groups = {g["representative"]["object_key"]: g["members"] for g in catalog.duplicate_groups()}
+    members = {m["object_key"]: m["tier"] for ms in groups.values() for m in ms}
+    assert members.get("mirrored_05.jpg") == "perceptual" or groups.get("mirrored_05.jpg")
+    assert _violations(catalog, "one")["below_threshold"] == 0
