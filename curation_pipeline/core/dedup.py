@@ -27,10 +27,21 @@ TIER_SEMANTIC = "semantic"
 _TIER_RANK = {TIER_EXACT: 3, TIER_PERCEPTUAL: 2, TIER_SEMANTIC: 1}
 
 
+# Semantic thresholds per embedder family. The offline descriptor's is calibrated by
+# benchmarks/dedup_quality.py (precision 1.0, best F1 region 0.74-0.82 on its labelled set); the
+# learned models' are provisional until the same benchmark runs with their weights.
+DEFAULT_MIN_COSINE = {"offline": 0.80, "open_clip": 0.95, "hf": 0.92}
+DEFAULT_MAX_HAMMING = 4  # calibrated by the same benchmark: 6 already merges distinct crops
+
+
+def default_min_cosine(model_id: str) -> float:
+    return DEFAULT_MIN_COSINE.get(model_id.split(":", 1)[0], 0.95)
+
+
 @dataclass(frozen=True)
 class DedupThresholds:
-    max_hamming: int = 6  # pHash bits out of 64
-    min_cosine: float = 0.90  # semantic tier, on L2-normalised embeddings
+    max_hamming: int = DEFAULT_MAX_HAMMING  # pHash bits out of 64
+    min_cosine: float = DEFAULT_MIN_COSINE["offline"]  # semantic tier, on L2-normalised embeddings
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_hamming <= HASH_BITS:
@@ -122,9 +133,12 @@ def cluster_duplicates(sha256: list[str], phash: np.ndarray, vectors: np.ndarray
             ph = np.asarray(phash, dtype=np.int64)
             ham = np.bitwise_count(np.bitwise_xor(ph[uniq[:, 0]], ph[uniq[:, 1]]).view(np.uint64)).astype(np.int64)
             if phash_mirror is not None:
+                # Mirror matches must be twice as close: left/right halves of symmetric scenes
+                # (a fundus photo, a corridor) are mirror images of each other without being copies.
                 pm = np.asarray(phash_mirror, dtype=np.int64)
                 for x, y in ((pm[uniq[:, 0]], ph[uniq[:, 1]]), (ph[uniq[:, 0]], pm[uniq[:, 1]])):
-                    ham = np.minimum(ham, np.bitwise_count(np.bitwise_xor(x, y).view(np.uint64)).astype(np.int64))
+                    mirrored = np.bitwise_count(np.bitwise_xor(x, y).view(np.uint64)).astype(np.int64)
+                    ham = np.where(mirrored <= thresholds.max_hamming // 2, np.minimum(ham, mirrored), ham)
             v = np.asarray(vectors, dtype=np.float32)
             both = np.asarray(has_vector, dtype=bool)[uniq[:, 0]] & np.asarray(has_vector, dtype=bool)[uniq[:, 1]]
             cos = np.where(both, np.einsum("ij,ij->i", v[uniq[:, 0]], v[uniq[:, 1]]), -1.0)

@@ -1,9 +1,11 @@
 """dedup_clusters: per capture drop, against itself and every earlier drop."""
 
 
+from typing import Optional
+
 import dagster as dg
 
-from curation_pipeline.core.dedup import DedupThresholds
+from curation_pipeline.core.dedup import DEFAULT_MAX_HAMMING, DedupThresholds, default_min_cosine
 from curation_pipeline.resources.catalog import EmbeddingSet
 from curation_pipeline.resources.dagster_resources import DatabaseResource
 from curation_pipeline.steps.dedup import dedup_drop
@@ -12,10 +14,11 @@ from .partitions import INGEST_BACKFILL_POLICY, capture_drops
 
 
 class DedupConfig(dg.Config):
-    max_hamming: int = 6
+    max_hamming: int = DEFAULT_MAX_HAMMING
     """pHash Hamming radius (of 64 bits) for the perceptual tier."""
-    min_cosine: float = 0.90
-    """Cosine similarity at or above which two embeddings are semantic duplicates (offline embedder default)."""
+    min_cosine: Optional[float] = None
+    """Cosine similarity at or above which two embeddings are semantic duplicates. Default: per
+    embedder (offline 0.80, calibrated by benchmarks/dedup_quality.py; open_clip 0.95, transformers 0.92)."""
     neighbours: int = 16
     """HNSW neighbours fetched per image before exact re-checking."""
 
@@ -38,7 +41,8 @@ class DedupConfig(dg.Config):
 )
 def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig, database: DatabaseResource,
                    image_embeddings: EmbeddingSet) -> dg.MaterializeResult:
-    thresholds = DedupThresholds(max_hamming=config.max_hamming, min_cosine=config.min_cosine)
+    min_cosine = config.min_cosine if config.min_cosine is not None else default_min_cosine(image_embeddings.model)
+    thresholds = DedupThresholds(max_hamming=config.max_hamming, min_cosine=min_cosine)
     catalog = database.catalog()
     all_stats, violations = [], []
     # Earlier drops first: each drop is compared with the ones that arrived before it.
@@ -46,15 +50,15 @@ def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig, datab
         stats = dedup_drop(catalog, drop_key, image_embeddings.for_drop(drop_key), thresholds,
                            neighbours=config.neighbours, logger=context.log)
         all_stats.append(stats)
-        violations.append(catalog.dedup_violations(drop_key, image_embeddings.model, config.min_cosine,
-                                                   config.max_hamming))
+        violations.append(catalog.dedup_violations(drop_key, image_embeddings.model, thresholds.min_cosine,
+                                                   thresholds.max_hamming))
     total = {k: sum(v[k] for v in violations) for k in violations[0]}
     metadata = all_stats[0] if len(all_stats) == 1 else {
         "drops": len(all_stats), "model": image_embeddings.model,
         **{k: sum(s[k] for s in all_stats) for k in ("images", "kept", "duplicates", "exact_duplicates",
                                                       "perceptual_duplicates", "semantic_duplicates",
                                                       "duplicates_of_other_drops")},
-        "max_hamming": config.max_hamming, "min_cosine": config.min_cosine}
+        "max_hamming": thresholds.max_hamming, "min_cosine": thresholds.min_cosine}
     return dg.MaterializeResult(
         metadata=metadata,
         check_results=[

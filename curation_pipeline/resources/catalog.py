@@ -655,8 +655,9 @@ class Catalog:
                 "SELECT count(*) FILTER (WHERE r.image_id IS NULL),"
                 " count(*) FILTER (WHERE r.image_id IS NOT NULL AND ("
                 "   (m.tier = 'exact' AND mi.sha256 <> ri.sha256)"
-                "   OR (m.tier = 'perceptual' AND least(bit_count(int8send(mi.phash # ri.phash)),"
-                "       bit_count(int8send(coalesce(mi.phash_mirror, mi.phash) # ri.phash))) > %s)"
+                "   OR (m.tier = 'perceptual' AND bit_count(int8send(mi.phash # ri.phash)) > %s"
+                "       AND bit_count(int8send(coalesce(mi.phash_mirror, mi.phash) # ri.phash)) > %s / 2"
+                "       AND bit_count(int8send(mi.phash # coalesce(ri.phash_mirror, ri.phash))) > %s / 2)"
                 "   OR (m.tier = 'semantic' AND (me.image_id IS NULL OR re.image_id IS NULL"
                 "       OR 1 - (" + vec_m + " <=> " + vec_r + ") < %s))))"
                 " FROM dedup_members m"
@@ -666,7 +667,7 @@ class Catalog:
                 " LEFT JOIN embeddings me ON me.image_id = m.image_id AND me.model = m.model"
                 " LEFT JOIN embeddings re ON re.image_id = m.representative_id AND re.model = m.model"
                 " WHERE m.drop_key = %s AND NOT m.is_representative",
-                (max_hamming, min_cosine - 1e-4, drop_key),
+                (max_hamming, max_hamming, max_hamming, min_cosine - 1e-4, drop_key),
             ).fetchone()
             self_reps = conn.execute(
                 "SELECT count(*) FROM dedup_members WHERE drop_key = %s AND is_representative"

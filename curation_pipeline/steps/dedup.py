@@ -65,14 +65,14 @@ def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thr
     #    (a mirrored hash close to another image's hash is a horizontally flipped copy)
     for i, j in hamming_pairs(own_hashes, None, thresholds.max_hamming).tolist():
         id_pairs.append((own[i].image_id, own[j].image_id))
-    for i, j in hamming_pairs(own_mirrors, own_hashes, thresholds.max_hamming).tolist():
+    for i, j in hamming_pairs(own_mirrors, own_hashes, thresholds.max_hamming // 2).tolist():
         if i != j:
             id_pairs.append((own[i].image_id, own[j].image_id))
     exact = []
     if others:
         kept_ids, kept_hashes = catalog.kept_phashes(others)
-        for hashes in (own_hashes, own_mirrors):
-            for i, j in hamming_pairs(hashes, kept_hashes, thresholds.max_hamming).tolist():
+        for hashes, radius in ((own_hashes, thresholds.max_hamming), (own_mirrors, thresholds.max_hamming // 2)):
+            for i, j in hamming_pairs(hashes, kept_hashes, radius).tolist():
                 id_pairs.append((own[i].image_id, int(kept_ids[j])))
         # 3. exact: identical content already represented in another drop
         exact = catalog.kept_images_with_hashes(others, sorted({c.sha256 for c in own}))
