@@ -68,7 +68,8 @@ def make_duplicate(img: Image.Image, kind: str, rng: random.Random) -> tuple[byt
     if kind == "flip":
         return _jpeg(ImageOps.mirror(img), 90), ".jpg"
     if kind == "rotate":
-        return _jpeg(img.rotate(rng.choice([-5, -3, 3, 5]), resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0)), 90), ".jpg"
+        angle = rng.choice([-5, -3, 3, 5])
+        return _jpeg(img.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0)), 90), ".jpg"
     if kind == "watermark":
         out = img.convert("RGB").copy()
         draw = ImageDraw.Draw(out)
