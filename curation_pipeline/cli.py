@@ -161,6 +161,25 @@ def cmd_subset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_protect(args: argparse.Namespace) -> int:
+    _catalog().set_protected(args.drop, not args.off)
+    _stderr(f"drop {args.drop} is {'no longer ' if args.off else ''}protected; "
+            "`curation leaks` lists other drops' duplicates of its images")
+    return 0
+
+
+def cmd_leaks(args: argparse.Namespace) -> int:
+    leaks = _catalog().leaks(args.drop)
+    if args.json:
+        print(json.dumps([{"path": x["source_uri"], "drop": x["drop_key"], "duplicates": x["protected_uri"],
+                           "protected_drop": x["protected_drop"]} for x in leaks]))
+    else:
+        for x in leaks:
+            print(f"{x['drop_key']}/{x['object_key']}  duplicates  {x['protected_drop']}/{x['protected_key']}")
+        _stderr(f"{len(leaks)} leaks into protected drops {_catalog().protected_drops()}")
+    return 0
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from curation_pipeline.resources.database import resolve_database_url, stop_embedded_server
 
@@ -284,6 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--name", default="default")
     sb.add_argument("--json", action="store_true")
     sb.set_defaults(func=cmd_subset)
+
+    pr = sub.add_parser("protect", help="mark a drop as protected (e.g. a test set) for leakage checks")
+    pr.add_argument("drop")
+    pr.add_argument("--off", action="store_true", help="remove the protection")
+    pr.set_defaults(func=cmd_protect)
+
+    lk = sub.add_parser("leaks", help="images of other drops that duplicate images of protected drops")
+    lk.add_argument("--drop", help="only leaks involving this drop")
+    lk.add_argument("--json", action="store_true")
+    lk.set_defaults(func=cmd_leaks)
 
     db = sub.add_parser("db", help="the embedded database: print its URL or stop it")
     db.add_argument("action", choices=["url", "stop"])

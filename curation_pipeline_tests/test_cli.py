@@ -46,10 +46,19 @@ def test_ingest_select_retrieve_and_json_outputs(tmp_path, env):
     hits = json.loads(_run(["retrieve", "--query", str(drop / "img_03.jpg"), "--k", "2", "--json"], env).stdout)
     assert len(hits) == 2 and Path(hits[0]["path"]).name in {"img_03.jpg", "reencoded_03.jpg"}
 
+    # a protected drop and a later drop that copies one of its images: a leak
+    _run(["protect", "cli-drop"], env)
+    (tmp_path / "later").mkdir()
+    (tmp_path / "later" / "copied.jpg").write_bytes((drop / "img_07.jpg").read_bytes())
+    _run(["ingest", str(tmp_path / "later"), "--drop", "later-drop"], env)
+    leaks = json.loads(_run(["leaks", "--json"], env).stdout)
+    assert [(Path(x["path"]).name, Path(x["duplicates"]).name, x["protected_drop"]) for x in leaks] == [
+        ("copied.jpg", "img_07.jpg", "cli-drop")]
+
     # every CLI run was recorded on the persistent instance the UI reads
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         jobs = sorted(r.job_name for r in instance.get_runs())
-    assert jobs == ["ingest_drop", "retrieve", "select_and_report"]
+    assert jobs == ["ingest_drop", "ingest_drop", "retrieve", "select_and_report"]
 
 
 def test_clear_errors_for_bad_input(tmp_path, env):

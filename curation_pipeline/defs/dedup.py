@@ -34,6 +34,9 @@ class DedupConfig(dg.Config):
     check_specs=[
         dg.AssetCheckSpec("every_image_assigned", asset="dedup_clusters", blocking=True,
                           description="Each embedded valid image has exactly one cluster row."),
+        dg.AssetCheckSpec("no_leaks_across_protected_drops", asset="dedup_clusters",
+                          description="No image of this drop duplicates an image of a protected drop (or, for a "
+                                      "protected drop, no other drop duplicates it). WARN: the leaks are listed."),
         dg.AssetCheckSpec("members_close_to_representative", asset="dedup_clusters", blocking=True,
                           description="Recomputed from stored hashes and vectors: every member is within its tier's threshold "
                                       "of a representative that still is one."),
@@ -53,6 +56,7 @@ def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig, datab
         violations.append(catalog.dedup_violations(drop_key, image_embeddings.model, thresholds.min_cosine,
                                                    thresholds.max_hamming))
     total = {k: sum(v[k] for v in violations) for k in violations[0]}
+    leaks = [leak for key in context.partition_keys for leak in catalog.leaks(key)]
     metadata = all_stats[0] if len(all_stats) == 1 else {
         "drops": len(all_stats), "model": image_embeddings.model,
         **{k: sum(s[k] for s in all_stats) for k in ("images", "kept", "duplicates", "exact_duplicates",
@@ -62,6 +66,11 @@ def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig, datab
     return dg.MaterializeResult(
         metadata=metadata,
         check_results=[
+            dg.AssetCheckResult(
+                check_name="no_leaks_across_protected_drops", passed=not leaks, severity=dg.AssetCheckSeverity.WARN,
+                metadata={"leaks": len(leaks), "examples": dg.MetadataValue.json([
+                    {k: leak[k] for k in ("drop_key", "object_key", "protected_drop", "protected_key")}
+                    for leak in leaks[:20]])}),
             dg.AssetCheckResult(check_name="every_image_assigned", passed=total["unassigned"] == 0,
                                 metadata={"unassigned": total["unassigned"],
                                           "images": sum(s["images"] for s in all_stats)}),

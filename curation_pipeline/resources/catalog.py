@@ -685,6 +685,37 @@ class Catalog:
                 (name,),
             ).fetchone()[0])
 
+    # ---- leakage -----------------------------------------------------------------------------
+    def set_protected(self, drop_key: str, protected: bool) -> None:
+        with self.connection() as conn:
+            updated = conn.execute("UPDATE drops SET protected = %s WHERE drop_key = %s", (protected, drop_key)).rowcount
+        if not updated:
+            raise LookupError(f"drop {drop_key!r} is not registered: ingest it first")
+
+    def protected_drops(self) -> list[str]:
+        with self.connection() as conn:
+            return [r[0] for r in conn.execute("SELECT drop_key FROM drops WHERE protected ORDER BY ordinal").fetchall()]
+
+    def leaks(self, drop_key: str | None = None) -> list[dict]:
+        """Images of unprotected drops in the same duplicate cluster as an image of a protected drop
+        (a test set leaking into training data). With drop_key: leaks involving that drop."""
+        with self.connection() as conn:
+            cur = conn.execute(
+                "WITH c AS (SELECT m.image_id, m.representative_id, m.tier, m.similarity, i.drop_key, i.object_key,"
+                "   i.source_uri, d.protected FROM dedup_members m JOIN images i ON i.image_id = m.image_id"
+                "   JOIN drops d ON d.drop_key = i.drop_key)"
+                " SELECT DISTINCT ON (leak.image_id, prot.image_id)"
+                "   leak.drop_key, leak.object_key, leak.source_uri, prot.drop_key AS protected_drop,"
+                "   prot.object_key AS protected_key, prot.source_uri AS protected_uri, leak.tier, prot.tier AS protected_tier"
+                " FROM c leak JOIN c prot ON prot.representative_id = leak.representative_id"
+                "   AND prot.protected AND NOT leak.protected"
+                " WHERE %s::text IS NULL OR leak.drop_key = %s OR prot.drop_key = %s"
+                " ORDER BY leak.image_id, prot.image_id",
+                (drop_key, drop_key, drop_key),
+            )
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
     # ---- selection ---------------------------------------------------------------------------
     def selection_pool(self, model: str, drop_keys: Sequence[str] | None = None) -> EmbeddingSet:
         """Valid, embedded images that are not duplicates of another image."""

@@ -141,3 +141,18 @@ def test_a_mirrored_copy_is_a_perceptual_duplicate(tmp_path, database_url):
     members = {m["object_key"]: m["tier"] for ms in groups.values() for m in ms}
     assert members.get("mirrored_05.jpg") == "perceptual" or groups.get("mirrored_05.jpg")
     assert _violations(catalog, "one")["below_threshold"] == 0
+
+
+def test_leaks_into_a_protected_drop_are_listed(tmp_path, database_url):
+    catalog = Catalog(database_url)
+    make_small_drop(tmp_path / "test-set")
+    _second_drop(tmp_path / "test-set", tmp_path / "train")
+    _ingest(catalog, tmp_path / "test-set", "test-set")
+    _ingest(catalog, tmp_path / "train", "train")
+    assert catalog.leaks() == []  # nothing protected yet
+    catalog.set_protected("test-set", True)
+    leaks = {(x["object_key"], x["protected_key"]) for x in catalog.leaks()}
+    assert leaks == {("again_05.jpg", "img_05.jpg"), ("again_06_small.jpg", "img_06.jpg")}
+    assert {x["object_key"] for x in catalog.leaks("train")} == {"again_05.jpg", "again_06_small.jpg"}
+    # duplicates inside the protected drop itself are not leaks
+    assert all(x["drop_key"] == "train" for x in catalog.leaks())
