@@ -10,6 +10,7 @@ import html
 import io
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image
 
 from .decode import DecodedImage, decode_image
@@ -44,6 +45,11 @@ class ReportData:
     subset: list[Tile] = field(default_factory=list)
     failed: list[Tile] = field(default_factory=list)
     groups_total: int = 0
+    threshold: float | None = None  # semantic threshold of the model
+    nn_similarities: list[float] = field(default_factory=list)  # nearest-neighbour cosine of a sample
+    pairs_above: list[tuple[Tile, Tile, float]] = field(default_factory=list)  # just above the threshold
+    pairs_below: list[tuple[Tile, Tile, float]] = field(default_factory=list)  # just below: near misses
+    leaks: list[tuple[Tile, Tile]] = field(default_factory=list)  # (leaked image, protected image)
 
 
 _CSS = """
@@ -71,6 +77,37 @@ def _table(rows: dict[str, object]) -> str:
     return f"<table>{body}</table>"
 
 
+def histogram_svg(values: list[float], threshold: float | None, *, lo: float = 0.0, hi: float = 1.0,
+                  bins: int = 50, width: int = 640, height: int = 160) -> str:
+    """Inline SVG histogram of similarities with the threshold drawn as a red line."""
+    if not values:
+        return '<p class="muted">No embeddings to sample.</p>'
+    counts, edges = np.histogram(np.clip(values, lo, hi), bins=bins, range=(lo, hi))
+    top = max(1, int(counts.max()))
+    bar_w = width / bins
+    bars = "".join(
+        f'<rect x="{i * bar_w:.1f}" y="{height - 20 - (c / top) * (height - 30):.1f}" width="{bar_w - 1:.1f}" '
+        f'height="{(c / top) * (height - 30):.1f}" fill="#58a"><title>{edges[i]:.2f}-{edges[i + 1]:.2f}: {c}</title></rect>'
+        for i, c in enumerate(counts.tolist())
+    )
+    axis = "".join(f'<text x="{(t - lo) / (hi - lo) * width:.1f}" y="{height - 4}" font-size="10">{t:.1f}</text>'
+                   for t in np.linspace(lo, hi, 6))
+    line = ""
+    if threshold is not None:
+        x = (threshold - lo) / (hi - lo) * width
+        line = (f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height - 16}" stroke="#c22" stroke-width="2"/>'
+                f'<text x="{x + 3:.1f}" y="12" font-size="11" fill="#c22">threshold {threshold:.2f}</text>')
+    return (f'<svg width="{width}" height="{height}" role="img" aria-label="nearest-neighbour similarity histogram">'
+            f"{bars}{line}{axis}</svg>")
+
+
+def _pairs(pairs: list[tuple[Tile, Tile, float]]) -> str:
+    if not pairs:
+        return '<p class="muted">None in the sample.</p>'
+    return "".join(f'<div class="group">{_tile(a)}{_tile(b)}<div class="muted">cosine {sim:.3f}</div></div>'
+                   for a, b, sim in pairs)
+
+
 def render_html(data: ReportData) -> str:
     groups = "".join(
         '<div class="group">' + "".join(_tile(t, "rep" if i == 0 else "") for i, t in enumerate(g)) + "</div>"
@@ -79,6 +116,8 @@ def render_html(data: ReportData) -> str:
     shown = (f'<p class="muted">Showing {len(data.duplicate_groups)} of {data.groups_total} groups; '
              "the representative is outlined and first.</p>")
     subset = '<div class="grid">' + "".join(_tile(t) for t in data.subset) + "</div>"
+    leaks = "".join(f'<div class="group">{_tile(a)}{_tile(b, "rep")}</div>' for a, b in data.leaks) or \
+        '<p class="muted">No image of another drop duplicates an image of a protected drop.</p>'
     failed = ('<div class="grid">' + "".join(_tile(t) for t in data.failed) + "</div>") if data.failed else \
         '<p class="muted">No failed objects.</p>'
     return f"""<!DOCTYPE html>
@@ -88,6 +127,13 @@ def render_html(data: ReportData) -> str:
 <h2 id="counts">Counts</h2>{_table(data.counts)}
 <h2 id="selection">Selection</h2>{_table(data.selection)}
 <h2 id="duplicates">Duplicate groups</h2>{shown}{groups}
+<h2 id="threshold">Threshold explorer</h2>
+<p class="muted">Nearest-neighbour cosine similarity of {len(data.nn_similarities)} sampled images; pairs at or above the
+threshold are semantic duplicates.</p>
+{histogram_svg(data.nn_similarities, data.threshold)}
+<h3>Just above the threshold (merged)</h3>{_pairs(data.pairs_above)}
+<h3>Just below the threshold (kept apart)</h3>{_pairs(data.pairs_below)}
+<h2 id="leaks">Leakage into protected drops</h2>{leaks}
 <h2 id="subset">Curated subset ({len(data.subset)} images, in pick order)</h2>{subset}
 <h2 id="failed">Failed objects</h2>{failed}
 </body></html>

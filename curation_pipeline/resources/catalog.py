@@ -685,6 +685,26 @@ class Catalog:
                 (name,),
             ).fetchone()[0])
 
+    def nearest_neighbour_sample(self, model: str, limit: int = 2000) -> list[tuple[int, int, float]]:
+        """(image_id, nearest other image_id, cosine) for a deterministic sample of up to `limit`
+        images of `model` (hash order, not the first rows), through the HNSW index."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT image_id, " + _READ_VECTOR + " FROM embeddings WHERE model = %s"
+                " ORDER BY md5(image_id::text) LIMIT %s",
+                (model, int(limit)),
+            ).fetchall()
+        if not rows:
+            return []
+        ids = [int(r[0]) for r in rows]
+        vectors = np.stack([r[1].to_numpy() for r in rows]).astype(np.float32)
+        out = []
+        for image_id, hits in zip(ids, self.nearest(model, vectors, 2)):
+            others = [(i, s) for i, s in hits if i != image_id]
+            if others:
+                out.append((image_id, others[0][0], others[0][1]))
+        return out
+
     # ---- leakage -----------------------------------------------------------------------------
     def set_protected(self, drop_key: str, protected: bool) -> None:
         with self.connection() as conn:

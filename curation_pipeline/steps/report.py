@@ -6,6 +6,7 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
+from curation_pipeline.core.dedup import default_min_cosine
 from curation_pipeline.core.report import ReportData, Tile, render_html, render_markdown, thumbnail_data_uri
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.image_store import store_for
@@ -21,7 +22,8 @@ def _thumb(uri: str, side: int) -> str | None:
 
 
 def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_groups: int = 50,
-                 max_subset: int = 200, thumb_side: int = 128, logger: logging.Logger = log) -> dict:
+                 max_subset: int = 200, thumb_side: int = 128, nn_sample: int = 2000,
+                 logger: logging.Logger = log) -> dict:
     info = catalog.selection_info(selection_name)
     if info is None:
         raise LookupError(f"selection {selection_name!r} does not exist: materialize curated_subset first")
@@ -45,6 +47,27 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
     ]
     failed_tiles = [Tile(f"{f['drop_key']}/{f['object_key']}", f"{f['status']}: {f['error']}") for f in failed]
 
+    # threshold explorer: nearest-neighbour similarities of a sample, and pairs either side
+    model = info["model"]
+    threshold = default_min_cosine(model)
+    nn = catalog.nearest_neighbour_sample(model, nn_sample)
+    # the sampled pairs closest to the threshold on each side (each pair once)
+    unique = {tuple(sorted((a, b))): sim for a, b, sim in nn}
+    ranked = [(a, b, sim) for (a, b), sim in unique.items()]
+    above = sorted([x for x in ranked if x[2] >= threshold], key=lambda x: x[2])[:6]
+    below = sorted([x for x in ranked if x[2] < threshold], key=lambda x: -x[2])[:6]
+    meta = catalog.images_by_id({i for a, b, _ in above + below for i in (a, b)})
+
+    def tile(image_id: int) -> Tile:
+        m = meta[image_id]
+        return Tile(f"{m['drop_key']}/{m['object_key']}", "", _thumb(m["source_uri"], thumb_side))
+
+    leaks = catalog.leaks()
+    leak_tiles = [(Tile(f"{x['drop_key']}/{x['object_key']}", f"leaks: {x['tier'] or 'representative'}",
+                        _thumb(x["source_uri"], thumb_side)),
+                   Tile(f"{x['protected_drop']}/{x['protected_key']} (protected)", "",
+                        _thumb(x["protected_uri"], thumb_side))) for x in leaks[:max_groups]]
+
     data = ReportData(
         title=f"Curation report: {selection_name}",
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -55,6 +78,11 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
         subset=subset_tiles,
         failed=failed_tiles,
         groups_total=len(groups),
+        threshold=threshold,
+        nn_similarities=[x[2] for x in nn],
+        pairs_above=[(tile(a), tile(b), sim) for a, b, sim in above],
+        pairs_below=[(tile(a), tile(b), sim) for a, b, sim in below],
+        leaks=leak_tiles,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
@@ -73,5 +101,7 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
         "thumbnails_missing": sum(1 for t in subset_tiles if t.thumb is None)
         + sum(1 for g in dup_tiles for t in g if t.thumb is None),
         "failed_objects": len(failed_tiles),
+        "leaks": len(leaks),
+        "nn_sampled": len(nn),
         "counts": data.counts,
     }

@@ -25,3 +25,14 @@ def test_markdown_lists_counts_and_path():
     data = ReportData(title="r", generated_at="now", counts={"images": 7}, selection={})
     md = render_markdown(data, "/tmp/r/index.html")
     assert "| images | 7 |" in md and "/tmp/r/index.html" in md
+
+
+def test_histogram_marks_the_threshold_and_counts_every_value():
+    import re
+
+    from curation_pipeline.core.report import histogram_svg
+
+    svg = histogram_svg([0.1, 0.5, 0.5, 0.95, 0.99], 0.8, bins=10)
+    titles = re.findall(r"<title>[\d.]+-[\d.]+: (\d+)</title>", svg)
+    assert len(titles) == 10 and sum(map(int, titles)) == 5
+    assert "threshold 0.80" in svg and "<line" in svg

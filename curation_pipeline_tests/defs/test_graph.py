@@ -74,7 +74,7 @@ def test_whole_graph_materializes_for_a_small_drop(tmp_path, database_url, curat
     assert pairs == {frozenset(p) for p in info["duplicates"].items()}
 
     checks = result.get_asset_check_evaluations()
-    assert len(checks) == 6 and all(c.passed for c in checks), [(c.check_name, c.passed) for c in checks]
+    assert len(checks) == 7 and all(c.passed for c in checks), [(c.check_name, c.passed) for c in checks]
     mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
     meta = mats["dedup_clusters"].materialization.metadata
     assert meta["duplicates"].value == 4 and meta["exact_duplicates"].value == 2
@@ -94,6 +94,7 @@ def test_whole_graph_materializes_for_a_small_drop(tmp_path, database_url, curat
     assert subset[0]["distance_at_pick"] is None and all(s["distance_at_pick"] > 0 for s in subset[1:])
     page = (tmp_path / "reports" / "pick" / "index.html").read_text()
     assert page.count("data:image/jpeg;base64,") >= 5 + 4 and "truncated.jpg" in page
+    assert "Threshold explorer" in page and "Leakage into protected drops" in page
 
     instance.add_dynamic_partitions("retrieval_queries", ["q"])
     query = drop / "img_05.jpg"
