@@ -175,3 +175,89 @@ def cluster_duplicates(sha256: list[str], phash: np.ndarray, vectors: np.ndarray
         else:
             out.append(Assignment(pos, lead, tier, sim))
     return out
+
+
+def hamming_pairs_indexed(hashes: np.ndarray, max_hamming: int, *, max_bucket: int = 4096) -> np.ndarray:
+    """All pairs i < j within `max_hamming` bits, without the n^2 scan: multi-index hashing.
+    The 64 bits are cut into max_hamming + 1 segments; two hashes within the radius agree exactly
+    on at least one segment (pigeonhole), so only hashes sharing a segment value are compared.
+    Same result as hamming_pairs(hashes, None, max_hamming). Buckets larger than `max_bucket`
+    (one value shared by very many images, e.g. blank frames) are compared in chunks."""
+    h = np.asarray(hashes, dtype=np.int64)
+    n = len(h)
+    if n < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    u = h.view(np.uint64)
+    segments = max_hamming + 1
+    bounds = np.linspace(0, 64, segments + 1).astype(int)
+    found = []
+    for s in range(segments):
+        lo, hi = bounds[s], bounds[s + 1]
+        key = (u >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+        order = np.argsort(key, kind="stable")
+        sorted_keys = key[order]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        ends = np.r_[starts[1:], n]
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            if b - a < 2:
+                continue
+            members = order[a:b]
+            for c0 in range(0, len(members), max_bucket):
+                block = members[c0:c0 + max_bucket]
+                dist = np.bitwise_count(np.bitwise_xor(h[block, None], h[None, members]).view(np.uint64))
+                r, c = np.nonzero(dist <= max_hamming)
+                i, j = block[r], members[c]
+                keep = i < j
+                if keep.any():
+                    found.append(np.stack([i[keep], j[keep]], axis=1))
+    if not found:
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.unique(np.concatenate(found), axis=0).astype(np.int64)
+
+
+def semdedup_pairs(vectors: np.ndarray, min_cosine: float, *, n_clusters: int | None = None,
+                   assignments: int = 2, seed: int = 0, max_cells: int = 1 << 22) -> np.ndarray:
+    """Bulk-mode semantic candidates (SemDeDup-style) for a very large first import: k-means the
+    unit vectors into C clusters, put each vector in its `assignments` nearest clusters (so pairs
+    straddling a border are still seen), then compute exact cosine similarities inside each
+    cluster in row chunks of at most `max_cells` products. Returns unique pairs i < j with
+    cosine >= min_cosine. Memory: O(n * assignments + max_cells), never n^2."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    v = np.asarray(vectors, dtype=np.float32)
+    n = len(v)
+    if n < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    c = n_clusters or max(1, min(n // 2, int(np.sqrt(n) * 2)))
+    km = MiniBatchKMeans(n_clusters=c, random_state=seed, batch_size=4096, n_init=3).fit(v)
+    centres = km.cluster_centers_.astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True) + 1e-12
+    k = min(assignments, c)
+    member_of = np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, max(1, max_cells // c)):
+        stop = min(n, start + max(1, max_cells // c))
+        sims = v[start:stop] @ centres.T
+        member_of[start:stop] = np.argsort(-sims, axis=1)[:, :k]
+    found = []
+    cluster_ids = member_of.ravel()
+    point_ids = np.repeat(np.arange(n), k)
+    order = np.argsort(cluster_ids, kind="stable")
+    cluster_sorted = cluster_ids[order]
+    starts = np.flatnonzero(np.r_[True, cluster_sorted[1:] != cluster_sorted[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        members = point_ids[order[a:b]]
+        if len(members) < 2:
+            continue
+        rows = max(1, max_cells // len(members))
+        for r0 in range(0, len(members), rows):
+            block = members[r0:r0 + rows]
+            sims = v[block] @ v[members].T
+            r, cc = np.nonzero(sims >= min_cosine)
+            i, j = block[r], members[cc]
+            keep = i < j
+            if keep.any():
+                found.append(np.stack([i[keep], j[keep]], axis=1))
+    if not found:
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.unique(np.concatenate(found), axis=0).astype(np.int64)

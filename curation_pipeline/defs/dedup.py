@@ -21,6 +21,9 @@ class DedupConfig(dg.Config):
     embedder (offline 0.80, calibrated by benchmarks/dedup_quality.py; open_clip 0.95, transformers 0.92)."""
     neighbours: int = 16
     """HNSW neighbours fetched per image before exact re-checking."""
+    bulk_from: int = 50_000
+    """Drops with at least this many images are deduplicated within themselves in bulk mode
+    (k-means buckets + exact similarities, SemDeDup-style) instead of one HNSW query per image."""
 
 
 @dg.asset(
@@ -51,7 +54,7 @@ def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig, datab
     # Earlier drops first: each drop is compared with the ones that arrived before it.
     for drop_key in catalog.drops_in_order(context.partition_keys):
         stats = dedup_drop(catalog, drop_key, image_embeddings.for_drop(drop_key), thresholds,
-                           neighbours=config.neighbours, logger=context.log)
+                           neighbours=config.neighbours, bulk_from=config.bulk_from, logger=context.log)
         all_stats.append(stats)
         violations.append(catalog.dedup_violations(drop_key, image_embeddings.model, thresholds.min_cosine,
                                                    thresholds.max_hamming))

@@ -19,19 +19,33 @@ import time
 
 import numpy as np
 
-from curation_pipeline.core.dedup import DedupThresholds, cluster_duplicates, hamming_pairs, representative_order
+from curation_pipeline.core.dedup import (
+    DedupThresholds,
+    cluster_duplicates,
+    hamming_pairs,
+    hamming_pairs_indexed,
+    representative_order,
+    semdedup_pairs,
+)
 from curation_pipeline.resources.catalog import Catalog, EmbeddingSet, KeptImage
 
 log = logging.getLogger(__name__)
 
 
+BULK_FROM = 50_000  # a drop this large is deduplicated within itself in bulk mode
+
+
 def dedup_drop(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thresholds: DedupThresholds, *,
-               neighbours: int = 16, logger: logging.Logger = log) -> dict:
+               neighbours: int = 16, bulk_from: int = BULK_FROM, logger: logging.Logger = log) -> dict:
+    """Incremental mode: within-drop and cross-drop semantic candidates from the HNSW index.
+    Bulk mode (drops of `bulk_from` images or more, e.g. the first import of a large corpus):
+    within-drop semantic candidates from SemDeDup-style k-means buckets with exact similarities
+    inside each bucket; other drops are still searched through HNSW. Same output tables."""
     started = time.perf_counter()
     model = embeddings.model
     with catalog.dedup_lock():
         waited = time.perf_counter() - started
-        stats = _dedup_locked(catalog, drop_key, embeddings, thresholds, neighbours)
+        stats = _dedup_locked(catalog, drop_key, embeddings, thresholds, neighbours, bulk_from)
     stats["lock_wait_seconds"] = round(waited, 3)
     stats["seconds"] = round(time.perf_counter() - started, 3)
     stats["model"] = model
@@ -40,7 +54,7 @@ def dedup_drop(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thresh
 
 
 def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thresholds: DedupThresholds,
-                  neighbours: int) -> dict:
+                  neighbours: int, bulk_from: int) -> dict:
     model = embeddings.model
     own = catalog.dedup_candidates(drop_key, model)
     own_pos = {c.image_id: p for p, c in enumerate(own)}
@@ -57,17 +71,25 @@ def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thr
     # Candidate pairs in image ids: (own image, other image). Other images are resolved to their
     # representatives below.
     id_pairs: list[tuple[int, int]] = []
-    # 1. semantic neighbours through HNSW, in this drop and the other deduplicated drops
-    ann = catalog.nearest(model, own_vectors, neighbours + 1, drop_keys=others + [drop_key]) if own else []
+    bulk = len(own) >= bulk_from
+    # 1. semantic candidates: HNSW neighbours in this drop and the other deduplicated drops, or in
+    #    bulk mode k-means buckets inside the drop plus HNSW neighbours in the other drops only
+    search = others if bulk else others + [drop_key]
+    ann = catalog.nearest(model, own_vectors, neighbours + 1, drop_keys=search) if own and search else []
     for c, hits in zip(own, ann):
         id_pairs.extend((c.image_id, other) for other, _ in hits if other != c.image_id)
-    # 2. perceptual: within the drop (chunked all-pairs over 8-byte hashes) and against other drops
-    #    (a mirrored hash close to another image's hash is a horizontally flipped copy)
-    for i, j in hamming_pairs(own_hashes, None, thresholds.max_hamming).tolist():
-        id_pairs.append((own[i].image_id, own[j].image_id))
-    for i, j in hamming_pairs(own_mirrors, own_hashes, thresholds.max_hamming // 2).tolist():
-        if i != j:
+    if bulk:
+        for i, j in semdedup_pairs(own_vectors, thresholds.min_cosine).tolist():
             id_pairs.append((own[i].image_id, own[j].image_id))
+    # 2. perceptual: within the drop (multi-index hashing, exact, no n^2 scan) and against other
+    #    drops (a mirrored hash close to another image's hash is a horizontally flipped copy)
+    n_own = len(own)
+    for i, j in hamming_pairs_indexed(own_hashes, thresholds.max_hamming).tolist():
+        id_pairs.append((own[i].image_id, own[j].image_id))
+    both = np.r_[own_hashes, own_mirrors]
+    for i, j in hamming_pairs_indexed(both, thresholds.max_hamming // 2).tolist():
+        if i < n_own <= j and j - n_own != i:  # (hash of i, mirror of j - n_own)
+            id_pairs.append((own[i].image_id, own[j - n_own].image_id))
     exact = []
     if others:
         kept_ids, kept_hashes = catalog.kept_phashes(others)
@@ -99,7 +121,6 @@ def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thr
             pairs.add((position[a], position[b]))
     pair_array = np.asarray(sorted(pairs), dtype=np.int64).reshape(-1, 2)
 
-    n_own = len(own)
     order = representative_order(
         pixels=np.asarray([c.pixels for c in candidates]),
         sharpness=np.asarray([c.sharpness for c in candidates]),
@@ -121,6 +142,7 @@ def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thr
             cross += a.leader >= n_own
     written = catalog.replace_dedup(drop_key, model, rows)
     return {
+        "mode": "bulk" if bulk else "incremental",
         "images": n_own,
         "kept": sum(1 for r in rows if r[2]),
         "duplicates": sum(tiers.values()),

@@ -108,3 +108,34 @@ def test_thresholds_are_validated():
         DedupThresholds(min_cosine=1.5)
     with pytest.raises(ValueError, match="max_hamming"):
         DedupThresholds(max_hamming=65)
+
+
+def test_indexed_hamming_pairs_equal_the_brute_force_scan():
+    from curation_pipeline.core.dedup import hamming_pairs_indexed
+
+    rng = np.random.default_rng(1)
+    base = rng.integers(-(2**63), 2**63 - 1, size=300, dtype=np.int64)
+    flips = rng.integers(0, 64, size=(120, 4))
+    near = np.array([base[i] ^ np.int64(sum(1 << int(b) for b in set(f.tolist())) - (1 << 64 if 63 in f else 0))
+                     for i, f in enumerate(flips)], dtype=np.int64)
+    hashes = np.r_[base, near, np.zeros(50, np.int64)]  # 50 identical blank-frame hashes too
+    for radius in (2, 4, 6):
+        want = {tuple(p) for p in hamming_pairs(hashes, None, radius).tolist()}
+        got = {tuple(p) for p in hamming_pairs_indexed(hashes, radius, max_bucket=16).tolist()}
+        assert got == want and len(want) > 50
+
+
+def test_semdedup_bulk_pairs_match_exact_search():
+    from curation_pipeline.core.dedup import semdedup_pairs
+
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(40, 32))
+    base = centres[rng.integers(0, 40, size=2000)] + 0.6 * rng.normal(size=(2000, 32))
+    dups = base[:300] + 0.05 * rng.normal(size=(300, 32))
+    v = np.r_[base, dups].astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    sims = v @ v.T
+    want = {(i, j) for i, j in zip(*np.nonzero(np.triu(sims >= 0.97, k=1)))}
+    got = {tuple(p) for p in semdedup_pairs(v, 0.97, max_cells=50_000).tolist()}
+    assert got <= want  # every proposed pair really is above the threshold
+    assert len(got & want) / len(want) >= 0.99 and len(want) >= 300

@@ -156,3 +156,15 @@ def test_leaks_into_a_protected_drop_are_listed(tmp_path, database_url):
     assert {x["object_key"] for x in catalog.leaks("train")} == {"again_05.jpg", "again_06_small.jpg"}
     # duplicates inside the protected drop itself are not leaks
     assert all(x["drop_key"] == "train" for x in catalog.leaks())
+
+
+def test_bulk_mode_gives_the_same_clusters_as_incremental(tmp_path, database_url):
+    catalog = Catalog(database_url)
+    make_small_drop(tmp_path / "one")
+    _ingest(catalog, tmp_path / "one", "one", dedup=False)
+    emb = catalog.load_embeddings(["one"], "offline:colour-layout-v2")
+    incremental = dedup_drop(catalog, "one", emb, TH)
+    pairs_incremental = _pairs(catalog)
+    bulk = dedup_drop(catalog, "one", emb, TH, bulk_from=1)
+    assert (incremental["mode"], bulk["mode"]) == ("incremental", "bulk")
+    assert _pairs(catalog) == pairs_incremental and len(pairs_incremental) == 4
