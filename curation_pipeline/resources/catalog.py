@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
@@ -465,39 +466,58 @@ class Catalog:
                             [r[2] for r in rows])
 
     def nearest_statement(self, model: str):
-        """(statement, dim, storage) of the top-k query for `model`. Parameters: query vector, model,
-        drop keys (twice), query vector, k. Its ORDER BY expression and model predicate must match
-        the model's partial HNSW index (a test EXPLAINs exactly this statement)."""
+        """(statement, dim, storage) of the top-k query for `model`. Parameters: query vector, drop
+        keys (twice), query vector, k. Its ORDER BY expression and model predicate must match the
+        model's partial HNSW index (a test EXPLAINs exactly this statement). The model id is a
+        quoted literal (a validated id from the registry, as in the index predicate) so that even
+        the generic plan of the prepared statement matches the partial index and thousands of
+        lookups are not re-planned one by one."""
         dim, storage = self.model_info(model)
         column, sqltype = STORAGE_TYPES[storage]
         stmt = sql.SQL(
             "SELECT image_id, 1 - ({col}::{t}({dim}) <=> %s::{t}({dim})) AS sim FROM embeddings"
-            " WHERE model = %s AND (%s::text[] IS NULL OR drop_key = ANY(%s::text[]))"
+            " WHERE model = {model} AND (%s::text[] IS NULL OR drop_key = ANY(%s::text[]))"
             " ORDER BY {col}::{t}({dim}) <=> %s::{t}({dim}) LIMIT %s"
-        ).format(col=sql.Identifier(column), t=sql.SQL(sqltype), dim=sql.Literal(dim))
+        ).format(col=sql.Identifier(column), t=sql.SQL(sqltype), dim=sql.Literal(dim), model=sql.Literal(model))
         return stmt, dim, storage
 
     def nearest(self, model: str, queries: np.ndarray, k: int, *, drop_keys: Sequence[str] | None = None,
-                ef_search: int = 100) -> list[list[tuple[int, float]]]:
+                ef_search: int = 100, parallel: int | None = None) -> list[list[tuple[int, float]]]:
         """For each query row of (m, dim), the top-k (image_id, cosine similarity) through the
-        model's HNSW index, on one connection. A drop filter is applied with pgvector's iterative
-        index scan, so filtered queries still return k rows when k exist."""
+        model's HNSW index. A drop filter is applied with pgvector's iterative index scan, so
+        filtered queries still return k rows when k exist. Large batches are split over `parallel`
+        connections (default: one per core, up to 4), each a PostgreSQL backend on its own core."""
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         stmt, dim, storage = self.nearest_statement(model)
         if q.shape[1] != dim:
             raise ValueError(f"query vectors have dimension {q.shape[1]} but model {model!r} has {dim}")
         keys = list(drop_keys) if drop_keys is not None else None
+        parallel = parallel or min(4, os.cpu_count() or 1)
+        if parallel > 1 and len(q) >= 1000:
+            from concurrent.futures import ThreadPoolExecutor
+
+            parts = np.array_split(np.arange(len(q)), parallel)
+            with ThreadPoolExecutor(parallel) as pool:
+                chunks = list(pool.map(lambda idx: self._nearest_batch(stmt, storage, q[idx], keys, k, ef_search),
+                                       parts))
+            return [hits for chunk in chunks for hits in chunk]
+        return self._nearest_batch(stmt, storage, q, keys, k, ef_search)
+
+    def _nearest_batch(self, stmt, storage: str, q: np.ndarray, keys, k: int, ef_search: int):
         results = []
         with self.connection() as conn, conn.transaction():
             conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(min(1000, max(ef_search, k))))))
             conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            # Custom plans see the model literal, so the planner can match the partial HNSW index.
-            conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-            for row in q:
-                wire = wire_vector(row, storage)
-                rows = conn.execute(stmt, (wire, model, keys, keys, wire, int(k))).fetchall()
+            # Pipeline mode: every query is sent without waiting for the previous answer, so a
+            # drop's thousands of lookups cost server time, not thousands of round trips.
+            cursors = []
+            with conn.pipeline():
+                for row in q:
+                    wire = wire_vector(row, storage)
+                    cursors.append(conn.execute(stmt, (wire, keys, keys, wire, int(k)), prepare=True))
+            for cur in cursors:
                 # relaxed_order may return rows slightly out of order: sort on the exact similarity.
-                results.append(sorted(((int(i), float(s)) for i, s in rows), key=lambda t: -t[1]))
+                results.append(sorted(((int(i), float(s)) for i, s in cur.fetchall()), key=lambda t: -t[1]))
         return results
 
     # ---- dedup -------------------------------------------------------------------------------

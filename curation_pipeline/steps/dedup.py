@@ -75,9 +75,15 @@ def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thr
     # 1. semantic candidates: HNSW neighbours in this drop and the other deduplicated drops, or in
     #    bulk mode k-means buckets inside the drop plus HNSW neighbours in the other drops only
     search = others if bulk else others + [drop_key]
-    ann = catalog.nearest(model, own_vectors, neighbours + 1, drop_keys=search) if own and search else []
+    # near-duplicates sit at the very top of each list, so a small HNSW beam suffices
+    ann = (catalog.nearest(model, own_vectors, neighbours + 1, drop_keys=search, ef_search=max(40, neighbours + 1))
+           if own and search else [])
+    # pgvector computes each hit's cosine exactly on the stored vector, so hits clearly below the
+    # threshold cannot become semantic links and are dropped before anything is fetched for them
+    # (the margin covers halfvec rounding; survivors are re-checked in float32 below).
+    floor = thresholds.min_cosine - 0.02
     for c, hits in zip(own, ann):
-        id_pairs.extend((c.image_id, other) for other, _ in hits if other != c.image_id)
+        id_pairs.extend((c.image_id, other) for other, sim in hits if other != c.image_id and sim >= floor)
     if bulk:
         for i, j in semdedup_pairs(own_vectors, thresholds.min_cosine).tolist():
             id_pairs.append((own[i].image_id, own[j].image_id))

