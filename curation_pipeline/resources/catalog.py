@@ -332,6 +332,10 @@ class Catalog:
             raise LookupError(f"no embeddings stored for model {model!r}: materialize image_embeddings first")
         return int(row[0]), row[1]
 
+    def embedding_count(self, model: str) -> int:
+        with self.connection() as conn:
+            return int(conn.execute("SELECT count(*) FROM embeddings WHERE model = %s", (model,)).fetchone()[0])
+
     def model_dim(self, model: str) -> int:
         return self.model_info(model)[0]
 

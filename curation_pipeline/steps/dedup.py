@@ -35,6 +35,15 @@ log = logging.getLogger(__name__)
 BULK_FROM = 50_000  # a drop this large is deduplicated within itself in bulk mode
 
 
+def ef_search_for(corpus_rows: int) -> int:
+    """HNSW beam width for near-duplicate lookups in a corpus of this many vectors."""
+    if corpus_rows <= 100_000:
+        return 100
+    if corpus_rows <= 1_000_000:
+        return 250
+    return 400
+
+
 def dedup_drop(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thresholds: DedupThresholds, *,
                neighbours: int = 16, bulk_from: int = BULK_FROM, logger: logging.Logger = log) -> dict:
     """Incremental mode: within-drop and cross-drop semantic candidates from the HNSW index.
@@ -75,8 +84,10 @@ def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thr
     # 1. semantic candidates: HNSW neighbours in this drop and the other deduplicated drops, or in
     #    bulk mode k-means buckets inside the drop plus HNSW neighbours in the other drops only
     search = others if bulk else others + [drop_key]
-    # ef_search 100: at 40 the 100k-corpus benchmark missed 1.2% of true nearest duplicates
-    ann = (catalog.nearest(model, own_vectors, neighbours + 1, drop_keys=search, ef_search=max(100, neighbours + 1))
+    # The HNSW beam widens with the corpus: in benchmarks/dedup_scale.py ef_search 40 missed 1.2% of
+    # true duplicates at 100k, and 100 missed 2.6% at 300k.
+    ef = ef_search_for(catalog.embedding_count(model))
+    ann = (catalog.nearest(model, own_vectors, neighbours + 1, drop_keys=search, ef_search=max(ef, neighbours + 1))
            if own and search else [])
     # pgvector computes each hit's cosine exactly on the stored vector, so hits clearly below the
     # threshold cannot become semantic links and are dropped before anything is fetched for them
@@ -159,6 +170,7 @@ def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thr
         "other_drops_compared": len(others),
         "other_candidates_checked": len(foreign),
         "pairs_rechecked": int(len(pair_array)),
+        "hnsw_ef_search": ef,
         "repaired_members_elsewhere": written["repaired_members"],
         "max_hamming": thresholds.max_hamming,
         "min_cosine": thresholds.min_cosine,
