@@ -205,10 +205,6 @@ class Catalog:
             row = conn.execute("SELECT source_uri FROM drops WHERE drop_key = %s", (drop_key,)).fetchone()
         return row[0] if row else None
 
-    def drops(self) -> list[tuple[str, int, str | None]]:
-        with self.connection() as conn:
-            return conn.execute("SELECT drop_key, ordinal, source_uri FROM drops ORDER BY ordinal").fetchall()
-
     # ---- manifest ----------------------------------------------------------------------------
     @contextmanager
     def manifest_writer(self, drop_key: str) -> Iterator["ManifestWriter"]:
@@ -247,15 +243,6 @@ class Catalog:
                 "SELECT count(*) - count(DISTINCT object_key) FROM images WHERE drop_key = %s", (drop_key,)
             ).fetchone()[0]
         return {"by_status": {s: n for s, n, _ in rows}, "total": sum(n for _, n, _ in rows), "duplicate_keys": dup_keys}
-
-    def valid_images(self, drop_key: str) -> list[tuple[int, str, str, str]]:
-        """(image_id, object_key, sha256, source_uri) of the drop's decodable images."""
-        with self.connection() as conn:
-            return conn.execute(
-                "SELECT image_id, object_key, sha256, source_uri FROM images"
-                " WHERE drop_key = %s AND status = 'ok' ORDER BY object_key",
-                (drop_key,),
-            ).fetchall()
 
     def images_by_id(self, image_ids: Iterable[int]) -> dict[int, dict]:
         ids = [int(i) for i in image_ids]
@@ -812,13 +799,6 @@ class Catalog:
         if row is None:
             return None
         return {"model": row[0], "strategy": row[1], "config": row[2], "pool_size": row[3], "created_at": row[4]}
-
-    def latest_model(self) -> str | None:
-        with self.connection() as conn:
-            row = conn.execute(
-                "SELECT model FROM embeddings GROUP BY model ORDER BY max(created_at) DESC LIMIT 1"
-            ).fetchone()
-        return row[0] if row else None
 
     # ---- retrieval ---------------------------------------------------------------------------
     def replace_retrieval(self, name: str, model: str, config: dict,

@@ -142,8 +142,6 @@ class _TorchEmbedder(Embedder):
         self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         self.channels_last = channels_last
         self.compile_model = compile_model
-        if self.device == "cpu":
-            torch.set_num_threads(max(1, torch.get_num_threads()))
 
     def _prepare_module(self, module):
         module.eval().to(self.device)

@@ -179,8 +179,3 @@ def embed_query_images(embedder: Embedder, images_bytes: list[tuple[str, bytes]]
         items.append(embedder.preprocessor(decoded.image))
     return embedder.forward(items)
 
-
-def check_vectors(vectors: np.ndarray, dim: int) -> dict:
-    norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.ones(0)
-    return {"rows": int(len(vectors)), "dim_ok": bool(vectors.ndim == 2 and (len(vectors) == 0 or vectors.shape[1] == dim)),
-            "max_norm_error": float(np.abs(norms - 1.0).max()) if len(norms) else 0.0}

@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 def build_manifest(catalog: Catalog, store: ImageStore, location: str, drop_key: str,
                    logger: logging.Logger = log, progress_every: int = 200) -> dict:
     started = time.perf_counter()
-    catalog.register_drop(drop_key, None)
     listed = 0
     bytes_total = 0
     with catalog.manifest_writer(drop_key) as writer:
@@ -38,7 +37,6 @@ def build_manifest(catalog: Catalog, store: ImageStore, location: str, drop_key:
             writer.add(image_id_for(drop_key, info.key), store.object_uri(location, info.key), record, info.etag)
             if listed % progress_every == 0:
                 logger.info("drop %s: inspected %d objects", drop_key, listed)
-    written = {"deleted_vanished": writer.deleted_vanished}
     summary = catalog.manifest_summary(drop_key)
     elapsed = time.perf_counter() - started
     return {
@@ -48,7 +46,7 @@ def build_manifest(catalog: Catalog, store: ImageStore, location: str, drop_key:
         "failed": summary["total"] - summary["by_status"].get(STATUS_OK, 0),
         "by_status": summary["by_status"],
         "duplicate_keys": summary["duplicate_keys"],
-        "rows_removed_as_vanished": written["deleted_vanished"],
+        "rows_removed_as_vanished": writer.deleted_vanished,
         "bytes_total": bytes_total,
         "seconds": round(elapsed, 3),
         "images_per_second": round(listed / elapsed, 1) if elapsed > 0 else None,
