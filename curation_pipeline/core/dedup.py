@@ -191,28 +191,16 @@ def hamming_pairs_indexed(hashes: np.ndarray, max_hamming: int, *, max_bucket: i
     segments = max_hamming + 1
     bounds = np.linspace(0, 64, segments + 1).astype(int)
     found = []
+
+    def close(block: np.ndarray, members: np.ndarray) -> np.ndarray:
+        return np.bitwise_count(np.bitwise_xor(h[block, None], h[None, members]).view(np.uint64)) <= max_hamming
+
     for s in range(segments):
         lo, hi = bounds[s], bounds[s + 1]
         key = (u >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-        order = np.argsort(key, kind="stable")
-        sorted_keys = key[order]
-        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        ends = np.r_[starts[1:], n]
-        for a, b in zip(starts.tolist(), ends.tolist()):
-            if b - a < 2:
-                continue
-            members = order[a:b]
-            for c0 in range(0, len(members), max_bucket):
-                block = members[c0:c0 + max_bucket]
-                dist = np.bitwise_count(np.bitwise_xor(h[block, None], h[None, members]).view(np.uint64))
-                r, c = np.nonzero(dist <= max_hamming)
-                i, j = block[r], members[c]
-                keep = i < j
-                if keep.any():
-                    found.append(np.stack([i[keep], j[keep]], axis=1))
-    if not found:
-        return np.zeros((0, 2), dtype=np.int64)
-    return np.unique(np.concatenate(found), axis=0).astype(np.int64)
+        for members in _buckets(key, np.arange(n)):
+            found += _pairs_in_bucket(members, max_bucket, close)
+    return _unique_pairs(found)
 
 
 def semdedup_pairs(vectors: np.ndarray, min_cosine: float, *, n_clusters: int | None = None,
@@ -239,25 +227,40 @@ def semdedup_pairs(vectors: np.ndarray, min_cosine: float, *, n_clusters: int | 
         sims = v[start:stop] @ centres.T
         member_of[start:stop] = np.argsort(-sims, axis=1)[:, :k]
     found = []
-    cluster_ids = member_of.ravel()
-    point_ids = np.repeat(np.arange(n), k)
-    order = np.argsort(cluster_ids, kind="stable")
-    cluster_sorted = cluster_ids[order]
-    starts = np.flatnonzero(np.r_[True, cluster_sorted[1:] != cluster_sorted[:-1]])
+
+    def similar(block: np.ndarray, members: np.ndarray) -> np.ndarray:
+        return v[block] @ v[members].T >= min_cosine
+
+    for members in _buckets(member_of.ravel(), np.repeat(np.arange(n), k)):
+        found += _pairs_in_bucket(members, max(1, max_cells // len(members)), similar)
+    return _unique_pairs(found)
+
+
+def _buckets(keys: np.ndarray, items: np.ndarray):
+    """The arrays of `items` that share a key, for every key held by at least two items."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
     ends = np.r_[starts[1:], len(order)]
     for a, b in zip(starts.tolist(), ends.tolist()):
-        members = point_ids[order[a:b]]
-        if len(members) < 2:
-            continue
-        rows = max(1, max_cells // len(members))
-        for r0 in range(0, len(members), rows):
-            block = members[r0:r0 + rows]
-            sims = v[block] @ v[members].T
-            r, cc = np.nonzero(sims >= min_cosine)
-            i, j = block[r], members[cc]
-            keep = i < j
-            if keep.any():
-                found.append(np.stack([i[keep], j[keep]], axis=1))
+        if b - a >= 2:
+            yield items[order[a:b]]
+
+
+def _pairs_in_bucket(members: np.ndarray, rows: int, hit) -> list[np.ndarray]:
+    """Pairs i < j of one bucket for which hit(block, members) is true, `rows` members at a time."""
+    out = []
+    for r0 in range(0, len(members), rows):
+        block = members[r0:r0 + rows]
+        r, c = np.nonzero(hit(block, members))
+        i, j = block[r], members[c]
+        keep = i < j
+        if keep.any():
+            out.append(np.stack([i[keep], j[keep]], axis=1))
+    return out
+
+
+def _unique_pairs(found: list[np.ndarray]) -> np.ndarray:
     if not found:
         return np.zeros((0, 2), dtype=np.int64)
     return np.unique(np.concatenate(found), axis=0).astype(np.int64)
