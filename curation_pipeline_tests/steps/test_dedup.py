@@ -37,6 +37,17 @@ def _second_drop(first, second):
     (second / "fresh.jpg").write_bytes(jpeg(Image.open(first / "img_07.jpg").rotate(90, expand=True)))
 
 
+def _two_drops(tmp_path, first="one", second="two", catalog=None):
+    """Drop `first` (a small drop) and drop `second` (copies and a fresh image); ingested in that
+    order when a catalog is given."""
+    make_small_drop(tmp_path / first)
+    _second_drop(tmp_path / first, tmp_path / second)
+    if catalog is not None:
+        _ingest(catalog, tmp_path / first, first)
+        _ingest(catalog, tmp_path / second, second)
+    return tmp_path / first, tmp_path / second
+
+
 def _pairs(catalog):
     return {(g["representative"]["object_key"], m["object_key"]) for g in catalog.duplicate_groups()
             for m in g["members"]}
@@ -48,8 +59,7 @@ def _violations(catalog, key, model="offline:colour-layout-v2"):
 
 def test_drops_deduplicated_out_of_arrival_order_still_find_each_other(tmp_path, database_url):
     catalog = Catalog(database_url)
-    make_small_drop(tmp_path / "one")
-    _second_drop(tmp_path / "one", tmp_path / "two")
+    _two_drops(tmp_path)
     catalog.register_drop("one", str(tmp_path / "one"))
     catalog.register_drop("two", str(tmp_path / "two"))
     _ingest(catalog, tmp_path / "two", "two")  # the later arrival runs first
@@ -61,8 +71,7 @@ def test_drops_deduplicated_out_of_arrival_order_still_find_each_other(tmp_path,
 
 def test_hash_tiers_see_drops_embedded_with_another_model(tmp_path, database_url):
     catalog = Catalog(database_url)
-    make_small_drop(tmp_path / "one")
-    _second_drop(tmp_path / "one", tmp_path / "two")
+    _two_drops(tmp_path)
     _ingest(catalog, tmp_path / "one", "one")
     _ingest(catalog, tmp_path / "two", "two", options=EmbedOptions(batch_size=8, workers=2, draft=False))
     assert ("img_05.jpg", "again_05.jpg") in _pairs(catalog)
@@ -70,10 +79,7 @@ def test_hash_tiers_see_drops_embedded_with_another_model(tmp_path, database_url
 
 def test_reingesting_an_earlier_drop_repairs_later_members(tmp_path, database_url):
     catalog = Catalog(database_url)
-    make_small_drop(tmp_path / "one")
-    _second_drop(tmp_path / "one", tmp_path / "two")
-    _ingest(catalog, tmp_path / "one", "one")
-    _ingest(catalog, tmp_path / "two", "two")
+    _two_drops(tmp_path, catalog=catalog)
     assert ("img_05.jpg", "again_05.jpg") in _pairs(catalog)
     (tmp_path / "one" / "img_05.jpg").unlink()
     rebuilt = build_manifest(catalog, LocalImageStore(), str(tmp_path / "one"), "one")  # re-ingest without img_05
@@ -93,10 +99,7 @@ def test_reingesting_an_earlier_drop_repairs_later_members(tmp_path, database_ur
 
 def test_rededuplicating_an_earlier_drop_keeps_its_representatives(tmp_path, database_url):
     catalog = Catalog(database_url)
-    make_small_drop(tmp_path / "one")
-    _second_drop(tmp_path / "one", tmp_path / "two")
-    _ingest(catalog, tmp_path / "one", "one")
-    _ingest(catalog, tmp_path / "two", "two")
+    _two_drops(tmp_path, catalog=catalog)
     before = _pairs(catalog)
     stats = dedup_drop(catalog, "one", catalog.load_embeddings(["one"], "offline:colour-layout-v2"), TH)
     assert _pairs(catalog) == before and stats["repaired_members_elsewhere"] == 0
@@ -145,10 +148,7 @@ def test_a_mirrored_copy_is_a_perceptual_duplicate(tmp_path, database_url):
 
 def test_leaks_into_a_protected_drop_are_listed(tmp_path, database_url):
     catalog = Catalog(database_url)
-    make_small_drop(tmp_path / "test-set")
-    _second_drop(tmp_path / "test-set", tmp_path / "train")
-    _ingest(catalog, tmp_path / "test-set", "test-set")
-    _ingest(catalog, tmp_path / "train", "train")
+    _two_drops(tmp_path, "test-set", "train", catalog=catalog)
     assert catalog.leaks() == []  # nothing protected yet
     catalog.set_protected("test-set", True)
     leaks = {(x["object_key"], x["protected_key"]) for x in catalog.leaks()}
