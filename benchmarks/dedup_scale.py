@@ -7,7 +7,7 @@ near-copies of corpus vectors at cosine ~0.99) is then deduplicated through the 
 and index size for `vector` and `halfvec`, dedup time and peak RSS for the new drop, and
 duplicate recall against exact brute force. Bulk mode's time on the corpus itself is reported too.
 
-    .venv/bin/python benchmarks/dedup_scale.py --sizes 100000,300000,1000000
+    .venv/bin/python benchmarks/dedup_scale.py --sizes 100000,300000,1000000 [--ef-search 100,250,400]
 Each size runs in its own process with its own embedded PostgreSQL (or $DATABASE_URL).
 """
 
@@ -60,13 +60,13 @@ def load_drop(conn, drop_key: str, ids: np.ndarray, vectors: np.ndarray, model: 
                     copy.write_row((i, drop_key, model, i, True, 1.0))
 
 
-def run_size(n: int) -> dict:
+def run_size(n: int, efs: list[int]) -> dict:
     from psycopg import sql
 
     from curation_pipeline.core.dedup import DedupThresholds, semdedup_pairs
     from curation_pipeline.resources.catalog import Catalog, EmbeddingSet, hnsw_index_name
     from curation_pipeline.resources.database import ThrowawayDatabase
-    from curation_pipeline.steps.dedup import dedup_drop
+    from curation_pipeline.steps.dedup import dedup_drop, ef_search_for
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(1000, DIM)).astype(np.float32)
@@ -104,15 +104,6 @@ def run_size(n: int) -> dict:
             t0 = time.perf_counter()
             load_drop(conn, "new-drop", new_ids, new, model, "vector", representatives=False)
         out["new_drop_insert_s"] = round(time.perf_counter() - t0, 1)
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        t0 = time.perf_counter()
-        stats = dedup_drop(catalog, "new-drop", EmbeddingSet(model, new_ids, [f"{i:064x}" for i in new_ids], new,
-                                                             ["new-drop"] * len(new)),
-                           DedupThresholds(max_hamming=0, min_cosine=THRESHOLD))
-        out["dedup_new_drop_s"] = round(time.perf_counter() - t0, 1)
-        out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        out["rss_growth_in_dedup_mb"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, 1)
-        out["duplicates_found"] = stats["duplicates"]
         # exact brute force: which new images have a corpus (or new) match >= threshold
         best = np.full(len(new), -1.0, dtype=np.float32)
         for start in range(0, n, 50_000):
@@ -120,13 +111,28 @@ def run_size(n: int) -> dict:
         within = new @ new.T
         np.fill_diagonal(within, -1)
         truth = (best >= THRESHOLD) | (within.max(axis=1) >= THRESHOLD)
-        with catalog.connection() as conn:
-            dup_ids = {r[0] for r in conn.execute("SELECT image_id FROM dedup_members WHERE drop_key = 'new-drop'"
-                                                  " AND NOT is_representative").fetchall()}
-        flagged = np.asarray([i in dup_ids for i in new_ids.tolist()])
         out["true_duplicates"] = int(truth.sum())
-        out["duplicate_recall"] = round(float((flagged & truth).sum() / max(1, truth.sum())), 4)
-        out["duplicate_precision"] = round(float((flagged & truth).sum() / max(1, flagged.sum())), 4)
+        out["default_ef_search"] = ef_search_for(n + len(new))
+        # The index is built once; the new drop is deduplicated at each beam width (a re-run
+        # replaces the drop's rows), so recall vs time can be read off one build.
+        for ef in efs or [out["default_ef_search"]]:
+            rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            t0 = time.perf_counter()
+            stats = dedup_drop(catalog, "new-drop", EmbeddingSet(model, new_ids, [f"{i:064x}" for i in new_ids], new,
+                                                                 ["new-drop"] * len(new)),
+                               DedupThresholds(max_hamming=0, min_cosine=THRESHOLD), ef_search=ef)
+            res = {"dedup_new_drop_s": round(time.perf_counter() - t0, 1)}
+            res["rss_growth_in_dedup_mb"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, 1)
+            res["duplicates_found"] = stats["duplicates"]
+            with catalog.connection() as conn:
+                dup_ids = {r[0] for r in conn.execute("SELECT image_id FROM dedup_members WHERE drop_key = 'new-drop'"
+                                                      " AND NOT is_representative").fetchall()}
+            flagged = np.asarray([i in dup_ids for i in new_ids.tolist()])
+            res["duplicate_recall"] = round(float((flagged & truth).sum() / max(1, truth.sum())), 4)
+            res["duplicate_precision"] = round(float((flagged & truth).sum() / max(1, flagged.sum())), 4)
+            out[f"ef_{ef}"] = res
+            print(json.dumps({"corpus": n, "ef_search": ef, **res}), file=sys.stderr, flush=True)
+        out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         db.close()
     t0 = time.perf_counter()
     bulk = semdedup_pairs(corpus, THRESHOLD)
@@ -138,20 +144,27 @@ def run_size(n: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="100000,300000")
+    p.add_argument("--ef-search", default="",
+                   help="comma-separated HNSW beam widths to dedup the new drop at (default: the step's own choice)")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
+    efs = [int(e) for e in args.ef_search.split(",") if e]
     if args.one:
-        print(json.dumps(run_size(args.one)))
+        print(json.dumps(run_size(args.one, efs)))
         return
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
-        res = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True, check=True)
+        res = subprocess.run([sys.executable, __file__, "--one", str(n), "--ef-search", args.ef_search],
+                             stdout=subprocess.PIPE, text=True, check=True)
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    cols = list(rows[0])
-    print(" | ".join(cols))
+    cols = [c for c in rows[0] if not c.startswith("ef_")]
+    print(" | ".join(cols + ["ef_search", "dedup_new_drop_s", "duplicate_recall", "duplicate_precision"]))
     for r in rows:
-        print(" | ".join(str(r[c]) for c in cols))
+        for key in (k for k in r if k.startswith("ef_")):
+            e = r[key]
+            print(" | ".join([str(r[c]) for c in cols] + [key[3:], str(e["dedup_new_drop_s"]),
+                                                           str(e["duplicate_recall"]), str(e["duplicate_precision"])]))
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "dedup_scale.json").write_text(json.dumps(rows, indent=1))
 

@@ -374,8 +374,30 @@ class Catalog:
                 " AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.image_id = i.image_id AND e.model = %s)",
                 (model, drop_key, model),
             )
-            return int(conn.execute("SELECT count(*) FROM embeddings WHERE drop_key = %s AND model = %s",
-                                    (drop_key, model)).fetchone()[0])
+            count = int(conn.execute("SELECT count(*) FROM embeddings WHERE drop_key = %s AND model = %s",
+                                     (drop_key, model)).fetchone()[0])
+        self.refresh_statistics("embeddings")
+        return count
+
+    def refresh_statistics(self, table: str, *, changed_fraction: float = 0.1) -> bool:
+        """ANALYZE `table` (a name from code, never from users) when more than `changed_fraction`
+        of its rows changed since the last analyze. Without statistics a freshly loaded table looks
+        empty to the planner, which then answers a top-k query through the (drop, model) btree and
+        a sort of every row instead of the HNSW index: measured at 50 ms instead of <1 ms per
+        lookup for 13k rows. Autovacuum would get there eventually; a drop's dedup runs now."""
+        if table not in ("embeddings", "images", "embedding_cache"):
+            raise ValueError(f"refresh_statistics: unknown table {table!r}")
+        with self.connection() as conn:
+            row = conn.execute("SELECT n_live_tup, n_mod_since_analyze, last_analyze, last_autoanalyze"
+                               " FROM pg_stat_user_tables WHERE relname = %s", (table,)).fetchone()
+            if row is None:
+                return False
+            live, modified, manual, auto = row
+            never = manual is None and auto is None
+            if modified > 0 and (never or modified > changed_fraction * max(live, 1)):
+                conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+                return True
+        return False
 
     def embedding_stats(self, drop_key: str, model: str) -> dict:
         """What the embedding checks assert on, computed by PostgreSQL from the stored rows."""

@@ -45,16 +45,18 @@ def ef_search_for(corpus_rows: int) -> int:
 
 
 def dedup_drop(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thresholds: DedupThresholds, *,
-               neighbours: int = 16, bulk_from: int = BULK_FROM, logger: logging.Logger = log) -> dict:
+               neighbours: int = 16, bulk_from: int = BULK_FROM, ef_search: int | None = None,
+               logger: logging.Logger = log) -> dict:
     """Incremental mode: within-drop and cross-drop semantic candidates from the HNSW index.
     Bulk mode (drops of `bulk_from` images or more, e.g. the first import of a large corpus):
     within-drop semantic candidates from SemDeDup-style k-means buckets with exact similarities
-    inside each bucket; other drops are still searched through HNSW. Same output tables."""
+    inside each bucket; other drops are still searched through HNSW. Same output tables.
+    `ef_search` overrides the HNSW beam width chosen from the corpus size (`ef_search_for`)."""
     started = time.perf_counter()
     model = embeddings.model
     with catalog.dedup_lock():
         waited = time.perf_counter() - started
-        stats = _dedup_locked(catalog, drop_key, embeddings, thresholds, neighbours, bulk_from)
+        stats = _dedup_locked(catalog, drop_key, embeddings, thresholds, neighbours, bulk_from, ef_search)
     stats["lock_wait_seconds"] = round(waited, 3)
     stats["seconds"] = round(time.perf_counter() - started, 3)
     stats["model"] = model
@@ -63,7 +65,7 @@ def dedup_drop(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thresh
 
 
 def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thresholds: DedupThresholds,
-                  neighbours: int, bulk_from: int) -> dict:
+                  neighbours: int, bulk_from: int, ef_search: int | None) -> dict:
     model = embeddings.model
     own = catalog.dedup_candidates(drop_key, model)
     own_pos = {c.image_id: p for p, c in enumerate(own)}
@@ -86,7 +88,8 @@ def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thr
     search = others if bulk else others + [drop_key]
     # The HNSW beam widens with the corpus: in benchmarks/dedup_scale.py ef_search 40 missed 1.2% of
     # true duplicates at 100k, and 100 missed 2.6% at 300k.
-    ef = ef_search_for(catalog.embedding_count(model))
+    ef = ef_search or ef_search_for(catalog.embedding_count(model))
+    catalog.refresh_statistics("embeddings")  # stale statistics turn HNSW lookups into full sorts
     ann = (catalog.nearest(model, own_vectors, neighbours + 1, drop_keys=search, ef_search=max(ef, neighbours + 1))
            if own and search else [])
     # pgvector computes each hit's cosine exactly on the stored vector, so hits clearly below the
