@@ -103,18 +103,69 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from curation_pipeline.core.ids import validate_name
+    from curation_pipeline.steps.select import StrategySpec
 
     name = validate_name(args.name, "selection name")
-    config = {"budget": args.budget, "min_distance": args.min_distance}
-    if args.drop:
-        config["drop_keys"] = args.drop
+    config: dict = {}
+    if args.config:
+        import yaml
+
+        config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        if not isinstance(config, dict):
+            raise SystemExit(f"curation: {args.config} must hold a mapping of selection settings")
+    if args.budget is not None:
+        config["budget"] = args.budget
+    if "budget" not in config:
+        raise SystemExit("curation: give --budget (or budget: in --config)")
+    if args.min_distance is not None:
+        config["min_distance"] = args.min_distance
+    if args.strategy:
+        try:
+            parsed = [StrategySpec.parse(s) for s in args.strategy]
+        except (ValueError, TypeError) as exc:
+            raise SystemExit(f"curation: {exc}") from None
+        config["strategies"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(st).items()}
+                                for st in parsed]
+    for key, value in (("drop_keys", args.drop), ("where", args.where), ("exclude", args.exclude)):
+        if value:
+            config[key] = value
+    if args.seed is not None:
+        config["seed"] = args.seed
+    if args.pool_cap is not None:
+        config["candidate_pool_cap"] = args.pool_cap
+    if args.annotations:
+        config["annotations_file"] = str(Path(args.annotations).expanduser().resolve())
+        config["annotations_key_column"] = args.key_column
     run_config = {"ops": {"curated_subset": {"config": config}}}
     meta = _run_job("select_and_report", "selections", name, run_config)
     report = meta.get("curation_report", {}).get("path")
-    _stderr(f"selection {name}: {meta.get('curated_subset', {}).get('selected')} images; report: {report}")
+    info = _catalog().selection_info(name) or {}
+    comparison = info.get("comparison") or {}
+    _stderr(f"selection {name}: {meta.get('curated_subset', {}).get('selected')} images "
+            f"({meta.get('curated_subset', {}).get('strategy')}); report: {report}")
+    if comparison:
+        sub, rnd = comparison["subset"], comparison["random"]
+        _stderr(f"  fine clusters covered {sub['fine_clusters_covered']:.2f} (random {rnd['fine_clusters_covered']:.2f}),"
+                f" mean distance pool->subset {sub.get('coverage_distance_mean')} (random {rnd.get('coverage_distance_mean')})")
     if args.json:
-        print(json.dumps(meta, default=str))
+        print(json.dumps({**meta, "comparison": comparison}, default=str))
+    return 0
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from curation_pipeline.steps.annotate import load_annotations
+
+    try:
+        stats = load_annotations(_catalog(), args.file, key_column=args.key_column, columns=args.column or None)
+    except ValueError as exc:
+        raise SystemExit(f"curation: {exc}") from None
+    _stderr(f"loaded {stats['values']} values of {stats['columns']} for {stats['matched_images']} images; "
+            f"{stats['unmatched_rows']} rows named no known image")
+    if args.json:
+        print(json.dumps(stats))
     return 0
 
 
@@ -122,13 +173,26 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     from curation_pipeline.core.ids import validate_name
 
     name = validate_name(args.name, "retrieval name")
-    paths = [str(Path(p).expanduser().resolve()) for p in args.query]
-    run_config = {"ops": {"retrieval_set": {"config": {"query_paths": paths, "k": args.k}}}}
-    _run_job("retrieve", "retrieval_queries", name, run_config)
+    config: dict = {"k": args.k}
+    if args.query:
+        config["query_paths"] = [str(Path(p).expanduser().resolve()) for p in args.query]
+    if args.prefix:
+        config["query_prefix"] = args.prefix
+    if args.image:
+        config["query_images"] = args.image
+    if args.text:
+        config["text"] = args.text
+    if not (args.query or args.prefix or args.image or args.text):
+        raise SystemExit("curation: give --query FILE|FOLDER, --prefix S3_PREFIX, --image CORPUS_IMAGE or --text PROMPT")
+    for key, value in (("min_similarity", args.min_similarity), ("drop_keys", args.drop), ("where", args.where),
+                       ("exclude", args.exclude)):
+        if value is not None:
+            config[key] = value
+    _run_job("retrieve", "retrieval_queries", name, {"ops": {"retrieval_set": {"config": config}}})
     items = _catalog().retrieval_items(name)
     if args.json:
-        print(json.dumps([{"rank": it["rank"], "similarity": round(it["similarity"], 6), "path": it["source_uri"]}
-                          for it in items]))
+        print(json.dumps([{"rank": it["rank"], "similarity": round(it["similarity"], 6), "path": it["source_uri"],
+                           "query": it["query_ref"]} for it in items]))
     else:
         for it in items:
             print(f"{it['rank']:3d}  {it['similarity']:.4f}  {it['source_uri']}")
@@ -279,17 +343,42 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_ingest)
 
-    s = sub.add_parser("select", help="materialize a named curated subset and its report")
-    s.add_argument("--budget", type=int, required=True)
-    s.add_argument("--min-distance", type=float, default=0.0)
+    s = sub.add_parser("select", help="materialize a named curated subset and its report",
+                       epilog="strategies: diversity, typicality, outliers, coverage, balance, query_similarity, "
+                              "score, random; e.g. --strategy coverage,clusters=50 --strategy diversity:0.5 "
+                              "--strategy score:2,column=uncertainty --strategy balance,column=camera_model")
+    s.add_argument("--budget", type=int)
+    s.add_argument("--strategy", action="append", help="name[:weight][,key=value...] (repeatable)")
+    s.add_argument("--config", help="YAML file with the selection settings (budget, strategies, where, ...)")
+    s.add_argument("--min-distance", type=float)
     s.add_argument("--name", default="default")
     s.add_argument("--drop", action="append", help="restrict to this drop (repeatable)")
+    s.add_argument("--where", action="append", help="metadata filter, e.g. 'brightness>=0.2' (repeatable)")
+    s.add_argument("--exclude", action="append", help="quality flag to leave out, e.g. blurry (repeatable)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--pool-cap", type=int, help="select from a seeded sample of at most this many candidates")
+    s.add_argument("--annotations", help="CSV/Parquet of per-image values to load first (e.g. uncertainty)")
+    s.add_argument("--key-column", default="uri", help="the annotations column naming each image")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_select)
 
-    r = sub.add_parser("retrieve", help="materialize a retrieval set for query image(s)")
-    r.add_argument("--query", action="append", required=True, help="query image path (repeatable)")
+    an = sub.add_parser("annotate", help="load per-image values (predictions, labels, metadata) from CSV/Parquet")
+    an.add_argument("file")
+    an.add_argument("--key-column", default="uri", help="column naming the image: source URI, drop/object_key or key")
+    an.add_argument("--column", action="append", help="load only this column (repeatable; default: all)")
+    an.add_argument("--json", action="store_true")
+    an.set_defaults(func=cmd_annotate)
+
+    r = sub.add_parser("retrieve", help="materialize a retrieval set for images, a folder, an S3 prefix or text")
+    r.add_argument("--query", action="append", help="query image file or folder (repeatable)")
+    r.add_argument("--prefix", help="every image under this S3 prefix / folder URI is a query")
+    r.add_argument("--image", action="append", help="a corpus image (source URI or drop/object_key) as query")
+    r.add_argument("--text", action="append", help="text prompt (CLIP-family models)")
     r.add_argument("--k", type=int, default=20)
+    r.add_argument("--min-similarity", type=float)
+    r.add_argument("--drop", action="append", help="search only this drop (repeatable)")
+    r.add_argument("--where", action="append", help="metadata filter (repeatable)")
+    r.add_argument("--exclude", action="append", help="quality flag to leave out (repeatable)")
     r.add_argument("--name", default="default")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_retrieve)

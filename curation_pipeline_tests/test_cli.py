@@ -46,6 +46,26 @@ def test_ingest_select_retrieve_and_json_outputs(tmp_path, env):
     hits = json.loads(_run(["retrieve", "--query", str(drop / "img_03.jpg"), "--k", "2", "--json"], env).stdout)
     assert len(hits) == 2 and Path(hits[0]["path"]).name in {"img_03.jpg", "reencoded_03.jpg"}
 
+    # composed strategies from the command line, with user scores loaded from a CSV
+    preds = tmp_path / "preds.csv"
+    preds.write_text("object_key,uncertainty\nimg_05.jpg,0.99\nimg_01.jpg,0.5\nimg_02.jpg,0.1\n")
+    _run(["annotate", str(preds), "--key-column", "object_key"], env)
+    picked = json.loads(_run(["select", "--budget", "3", "--name", "uncertain", "--strategy",
+                              "score:1,column=uncertainty", "--strategy", "diversity:0.2", "--json"], env).stdout)
+    assert picked["curated_subset"]["strategy"] == "score+diversity"
+    assert picked["comparison"]["subset"]["size"] == picked["comparison"]["random"]["size"] == 3
+    ranked = json.loads(_run(["subset", "--name", "uncertain", "--json"], env).stdout)
+    assert Path(ranked[0]).name == "img_05.jpg"
+    # a folder of queries with a metadata filter; a text query on the offline embedder says why not
+    qdir = tmp_path / "queries"
+    qdir.mkdir()
+    (qdir / "q.jpg").write_bytes((drop / "img_04.jpg").read_bytes())
+    near = json.loads(_run(["retrieve", "--query", str(qdir), "--where", "width>=1", "--k", "1", "--name", "folder",
+                            "--json"], env).stdout)
+    assert Path(near[0]["path"]).name == "img_04.jpg" and near[0]["similarity"] > 0.999
+    text = _run(["retrieve", "--text", "a red car", "--name", "text"], env, check=False)
+    assert text.returncode != 0 and "CLIP-family" in text.stderr
+
     # a protected drop and a later drop that copies one of its images: a leak
     _run(["protect", "cli-drop"], env)
     (tmp_path / "later").mkdir()
@@ -58,7 +78,8 @@ def test_ingest_select_retrieve_and_json_outputs(tmp_path, env):
     # every CLI run was recorded on the persistent instance the UI reads
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         jobs = sorted(r.job_name for r in instance.get_runs())
-    assert jobs == ["ingest_drop", "ingest_drop", "retrieve", "select_and_report"]
+    assert jobs == ["ingest_drop", "ingest_drop", "retrieve", "retrieve", "retrieve", "select_and_report",
+                    "select_and_report"]
 
 
 def test_clear_errors_for_bad_input(tmp_path, env):

@@ -44,3 +44,28 @@ def quality_signals(image: Image.Image) -> QualitySignals:
         entropy=float(-(p * np.log2(p)).sum()),
         aspect_ratio=float(width / height),
     )
+
+
+# Quality issues as (column, comparison, threshold) over the stored signals: used by selection
+# filters (`exclude: [blurry, dark]`) and by the report's quality gallery. Thresholds are for the
+# signals above (grey image reduced to a long side of QUALITY_LONG_SIDE, levels in [0, 1]).
+QUALITY_FLAGS: dict[str, tuple[tuple[str, str, float], ...]] = {
+    "blurry": (("blur_variance", "<", 20.0),),
+    "dark": (("brightness", "<", 0.12),),
+    "overexposed": (("brightness", ">", 0.92),),
+    "low_contrast": (("contrast", "<", 0.04),),
+    "tiny": (("min_side", "<", 64.0),),
+    "odd_aspect": (("aspect_ratio", ">", 2.5), ("aspect_ratio", "<", 0.4)),
+}
+
+
+def quality_flags(signals: dict) -> list[str]:
+    """Names of the QUALITY_FLAGS an image's stored signals raise (missing signals raise none)."""
+    out = []
+    for flag, tests in QUALITY_FLAGS.items():
+        for column, op, threshold in tests:
+            value = signals.get(column)
+            if value is not None and (value < threshold if op == "<" else value > threshold):
+                out.append(flag)
+                break
+    return out

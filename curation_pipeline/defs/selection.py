@@ -6,24 +6,62 @@ from typing import Optional
 import dagster as dg
 
 from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource
-from curation_pipeline.steps.embed import model_id_for
-from curation_pipeline.steps.retrieve import retrieve_similar
-from curation_pipeline.steps.select import select_subset
+from curation_pipeline.steps.annotate import load_annotations
+from curation_pipeline.steps.embed import embed_query_images, model_id_for
+from curation_pipeline.steps.retrieve import RetrievalSpec, retrieve_similar
+from curation_pipeline.steps.select import SelectionSpec, select_subset, spec_from_mapping
 
 from .dedup import dedup_clusters
 from .ingest import image_embeddings
 from .partitions import retrieval_queries, selections
 
 
+class StrategyConfig(dg.Config):
+    name: str
+    """diversity | typicality | outliers | coverage | balance | query_similarity | score | random"""
+    weight: float = 1.0
+    """Weight of this strategy's term in the greedy objective (quota strategies weight their in-group order)."""
+    k: int = 20
+    """typicality / outliers: neighbours in the local density."""
+    clusters: Optional[int] = None
+    """coverage: number of k-means clusters (default: one per budgeted image, up to 1,000)."""
+    allocation: str = "proportional"
+    """coverage / balance: share the budget 'proportional' to group size (every group gets one) or 'equal'."""
+    column: Optional[str] = None
+    """balance: the metadata column to balance (camera_model, time_of_day, drop_key, or an annotation);
+    score: the annotation holding the user's score (e.g. uncertainty)."""
+    queries: list[str] = []
+    """query_similarity: corpus images (source URI or drop/object_key) or image files."""
+    higher_is_better: bool = True
+    """score: set false when low values are wanted (e.g. confidence)."""
+
+
 class SelectionConfig(dg.Config):
     budget: int = 50
     """Maximum number of images to select."""
+    strategies: list[StrategyConfig] = []
+    """Weighted strategies; default: cluster coverage + diversity."""
     min_distance: float = 0.0
-    """Stop early once the farthest remaining image is closer than this cosine distance to the subset."""
+    """With diversity: stop once the farthest remaining image is closer than this cosine distance."""
     drop_keys: Optional[list[str]] = None
     """Restrict the pool to these drops (default: every drop)."""
+    where: list[str] = []
+    """Metadata filters, e.g. 'brightness>=0.2', 'camera_model=X100', 'label in car,truck'."""
+    exclude: list[str] = []
+    """Quality flags to leave out: blurry, dark, overexposed, low_contrast, tiny, odd_aspect."""
+    seed: int = 0
+    """Seed for k-means, random scores and the random comparison subset."""
+    candidate_pool_cap: Optional[int] = None
+    """Select from a seeded sample of at most this many candidates (bounds time on huge pools)."""
+    annotations_file: Optional[str] = None
+    """CSV/Parquet file of per-image values (e.g. model uncertainty) to load before selecting."""
+    annotations_key_column: str = "uri"
+    """Column of annotations_file naming the image (source URI, drop/object_key or unique object key)."""
     model: Optional[str] = None
     """Model id whose vectors to use (default: the configured embedder's)."""
+
+    def spec(self) -> SelectionSpec:
+        return spec_from_mapping(self.model_dump())
 
 
 @dg.asset(
@@ -32,8 +70,10 @@ class SelectionConfig(dg.Config):
     kinds={"pgvector"},
     owners=["team:curation"],
     deps=[dg.AssetDep(dedup_clusters, partition_mapping=dg.AllPartitionMapping())],
-    description="A diverse subset of valid, non-duplicate images within a budget (k-center greedy on cosine "
-                "distance, optional minimum-distance stop); rows keep rank and distance at selection.",
+    description="The subset a labeling budget should buy: valid, non-duplicate images chosen by weighted "
+                "strategies (diversity, typicality, cluster coverage, outliers, query similarity, metadata balance, "
+                "user scores) after filters; rows keep rank, score and the strategy that chose them, and the subset "
+                "is compared with a random one of equal size.",
     check_specs=[
         dg.AssetCheckSpec("no_duplicates_selected", asset="curated_subset", blocking=True,
                           description="No selected image is a duplicate of another image."),
@@ -44,12 +84,28 @@ class SelectionConfig(dg.Config):
 def curated_subset(context: dg.AssetExecutionContext, config: SelectionConfig, database: DatabaseResource,
                    embedder: EmbedderResource) -> dg.MaterializeResult:
     catalog = database.catalog()
-    model = config.model or model_id_for(embedder.load(), embedder.embed_options())
-    stats = select_subset(catalog, context.partition_key, model=model, budget=config.budget,
-                          min_distance=config.min_distance, drop_keys=config.drop_keys, logger=context.log)
+    loaded = embedder.load()
+    options = embedder.embed_options()
+    model = config.model or model_id_for(loaded, options)
+    if config.annotations_file:
+        load_annotations(catalog, config.annotations_file, key_column=config.annotations_key_column,
+                         logger=context.log)
+
+    def embed_files(paths: list[str]):
+        from pathlib import Path
+
+        return embed_query_images(loaded, [(p, Path(p).read_bytes()) for p in paths], options)
+
+    stats = select_subset(catalog, context.partition_key, config.spec(), model=model, query_embedder=embed_files,
+                          logger=context.log)
     dupes = catalog.selected_duplicates(context.partition_key)
+    comparison = (catalog.selection_info(context.partition_key) or {}).get("comparison")
+    metadata = {k: v for k, v in stats.items() if v is not None and not isinstance(v, dict)}
+    metadata["picked_by"] = dg.MetadataValue.json(stats["picked_by"])
+    if comparison:
+        metadata["vs_random"] = dg.MetadataValue.md(comparison_markdown(comparison))
     return dg.MaterializeResult(
-        metadata={k: v for k, v in stats.items() if v is not None},
+        metadata=metadata,
         check_results=[
             dg.AssetCheckResult(check_name="no_duplicates_selected", passed=dupes == 0,
                                 metadata={"selected_duplicates": dupes}),
@@ -61,11 +117,40 @@ def curated_subset(context: dg.AssetExecutionContext, config: SelectionConfig, d
 
 class RetrievalConfig(dg.Config):
     query_paths: list[str] = []
-    """Query image files (local paths)."""
+    """Query image files or folders (every image inside)."""
+    query_prefix: Optional[str] = None
+    """Every image under this S3 prefix (s3://bucket/prefix/) or folder URI is a query."""
+    query_images: list[str] = []
+    """Corpus images as queries (source URI or drop/object_key)."""
+    text: list[str] = []
+    """Text prompts (CLIP-family models only)."""
     k: int = 20
     """Number of nearest images to keep."""
+    min_similarity: Optional[float] = None
+    """Keep only results with cosine similarity at or above this."""
     drop_keys: Optional[list[str]] = None
     """Search only these drops (default: every drop)."""
+    where: list[str] = []
+    """Metadata filters, as for curated_subset."""
+    exclude: list[str] = []
+    """Quality flags to leave out."""
+
+    def spec(self) -> RetrievalSpec:
+        d = self.model_dump()
+        return RetrievalSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+
+def comparison_markdown(comparison: dict) -> str:
+    """The subset-vs-random table for Dagster metadata."""
+    sub, rnd = comparison["subset"], comparison["random"]
+    rows = [("fine clusters covered", "fine_clusters_covered"), ("mean NN distance in subset", "nn_distance_mean"),
+            ("min NN distance in subset", "nn_distance_min"), ("mean distance pool -> subset", "coverage_distance_mean"),
+            ("max distance pool -> subset", "coverage_distance_max")]
+    lines = ["| | subset | random |", "|---|---|---|"]
+    lines += [f"| {label} | {sub.get(key, '-')} | {rnd.get(key, '-')} |" for label, key in rows]
+    for column, value in sub.get("metadata_coverage", {}).items():
+        lines.append(f"| {column} values covered | {value} | {rnd.get('metadata_coverage', {}).get(column, '-')} |")
+    return "\n".join(lines)
 
 
 @dg.asset(
@@ -74,7 +159,9 @@ class RetrievalConfig(dg.Config):
     kinds={"pgvector"},
     owners=["team:curation"],
     deps=[dg.AssetDep(image_embeddings, partition_mapping=dg.AllPartitionMapping())],
-    description="The top-k images nearest to the query image(s), through the model's pgvector HNSW index.",
+    description="The images nearest to a query (image files, a folder, an S3 prefix, corpus images or a text "
+                "prompt), top-k or above a similarity threshold, filtered by drop and metadata, through the model's "
+                "pgvector HNSW index; rows keep rank, similarity and the query they matched.",
     check_specs=[
         dg.AssetCheckSpec("results_ranked", asset="retrieval_set", blocking=True,
                           description="Between 1 and k results, similarity non-increasing with rank."),
@@ -83,14 +170,15 @@ class RetrievalConfig(dg.Config):
 def retrieval_set(context: dg.AssetExecutionContext, config: RetrievalConfig, database: DatabaseResource,
                   embedder: EmbedderResource) -> dg.MaterializeResult:
     catalog = database.catalog()
-    stats = retrieve_similar(catalog, embedder.load(), context.partition_key, list(config.query_paths), k=config.k,
-                             drop_keys=config.drop_keys, options=embedder.embed_options(), logger=context.log)
+    stats = retrieve_similar(catalog, embedder.load(), context.partition_key, config.spec(),
+                             options=embedder.embed_options(), logger=context.log)
     sims = [it["similarity"] for it in catalog.retrieval_items(context.partition_key)]
     ranked = all(a >= b - 1e-9 for a, b in zip(sims, sims[1:]))
     return dg.MaterializeResult(
         metadata={k: v for k, v in stats.items() if v is not None},
         check_results=[
-            dg.AssetCheckResult(check_name="results_ranked", passed=ranked and 1 <= len(sims) <= config.k,
+            dg.AssetCheckResult(check_name="results_ranked",
+                                passed=ranked and (1 if config.min_similarity is None else 0) <= len(sims) <= config.k,
                                 metadata={"results": len(sims), "k": config.k, "ranked": ranked}),
         ],
     )

@@ -12,7 +12,7 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 from pgvector import HalfVector
@@ -21,6 +21,9 @@ from psycopg import sql
 from curation_pipeline.core.manifest import ManifestRecord
 
 from .database import connect
+
+if TYPE_CHECKING:
+    from curation_pipeline.resources.filters import Predicate
 
 _IMAGE_COLUMNS = (
     "image_id", "drop_key", "object_key", "source_uri", "bytes", "etag", "sha256", "status", "error",
@@ -533,6 +536,52 @@ class Catalog:
                 results.append(sorted(((int(i), float(s)) for i, s in cur.fetchall()), key=lambda t: -t[1]))
         return results
 
+    def search(self, model: str, queries: np.ndarray, k: int, *, drop_keys: Sequence[str] | None = None,
+               predicates: Sequence["Predicate"] = (), exclude_flags: Sequence[str] = (),
+               min_similarity: float | None = None, ef_search: int = 100) -> list[list[tuple[int, float]]]:
+        """Top-k (image_id, cosine) per query row, restricted to valid images that pass the metadata
+        filters, optionally only those at or above `min_similarity`. The filters run inside the
+        HNSW scan (pgvector iterative scan keeps walking the graph until k rows pass), and a query
+        that still comes back short is answered again by an exact scan, so a selective filter
+        never silently returns fewer results than exist."""
+        from curation_pipeline.resources.filters import compile_filters
+
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        dim, storage = self.model_info(model)
+        if q.shape[1] != dim:
+            raise ValueError(f"query vectors have dimension {q.shape[1]} but model {model!r} has {dim}")
+        if min_similarity is not None and not -1.0 <= min_similarity <= 1.0:
+            raise ValueError(f"min_similarity is a cosine similarity in [-1, 1], got {min_similarity}")
+        column, sqltype = STORAGE_TYPES[storage]
+        join_sql, where_sql, join_params, where_params = compile_filters(predicates, exclude_flags)
+        keys = list(drop_keys) if drop_keys is not None else None
+
+        def statement(exact: bool) -> sql.Composable:
+            # "+ 0" keeps the ORDER BY from matching the index: the exact fallback scans every row
+            order = "({col}::{t}({dim}) <=> %s::{t}({dim}))" + (" + 0" if exact else "")
+            return sql.SQL(
+                "SELECT e.image_id, 1 - ({col}::{t}({dim}) <=> %s::{t}({dim})) AS sim"
+                " FROM embeddings e WHERE e.model = {model} AND (%s::text[] IS NULL OR e.drop_key = ANY(%s::text[]))"
+                " AND EXISTS (SELECT 1 FROM images i {joins} WHERE i.image_id = e.image_id AND i.status = 'ok'{where})"
+                " ORDER BY " + order + " LIMIT %s"
+            ).format(col=sql.Identifier(column), t=sql.SQL(sqltype), dim=sql.Literal(dim), model=sql.Literal(model),
+                     joins=join_sql, where=where_sql)
+
+        approx, exact = statement(False), statement(True)
+        out: list[list[tuple[int, float]]] = []
+        with self.connection() as conn, conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(min(1000, max(ef_search, k))))))
+            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            for row in q:
+                wire = wire_vector(row, storage)
+                params = (wire, keys, keys, *join_params, *where_params, wire, int(k))
+                hits = conn.execute(approx, params).fetchall()
+                if len(hits) < k:  # the index scan gave up before k rows passed the filters: ask exactly
+                    hits = conn.execute(exact, params).fetchall()
+                ranked = sorted(((int(i), float(s)) for i, s in hits), key=lambda t: (-t[1], t[0]))
+                out.append([h for h in ranked if min_similarity is None or h[1] >= min_similarity])
+        return out
+
     # ---- dedup -------------------------------------------------------------------------------
     @contextmanager
     def dedup_lock(self) -> Iterator[None]:
@@ -770,44 +819,116 @@ class Catalog:
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
     # ---- selection ---------------------------------------------------------------------------
-    def selection_pool(self, model: str, drop_keys: Sequence[str] | None = None) -> EmbeddingSet:
-        """Valid, embedded images that are not duplicates of another image."""
+    def selection_pool(self, model: str, drop_keys: Sequence[str] | None = None, *,
+                       predicates: Sequence["Predicate"] = (), exclude_flags: Sequence[str] = (),
+                       columns: Sequence[str] = ()) -> tuple[EmbeddingSet, dict[str, np.ndarray]]:
+        """Valid, embedded images that are not duplicates of another image and pass the filters,
+        with the requested metadata `columns` (manifest columns or annotation names) as object
+        arrays aligned with the vectors. Ordered by image id, so selections are reproducible."""
+        from curation_pipeline.resources.filters import column_expression, compile_filters
+
         keys = list(drop_keys) if drop_keys is not None else None
+        join_sql, where_sql, join_params, where_params = compile_filters(predicates, exclude_flags)
+        # metadata columns may add annotation joins of their own (after the filters' joins)
+        extra_joins: dict = {}
+        extra_params: list = []
+        exprs = [column_expression(c, extra_joins, extra_params, prefix="meta")[0] for c in columns]
+        extra_join_sql = sql.SQL(" ").join(j for _, j in extra_joins.values())
+        select_meta = sql.SQL("").join(sql.SQL(", ") + sql.SQL("({})::text").format(e) for e in exprs)
+        query = sql.SQL(
+            "SELECT e.image_id, e.sha256, e.drop_key, " + _READ_VECTOR_E + "{meta} FROM embeddings e"
+            " JOIN images i ON i.image_id = e.image_id"
+            " LEFT JOIN dedup_members m ON m.image_id = e.image_id {joins} {extra}"
+            " WHERE e.model = %s AND i.status = 'ok' AND (m.image_id IS NULL OR m.is_representative)"
+            " AND (%s::text[] IS NULL OR e.drop_key = ANY(%s::text[])){where} ORDER BY e.image_id"
+        ).format(meta=select_meta, joins=join_sql, extra=extra_join_sql, where=where_sql)
         with self.connection() as conn:
-            rows = conn.execute(
-                "SELECT e.image_id, e.sha256, e.drop_key, " + _READ_VECTOR_E + " FROM embeddings e"
-                " JOIN images i ON i.image_id = e.image_id"
-                " LEFT JOIN dedup_members m ON m.image_id = e.image_id"
-                " WHERE e.model = %s AND i.status = 'ok' AND (m.image_id IS NULL OR m.is_representative)"
-                " AND (%s::text[] IS NULL OR e.drop_key = ANY(%s::text[])) ORDER BY e.image_id",
-                (model, keys, keys),
-            ).fetchall()
+            rows = conn.execute(query, [*join_params, *extra_params, model, keys, keys, *where_params]).fetchall()
         dim = self.model_dim(model)
         vectors = np.stack([r[3].to_numpy() for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
-        return EmbeddingSet(model, np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows], vectors,
+        pool = EmbeddingSet(model, np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows], vectors,
                             [r[2] for r in rows])
+        meta = {c: np.asarray([r[4 + j] for r in rows], dtype=object) for j, c in enumerate(columns)}
+        return pool, meta
+
+    def annotation_values(self, name: str, image_ids: Sequence[int]) -> np.ndarray:
+        """(n,) float64 of annotation `name` for `image_ids` (NaN where missing or not numeric)."""
+        with self.connection() as conn:
+            rows = dict(conn.execute("SELECT image_id, value_num FROM image_annotations WHERE name = %s"
+                                     " AND image_id = ANY(%s)", (name, list(map(int, image_ids)))).fetchall())
+            if not rows and conn.execute("SELECT 1 FROM image_annotations WHERE name = %s LIMIT 1", (name,)).fetchone() is None:
+                raise ValueError(f"no annotation named {name!r}: load a CSV/Parquet file with that column first "
+                                 "(curation annotate FILE)")
+        return np.asarray([np.nan if rows.get(int(i)) is None else rows[int(i)] for i in image_ids], dtype=np.float64)
+
+    def replace_annotations(self, rows: Sequence[tuple[int, str, str | None, float | None]], source: str) -> int:
+        """Upsert (image_id, name, text value, numeric value) rows in one transaction."""
+        with self.connection() as conn, conn.transaction():
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO image_annotations (image_id, name, value_text, value_num, source)"
+                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (image_id, name) DO UPDATE SET"
+                    " value_text = EXCLUDED.value_text, value_num = EXCLUDED.value_num, source = EXCLUDED.source,"
+                    " loaded_at = now()",
+                    [(int(i), n, t, v, source) for i, n, t, v in rows],
+                )
+        return len(rows)
+
+    def image_ids_for_refs(self, refs: Sequence[str]) -> dict[str, int]:
+        """Map references (source URI, `drop/object_key`, or an object key unique in the corpus) to
+        image ids; references that match nothing or more than one image are left out."""
+        refs = [str(r) for r in refs]
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT r.ref, i.image_id FROM unnest(%s::text[]) AS r(ref) JOIN images i"
+                " ON i.source_uri = r.ref OR i.drop_key || '/' || i.object_key = r.ref OR i.object_key = r.ref",
+                (refs,),
+            ).fetchall()
+        found: dict[str, set[int]] = {}
+        for ref, image_id in rows:
+            found.setdefault(ref, set()).add(int(image_id))
+        return {ref: next(iter(ids)) for ref, ids in found.items() if len(ids) == 1}
+
+    def vectors_for_images(self, image_ids: Sequence[int], model: str) -> np.ndarray:
+        """(len(image_ids), dim) vectors in the given order; raises if any has no vector."""
+        got = self.vectors_for(list(image_ids), model)
+        missing = [i for i in image_ids if i not in got]
+        if missing:
+            raise ValueError(f"{len(missing)} query images have no {model} vector (first: image id {missing[0]})")
+        return np.stack([got[i] for i in image_ids]) if image_ids else np.zeros((0, self.model_dim(model)), np.float32)
 
     def replace_selection(self, name: str, model: str, strategy: str, config: dict, pool_size: int,
-                          image_ids: Sequence[int], distances: Sequence[float]) -> int:
+                          image_ids: Sequence[int], distances: Sequence[float], *, scores: Sequence[float] | None = None,
+                          reasons: Sequence[str] | None = None, groups: Sequence[str | None] | None = None,
+                          comparison: dict | None = None) -> int:
+        n = len(image_ids)
+        scores = list(scores) if scores is not None else [None] * n
+        reasons = list(reasons) if reasons is not None else [strategy] * n
+        groups = list(groups) if groups is not None else [None] * n
         with self.connection() as conn, conn.transaction():
             conn.execute("DELETE FROM selections WHERE name = %s", (name,))
             conn.execute(
-                "INSERT INTO selections (name, model, strategy, config, pool_size) VALUES (%s, %s, %s, %s, %s)",
-                (name, model, strategy, json.dumps(config), pool_size),
+                "INSERT INTO selections (name, model, strategy, config, pool_size, comparison)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (name, model, strategy, json.dumps(config), pool_size,
+                 json.dumps(comparison) if comparison is not None else None),
             )
             with conn.cursor() as cur:
                 cur.executemany(
-                    "INSERT INTO selection_items (name, rank, image_id, distance_at_pick) VALUES (%s, %s, %s, %s)",
-                    [(name, rank, int(i), None if not np.isfinite(d) else float(d))
-                     for rank, (i, d) in enumerate(zip(image_ids, distances), start=1)],
+                    "INSERT INTO selection_items (name, rank, image_id, distance_at_pick, score, reason, group_key)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    [(name, rank, int(i), None if not np.isfinite(d) else float(d),
+                      None if s is None else float(s), r, g)
+                     for rank, (i, d, s, r, g) in enumerate(zip(image_ids, distances, scores, reasons, groups), start=1)],
                 )
-        return len(image_ids)
+        return n
 
     def selection_items(self, name: str) -> list[dict]:
         with self.connection() as conn:
             cur = conn.execute(
-                "SELECT s.rank, s.image_id, s.distance_at_pick, i.source_uri, i.object_key, i.drop_key"
-                " FROM selection_items s JOIN images i ON i.image_id = s.image_id WHERE s.name = %s ORDER BY s.rank",
+                "SELECT s.rank, s.image_id, s.distance_at_pick, s.score, s.reason, s.group_key, i.source_uri,"
+                " i.object_key, i.drop_key FROM selection_items s JOIN images i ON i.image_id = s.image_id"
+                " WHERE s.name = %s ORDER BY s.rank",
                 (name,),
             )
             names = [d.name for d in cur.description]
@@ -816,11 +937,12 @@ class Catalog:
     def selection_info(self, name: str) -> dict | None:
         with self.connection() as conn:
             row = conn.execute(
-                "SELECT model, strategy, config, pool_size, created_at FROM selections WHERE name = %s", (name,)
-            ).fetchone()
+                "SELECT model, strategy, config, pool_size, created_at, comparison FROM selections WHERE name = %s",
+                (name,)).fetchone()
         if row is None:
             return None
-        return {"model": row[0], "strategy": row[1], "config": row[2], "pool_size": row[3], "created_at": row[4]}
+        return {"model": row[0], "strategy": row[1], "config": row[2], "pool_size": row[3], "created_at": row[4],
+                "comparison": row[5]}
 
     # ---- retrieval ---------------------------------------------------------------------------
     def replace_retrieval(self, name: str, model: str, config: dict,
