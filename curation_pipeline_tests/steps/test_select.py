@@ -21,7 +21,7 @@ def _seed_corpus(catalog: Catalog, n_per_blob=20, blobs=5, seed=0):
     centres = rng.normal(size=(blobs, DIM))
     catalog.register_model(MODEL, "test", DIM, "synthetic")
     vectors, ids, drops = [], [], []
-    for drop_no, drop in enumerate(("d1", "d2")):
+    for drop in ("d1", "d2"):
         rows = []
         for b in range(blobs):
             for j in range(n_per_blob // 2):
