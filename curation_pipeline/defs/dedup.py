@@ -24,6 +24,9 @@ class DedupConfig(dg.Config):
     bulk_from: int = 50_000
     """Drops with at least this many images are deduplicated within themselves in bulk mode
     (k-means buckets + exact similarities, SemDeDup-style) instead of one HNSW query per image."""
+    hnsw_ef_search: Optional[int] = None
+    """HNSW beam width for the semantic lookups. Default: widened with the corpus (see
+    steps.dedup.ef_search_for and benchmarks/dedup_scale.py for recall against time)."""
 
 
 @dg.asset(
@@ -54,7 +57,8 @@ def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig, datab
     # Earlier drops first: each drop is compared with the ones that arrived before it.
     for drop_key in catalog.drops_in_order(context.partition_keys):
         stats = dedup_drop(catalog, drop_key, image_embeddings.for_drop(drop_key), thresholds,
-                           neighbours=config.neighbours, bulk_from=config.bulk_from, logger=context.log)
+                           neighbours=config.neighbours, bulk_from=config.bulk_from,
+                           ef_search=config.hnsw_ef_search, logger=context.log)
         all_stats.append(stats)
         violations.append(catalog.dedup_violations(drop_key, image_embeddings.model, thresholds.min_cosine,
                                                    thresholds.max_hamming))
