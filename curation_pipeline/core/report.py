@@ -50,6 +50,32 @@ class ReportData:
     pairs_above: list[tuple[Tile, Tile, float]] = field(default_factory=list)  # just above the threshold
     pairs_below: list[tuple[Tile, Tile, float]] = field(default_factory=list)  # just below: near misses
     leaks: list[tuple[Tile, Tile]] = field(default_factory=list)  # (leaked image, protected image)
+    comparison: dict | None = None  # {"subset": {...}, "random": {...}, "fine_clusters": n}
+
+
+_COMPARISON_ROWS = (
+    ("fine clusters covered (fraction)", "fine_clusters_covered", "higher is better"),
+    ("mean nearest-neighbour distance inside the subset", "nn_distance_mean", "higher = less redundant"),
+    ("min nearest-neighbour distance inside the subset", "nn_distance_min", "higher = less redundant"),
+    ("mean distance from a pool image to the subset", "coverage_distance_mean", "lower = better covered"),
+    ("max distance from a pool image to the subset", "coverage_distance_max", "lower = no region left out"),
+)
+
+
+def comparison_table(comparison: dict | None) -> str:
+    """The subset next to a random subset of equal size from the same pool."""
+    if not comparison:
+        return '<p class="muted">No comparison stored for this selection.</p>'
+    sub, rnd = comparison.get("subset", {}), comparison.get("random", {})
+    rows = [(label, sub.get(key), rnd.get(key), note) for label, key, note in _COMPARISON_ROWS]
+    for column, value in sorted(sub.get("metadata_coverage", {}).items()):
+        rows.append((f"{column}: values covered (fraction)", value, rnd.get("metadata_coverage", {}).get(column),
+                     "higher is better"))
+    body = "".join(f"<tr><th>{html.escape(label)}</th><td>{html.escape(str(a))}</td><td>{html.escape(str(b))}</td>"
+                   f'<td class="muted">{html.escape(note)}</td></tr>' for label, a, b, note in rows)
+    return (f'<p class="muted">{html.escape(str(comparison.get("fine_clusters", "?")))} fine clusters from an '
+            f"independent k-means; random subset of {html.escape(str(rnd.get('size', '?')))} images, seeded.</p>"
+            f"<table><tr><th></th><th>subset</th><th>random</th><th></th></tr>{body}</table>")
 
 
 _CSS = """
@@ -134,6 +160,7 @@ threshold are semantic duplicates.</p>
 <h3>Just above the threshold (merged)</h3>{_pairs(data.pairs_above)}
 <h3>Just below the threshold (kept apart)</h3>{_pairs(data.pairs_below)}
 <h2 id="leaks">Leakage into protected drops</h2>{leaks}
+<h2 id="versus-random">Subset vs random of equal size</h2>{comparison_table(data.comparison)}
 <h2 id="subset">Curated subset ({len(data.subset)} images, in pick order)</h2>{subset}
 <h2 id="failed">Failed objects</h2>{failed}
 </body></html>

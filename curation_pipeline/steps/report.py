@@ -21,6 +21,15 @@ def _thumb(uri: str, side: int) -> str | None:
         return None
 
 
+def _describe(value) -> object:
+    """Config values for the report's table: strategies as `name:weight (options)`."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+        return ", ".join(f"{v['name']}:{v.get('weight', 1)}" + "".join(
+            f" {k}={v[k]}" for k in ("clusters", "allocation", "column", "k") if v.get(k) not in (None, 20, "proportional"))
+            for v in value)
+    return value
+
+
 def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_groups: int = 50,
                  max_subset: int = 200, thumb_side: int = 128, nn_sample: int = 2000,
                  logger: logging.Logger = log) -> dict:
@@ -41,7 +50,9 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
         dup_tiles.append(tiles)
     subset_tiles = [
         Tile(f"#{it['rank']} {it['drop_key']}/{it['object_key']}",
-             "first pick" if it["distance_at_pick"] is None else f"dist {it['distance_at_pick']:.3f}",
+             (f"{it['reason']}" if it.get("reason") else "")
+             + ("" if it["distance_at_pick"] is None else f" dist {it['distance_at_pick']:.3f}")
+             + (f" [{it['group_key']}]" if it.get("group_key") else ""),
              _thumb(it["source_uri"], thumb_side))
         for it in items[:max_subset]
     ]
@@ -73,7 +84,8 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         counts={**counts, "duplicate_groups": len(groups), "subset_size": len(items)},
         selection={"name": selection_name, "strategy": info["strategy"], "model": info["model"],
-                   "pool_size": info["pool_size"], **{k: v for k, v in info["config"].items() if k != "model"}},
+                   "pool_size": info["pool_size"],
+                   **{k: _describe(v) for k, v in info["config"].items() if k not in ("model", "strategies_given")}},
         duplicate_groups=dup_tiles,
         subset=subset_tiles,
         failed=failed_tiles,
@@ -83,6 +95,7 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
         pairs_above=[(tile(a), tile(b), sim) for a, b, sim in above],
         pairs_below=[(tile(a), tile(b), sim) for a, b, sim in below],
         leaks=leak_tiles,
+        comparison=info.get("comparison"),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"

@@ -36,3 +36,15 @@ def test_histogram_marks_the_threshold_and_counts_every_value():
     titles = re.findall(r"<title>[\d.]+-[\d.]+: (\d+)</title>", svg)
     assert len(titles) == 10 and sum(map(int, titles)) == 5
     assert "threshold 0.80" in svg and "<line" in svg
+
+
+def test_the_subset_is_shown_next_to_random_and_metadata_names_are_escaped():
+    cmp = {"fine_clusters": 30,
+           "subset": {"size": 30, "fine_clusters_covered": 0.93, "nn_distance_mean": 0.4,
+                      "metadata_coverage": {"<img src=x onerror=alert(1)>": 1.0}},
+           "random": {"size": 30, "fine_clusters_covered": 0.61, "nn_distance_mean": 0.2,
+                      "metadata_coverage": {"<img src=x onerror=alert(1)>": 0.5}}}
+    page = render_html(ReportData(title="t", generated_at="now", counts={}, selection={}, comparison=cmp))
+    section = page.split('id="versus-random"')[1].split("<h2")[0]
+    assert "0.93" in section and "0.61" in section and "30 fine clusters" in section
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
