@@ -132,3 +132,50 @@ def tiny_clip_embedder(tiny_clip_files):
 
     config, ckpt, _ = tiny_clip_files
     return OpenClipEmbedder("tiny-test-clip", str(ckpt), model_config_path=str(config), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 over real HTTP on a free loopback port; code reaches it only through endpoint_url."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """Settings and a client for the test S3 server, with throwaway credentials in the environment
+    (as boto3's chain would find real ones) and CURATION_S3_ENDPOINT_URL pointing at it."""
+    from curation_pipeline.resources.image_store import S3Settings, set_default_s3_settings
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("CURATION_S3_ENDPOINT_URL", s3_server)
+    settings = S3Settings(endpoint_url=s3_server, region_name="us-east-1", max_attempts=3)
+    set_default_s3_settings(settings)
+    yield settings
+    set_default_s3_settings(None)
+
+
+def new_bucket(settings, prefix: str = "b") -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    settings.client().create_bucket(Bucket=name)
+    return name
+
+
+def upload_folder(settings, folder: Path, bucket: str, prefix: str) -> list[str]:
+    client = settings.client()
+    keys = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            key = prefix + path.relative_to(folder).as_posix()
+            client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+            keys.append(key)
+    return keys

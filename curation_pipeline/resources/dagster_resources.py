@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from curation_pipeline.core.ids import validate_name
 
 from .catalog import Catalog
 from .database import curation_home, resolve_database_url
 from .embedders import Embedder, OfflineEmbedder, OpenClipEmbedder, TransformersEmbedder
-from .image_store import ImageStore, store_for
+from .image_store import ImageStore, S3Settings, set_default_s3_settings, store_for
 
 
 class DatabaseResource(dg.ConfigurableResource):
@@ -26,11 +27,35 @@ class DatabaseResource(dg.ConfigurableResource):
         return Catalog(resolve_database_url(self.url))
 
 
+class CurationS3Resource(S3Resource):
+    """dagster-aws's S3Resource (endpoint_url, region_name, profile_name, credentials, max_attempts)
+    with botocore's retry mode selectable and `adaptive` by default: on 503 SlowDown the client
+    slows itself down instead of hammering a throttled prefix."""
+
+    retry_mode: str = "adaptive"
+    """botocore retry mode: adaptive | standard | legacy."""
+
+    def settings(self) -> S3Settings:
+        return S3Settings(endpoint_url=self.endpoint_url or os.environ.get("CURATION_S3_ENDPOINT_URL") or None,
+                          region_name=self.region_name, profile_name=self.profile_name,
+                          max_attempts=self.max_attempts, retry_mode=self.retry_mode,
+                          aws_access_key_id=self.aws_access_key_id, aws_secret_access_key=self.aws_secret_access_key,
+                          aws_session_token=self.aws_session_token)
+
+    def get_client(self):
+        return self.settings().client()
+
+
 class ImageStoreResource(dg.ConfigurableResource):
     """Resolves a drop key to its location and gives the store that reads it. A drop registered
-    with an explicit source (CLI `ingest`, sensors) uses that; otherwise `<drop_root>/<drop_key>`."""
+    with an explicit source (CLI `ingest`, sensors) uses that; otherwise `<drop_root>/<drop_key>`.
+    s3:// locations are read through `s3` (only List and Get: inputs are never written)."""
 
     drop_root: Optional[str] = None
+    s3: CurationS3Resource
+
+    def setup_for_execution(self, context) -> None:
+        set_default_s3_settings(self.s3.settings())
 
     def location_for(self, drop_key: str, registered_source: Optional[str]) -> str:
         validate_name(drop_key, "drop key")
@@ -40,7 +65,7 @@ class ImageStoreResource(dg.ConfigurableResource):
         return str(Path(root) / drop_key) if "://" not in root else root.rstrip("/") + "/" + drop_key
 
     def store(self, location: str) -> ImageStore:
-        return store_for(location)
+        return store_for(location, self.s3.settings())
 
 
 OPEN_CLIP_DEFAULT = ("ViT-B-32", "laion2b_s34b_b79k")

@@ -1,16 +1,17 @@
-"""Where a drop's objects come from. One small interface; a local folder now, S3 next.
+"""Where a drop's objects come from: a local folder or an S3 prefix, behind one small interface.
 
 An image store lists the objects of a drop location and reads each object's bytes. Locations are
-URIs: a plain path or `file://...` for local folders; `s3://bucket/prefix` is reserved for the S3
-store (a later change adds it behind the same interface)."""
+URIs: a plain path or `file://...` for local folders, `s3://bucket/prefix/` for S3. The stores only
+ever list and read (S3: ListObjectsV2 and GetObject); nothing here writes to an input location."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
@@ -100,10 +101,129 @@ class LocalImageStore(ImageStore):
         return Path(parsed.path if parsed.scheme == "file" else uri).read_bytes()
 
 
-def store_for(location: str) -> ImageStore:
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach S3 (or any S3-compatible server). Picklable, so loader processes can build
+    their own client. Empty fields fall back to boto3's own chain (environment, profile, IMDS);
+    `endpoint_url` also reads $CURATION_S3_ENDPOINT_URL, then boto3's $AWS_ENDPOINT_URL."""
+
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    profile_name: str | None = None
+    max_attempts: int = 10
+    retry_mode: str = "adaptive"  # client-side rate limiting on throttling, plus exponential backoff
+    # explicit credentials (default: boto3's chain); kept out of repr so they never reach a log
+    aws_access_key_id: str | None = field(default=None, repr=False)
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_session_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls) -> "S3Settings":
+        return cls(endpoint_url=os.environ.get("CURATION_S3_ENDPOINT_URL") or None,
+                   region_name=os.environ.get("CURATION_S3_REGION") or None,
+                   profile_name=os.environ.get("CURATION_S3_PROFILE") or None)
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        session = boto3.session.Session(profile_name=self.profile_name)
+        return session.client("s3", region_name=self.region_name, endpoint_url=self.endpoint_url,
+                              aws_access_key_id=self.aws_access_key_id,
+                              aws_secret_access_key=self.aws_secret_access_key,
+                              aws_session_token=self.aws_session_token,
+                              config=Config(retries={"max_attempts": self.max_attempts, "mode": self.retry_mode}))
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """("bucket", "prefix/") of s3://bucket/prefix/ (prefix may be empty)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix/)")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+class S3ImageStore(ImageStore):
+    """An S3 prefix, listed with ListObjectsV2 (paginated, so drops of any size) and read with
+    GetObject (the streaming body is read to the end). Keys may hold spaces and unicode: they are
+    passed to boto3 as-is, never built into URLs by hand. Throttling (503 SlowDown) and 5xx are
+    retried by botocore in adaptive mode."""
+
+    def __init__(self, settings: S3Settings | None = None, client=None) -> None:
+        self.settings = settings or S3Settings.from_env()
+        self._client = client
+
+    def __getstate__(self):  # loader processes build their own client
+        return {"settings": self.settings, "_client": None}
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = self.settings.client()
+        return self._client
+
+    @staticmethod
+    def _prefix(location: str) -> tuple[str, str]:
+        bucket, prefix = split_s3_uri(location)
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        return bucket, prefix
+
+    def list_objects(self, location: str) -> Iterator[ObjectInfo]:
+        bucket, prefix = self._prefix(location)
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):  # keys come back in UTF-8 binary order
+            for obj in page.get("Contents", []):
+                key = obj["Key"][len(prefix):]
+                if not key or key.endswith("/") or any(part.startswith(".") for part in key.split("/")):
+                    continue  # folder markers and hidden objects (e.g. .write_access checks) are not images
+                yield ObjectInfo(key=key, size=int(obj["Size"]), etag=str(obj.get("ETag", "")).strip('"'),
+                                 last_modified=obj["LastModified"])
+
+    def read_bytes(self, location: str, key: str) -> bytes:
+        bucket, prefix = self._prefix(location)
+        return self._get(bucket, prefix + key)
+
+    def _get(self, bucket: str, key: str) -> bytes:
+        try:
+            body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+        except Exception as exc:  # botocore ClientError: a vanished object reads like a missing file
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404"):
+                raise FileNotFoundError(f"s3://{bucket}/{key} does not exist (deleted after listing?)") from exc
+            raise
+        with body:
+            return body.read()
+
+    def object_uri(self, location: str, key: str) -> str:
+        bucket, prefix = self._prefix(location)
+        return f"s3://{bucket}/{prefix}{key}"
+
+    def read_uri(self, uri: str) -> bytes:
+        bucket, key = split_s3_uri(uri)
+        return self._get(bucket, key)
+
+
+_default_s3: S3Settings | None = None
+
+
+@lru_cache(maxsize=8)
+def _s3_store(settings: S3Settings) -> S3ImageStore:
+    """One store (one boto3 client, which is thread-safe) per settings and process: loaders call
+    store_for for every object."""
+    return S3ImageStore(settings)
+
+
+def set_default_s3_settings(settings: S3Settings | None) -> None:
+    """What `store_for` uses for s3:// locations in this process (set by the Dagster resource)."""
+    global _default_s3
+    _default_s3 = settings
+
+
+def store_for(location: str, s3: S3Settings | None = None) -> ImageStore:
     scheme = urlparse(location).scheme
     if scheme in ("", "file"):
         return LocalImageStore()
-    raise NotImplementedError(
-        f"no image store for {location!r}: scheme {scheme!r} is not supported yet (local folders only)"
-    )
+    if scheme == "s3":
+        return _s3_store(s3 or _default_s3 or S3Settings.from_env())
+    raise ValueError(f"no image store for {location!r}: use a local path, file:// or s3://bucket/prefix/")
