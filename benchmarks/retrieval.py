@@ -79,8 +79,8 @@ def recall_at_10() -> dict:
 
 
 def latency(rows: int, queries: int, clients: int) -> dict:
-    from psycopg import sql
     from dedup_scale import DIM, load_drop, make_vectors
+    from psycopg import sql
 
     from curation_pipeline.resources.catalog import Catalog, hnsw_index_name, wire_vector
     from curation_pipeline.resources.database import ThrowawayDatabase
