@@ -9,15 +9,27 @@ from curation_pipeline.defs.ingest import image_embeddings, raw_image_manifest
 from curation_pipeline.defs.jobs import ingest_drop_job, retrieve_job, select_job
 from curation_pipeline.defs.report import curation_report
 from curation_pipeline.defs.selection import curated_subset, retrieval_set
+from curation_pipeline.defs.sensors import WatchSettings, build_drop_sensor
 from curation_pipeline.resources.dagster_resources import (
     CurationS3Resource,
     DatabaseResource,
     EmbedderResource,
     ImageStoreResource,
 )
+from curation_pipeline.resources.database import curation_home
 from curation_pipeline.resources.pgvector_io import PgVectorIOManager
 
 ASSETS = [raw_image_manifest, image_embeddings, dedup_clusters, curated_subset, retrieval_set, curation_report]
+
+# Declarative automation: curated subsets and their reports follow new dedup results (see the
+# assets' automation_condition). Like every sensor it must be switched on (UI or
+# CURATION_SENSOR_RUNNING=1) before anything runs on its own.
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "curation_automation", target=dg.AssetSelection.all(),
+    default_status=(dg.DefaultSensorStatus.RUNNING if os.environ.get("CURATION_SENSOR_RUNNING") == "1"
+                    else dg.DefaultSensorStatus.STOPPED),
+    minimum_interval_seconds=30,
+)
 
 
 def build_resources(*, database_url: str | None = None, embedder: EmbedderResource | None = None,
@@ -30,15 +42,20 @@ def build_resources(*, database_url: str | None = None, embedder: EmbedderResour
                                   profile_name=os.environ.get("CURATION_S3_PROFILE") or None)
     return {
         "database": DatabaseResource(url=database_url),
-        "image_store": ImageStoreResource(drop_root=drop_root, s3=s3),
+        "image_store": ImageStoreResource(drop_root=drop_root, s3=s3,
+                                          drop_marker=os.environ.get("CURATION_DROP_MARKER", "_SUCCESS")),
         "embedder": embedder or EmbedderResource(),
         "pgvector_io_manager": PgVectorIOManager(url=database_url),
     }
 
 
-def build_definitions(**overrides) -> dg.Definitions:
-    """The code location; keyword arguments go to build_resources."""
+def build_definitions(*, watch: WatchSettings | None = None, **overrides) -> dg.Definitions:
+    """The code location; `watch` configures the drop sensor (default: from the environment, see
+    WatchSettings.from_env), other keyword arguments go to build_resources."""
+    watch = watch or WatchSettings.from_env(default_root=overrides.get("drop_root") or os.environ.get("CURATION_DROP_ROOT")
+                                            or str(curation_home() / "drops"))
     return dg.Definitions(assets=ASSETS, jobs=[ingest_drop_job, select_job, retrieve_job],
+                          sensors=[build_drop_sensor(watch), automation_sensor],
                           resources=build_resources(**overrides))
 
 

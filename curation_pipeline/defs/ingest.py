@@ -43,7 +43,8 @@ def raw_image_manifest(context: dg.AssetExecutionContext, database: DatabaseReso
     for drop_key in keys:
         location = image_store.location_for(drop_key, catalog.drop_source(drop_key))
         context.log.info(f"building manifest of drop {drop_key} from {location}")
-        stats.append(build_manifest(catalog, image_store.store(location), location, drop_key, logger=context.log))
+        stats.append(build_manifest(catalog, image_store.store(location), location, drop_key, logger=context.log,
+                                    control_objects=frozenset({"_SUCCESS", image_store.drop_marker})))
     by_status: dict[str, int] = {}
     for s in stats:
         for k, v in s["by_status"].items():

@@ -10,7 +10,7 @@ from curation_pipeline.resources.database import curation_home
 from curation_pipeline.steps.report import write_report
 
 from .dedup import dedup_clusters
-from .partitions import selections
+from .partitions import FOLLOW_DEDUP, selections
 from .selection import curated_subset
 
 
@@ -27,6 +27,7 @@ class ReportConfig(dg.Config):
     kinds={"html"},
     owners=["team:curation"],
     deps=[curated_subset, dg.AssetDep(dedup_clusters, partition_mapping=dg.AllPartitionMapping())],
+    automation_condition=FOLLOW_DEDUP,
     description="Static HTML report: counts, duplicate groups as thumbnails (representative first), the "
                 "subset as thumbnails, failed objects with their errors.",
     check_specs=[

@@ -13,7 +13,7 @@ from curation_pipeline.steps.select import SelectionSpec, select_subset, spec_fr
 
 from .dedup import dedup_clusters
 from .ingest import image_embeddings
-from .partitions import retrieval_queries, selections
+from .partitions import FOLLOW_DEDUP, retrieval_queries, selections
 
 
 class StrategyConfig(dg.Config):
@@ -37,8 +37,9 @@ class StrategyConfig(dg.Config):
 
 
 class SelectionConfig(dg.Config):
-    budget: int = 50
-    """Maximum number of images to select."""
+    budget: Optional[int] = None
+    """Maximum number of images to select. Left empty (as in automated runs after new drops), the
+    selection's stored settings are reused; a new selection without a budget takes 50."""
     strategies: list[StrategyConfig] = []
     """Weighted strategies; default: cluster coverage + diversity."""
     min_distance: float = 0.0
@@ -60,8 +61,12 @@ class SelectionConfig(dg.Config):
     model: Optional[str] = None
     """Model id whose vectors to use (default: the configured embedder's)."""
 
-    def spec(self) -> SelectionSpec:
-        return spec_from_mapping(self.model_dump())
+    def spec(self, stored: Optional[dict] = None) -> SelectionSpec:
+        """The spec from this config, or the stored one when no budget is given (re-selection with
+        the same settings after new drops arrive)."""
+        if self.budget is None and stored:
+            return spec_from_mapping(stored)
+        return spec_from_mapping({**self.model_dump(), "budget": self.budget or 50})
 
 
 @dg.asset(
@@ -70,6 +75,7 @@ class SelectionConfig(dg.Config):
     kinds={"pgvector"},
     owners=["team:curation"],
     deps=[dg.AssetDep(dedup_clusters, partition_mapping=dg.AllPartitionMapping())],
+    automation_condition=FOLLOW_DEDUP,
     description="The subset a labeling budget should buy: valid, non-duplicate images chosen by weighted "
                 "strategies (diversity, typicality, cluster coverage, outliers, query similarity, metadata balance, "
                 "user scores) after filters; rows keep rank, score and the strategy that chose them, and the subset "
@@ -96,7 +102,9 @@ def curated_subset(context: dg.AssetExecutionContext, config: SelectionConfig, d
 
         return embed_query_images(loaded, [(p, Path(p).read_bytes()) for p in paths], options)
 
-    stats = select_subset(catalog, context.partition_key, config.spec(), model=model, query_embedder=embed_files,
+    stored = (catalog.selection_info(context.partition_key) or {}).get("config")
+    spec = config.spec(stored)
+    stats = select_subset(catalog, context.partition_key, spec, model=model, query_embedder=embed_files,
                           logger=context.log)
     dupes = catalog.selected_duplicates(context.partition_key)
     comparison = (catalog.selection_info(context.partition_key) or {}).get("comparison")
@@ -109,8 +117,8 @@ def curated_subset(context: dg.AssetExecutionContext, config: SelectionConfig, d
         check_results=[
             dg.AssetCheckResult(check_name="no_duplicates_selected", passed=dupes == 0,
                                 metadata={"selected_duplicates": dupes}),
-            dg.AssetCheckResult(check_name="within_budget", passed=1 <= stats["selected"] <= config.budget,
-                                metadata={"selected": stats["selected"], "budget": config.budget}),
+            dg.AssetCheckResult(check_name="within_budget", passed=1 <= stats["selected"] <= spec.budget,
+                                metadata={"selected": stats["selected"], "budget": spec.budget}),
         ],
     )
 

@@ -53,6 +53,9 @@ class ImageStoreResource(dg.ConfigurableResource):
 
     drop_root: Optional[str] = None
     s3: CurationS3Resource
+    drop_marker: str = "_SUCCESS"
+    """The object a rig writes last to mark a drop complete (see the drop sensor); not an image, so
+    the manifest leaves it out."""
 
     def setup_for_execution(self, context) -> None:
         set_default_s3_settings(self.s3.settings())

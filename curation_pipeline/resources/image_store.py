@@ -27,8 +27,34 @@ class ObjectInfo:
     last_modified: datetime
 
 
+@dataclass(frozen=True)
+class DropState:
+    """What a sensor needs to decide whether a drop has finished uploading."""
+
+    name: str
+    location: str
+    has_marker: bool
+    objects: int  # objects other than the marker
+    newest: datetime | None  # last modification of the newest object
+
+
 class ImageStore(ABC):
     """Lists and reads one drop location."""
+
+    @abstractmethod
+    def list_drops(self, root: str) -> Iterator[tuple[str, str]]:
+        """(name, location) of every drop directly under `root` (sub-folders / common prefixes)."""
+
+    def drop_state(self, name: str, location: str, marker: str) -> DropState:
+        """Marker present?, object count and newest modification time of one drop."""
+        count, newest, has_marker = 0, None, False
+        for obj in self.list_objects(location):
+            if obj.key == marker:
+                has_marker = True
+                continue
+            count += 1
+            newest = obj.last_modified if newest is None or obj.last_modified > newest else newest
+        return DropState(name, location, has_marker, count, newest)
 
     @abstractmethod
     def list_objects(self, location: str) -> Iterator[ObjectInfo]:
@@ -59,6 +85,13 @@ class LocalImageStore(ImageStore):
         if not path.is_dir():
             raise FileNotFoundError(f"drop location {location!r} is not a folder")
         return path
+
+    def list_drops(self, root: str) -> Iterator[tuple[str, str]]:
+        base = self._root(root)
+        with os.scandir(base) as it:
+            names = sorted(e.name for e in it if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+        for name in names:
+            yield name, str(base / name)
 
     def list_objects(self, location: str) -> Iterator[ObjectInfo]:
         root = self._root(location)
@@ -168,6 +201,15 @@ class S3ImageStore(ImageStore):
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         return bucket, prefix
+
+    def list_drops(self, root: str) -> Iterator[tuple[str, str]]:
+        bucket, prefix = self._prefix(root)
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):  # 1 request per 1,000 drops
+            for common in page.get("CommonPrefixes", []):
+                name = common["Prefix"][len(prefix):].rstrip("/")
+                if name and not name.startswith("."):
+                    yield name, f"s3://{bucket}/{common['Prefix']}"
 
     def list_objects(self, location: str) -> Iterator[ObjectInfo]:
         bucket, prefix = self._prefix(location)

@@ -15,12 +15,17 @@ log = logging.getLogger(__name__)
 
 
 def build_manifest(catalog: Catalog, store: ImageStore, location: str, drop_key: str,
-                   logger: logging.Logger = log, progress_every: int = 200) -> dict:
+                   logger: logging.Logger = log, progress_every: int = 200,
+                   control_objects: frozenset[str] = frozenset({"_SUCCESS"})) -> dict:
+    """`control_objects`: keys at the top of the drop that signal completion (the sensor's marker),
+    not images: they are left out of the manifest instead of being recorded as failed objects."""
     started = time.perf_counter()
     listed = 0
     bytes_total = 0
     with catalog.manifest_writer(drop_key) as writer:
         for info in store.list_objects(location):
+            if info.key in control_objects:
+                continue
             listed += 1
             try:
                 data = store.read_bytes(location, info.key)
