@@ -5,8 +5,9 @@ import os
 import dagster as dg
 
 from curation_pipeline.defs.dedup import dedup_clusters
+from curation_pipeline.defs.export import curated_export
 from curation_pipeline.defs.ingest import image_embeddings, raw_image_manifest
-from curation_pipeline.defs.jobs import ingest_drop_job, retrieve_job, select_job
+from curation_pipeline.defs.jobs import export_job, ingest_drop_job, retrieve_job, select_job
 from curation_pipeline.defs.report import curation_report
 from curation_pipeline.defs.selection import curated_subset, retrieval_set
 from curation_pipeline.defs.sensors import WatchSettings, build_drop_sensor
@@ -19,7 +20,8 @@ from curation_pipeline.resources.dagster_resources import (
 from curation_pipeline.resources.database import curation_home
 from curation_pipeline.resources.pgvector_io import PgVectorIOManager
 
-ASSETS = [raw_image_manifest, image_embeddings, dedup_clusters, curated_subset, retrieval_set, curation_report]
+ASSETS = [raw_image_manifest, image_embeddings, dedup_clusters, curated_subset, retrieval_set, curation_report,
+          curated_export]
 
 # Declarative automation: curated subsets and their reports follow new dedup results (see the
 # assets' automation_condition). Like every sensor it must be switched on (UI or
@@ -54,7 +56,7 @@ def build_definitions(*, watch: WatchSettings | None = None, **overrides) -> dg.
     WatchSettings.from_env), other keyword arguments go to build_resources."""
     watch = watch or WatchSettings.from_env(default_root=overrides.get("drop_root") or os.environ.get("CURATION_DROP_ROOT")
                                             or str(curation_home() / "drops"))
-    return dg.Definitions(assets=ASSETS, jobs=[ingest_drop_job, select_job, retrieve_job],
+    return dg.Definitions(assets=ASSETS, jobs=[ingest_drop_job, select_job, retrieve_job, export_job],
                           sensors=[build_drop_sensor(watch), automation_sensor],
                           resources=build_resources(**overrides))
 

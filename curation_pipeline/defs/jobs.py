@@ -22,3 +22,9 @@ retrieve_job = dg.define_asset_job(
     partitions_def=retrieval_queries,
     description="A named retrieval query.",
 )
+export_job = dg.define_asset_job(
+    "export",
+    selection=dg.AssetSelection.assets("curated_export"),
+    partitions_def=selections,
+    description="Copy a named selection's images and write its manifest to the export location.",
+)

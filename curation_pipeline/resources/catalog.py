@@ -934,6 +934,24 @@ class Catalog:
             names = [d.name for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
+    def export_rows(self, name: str) -> list[dict]:
+        """Everything an export manifest carries for each selected image, in rank order: source,
+        content hash, duplicate cluster (its representative's id), rank, scores and metadata."""
+        with self.connection() as conn:
+            cur = conn.execute(
+                "SELECT s.rank, s.image_id, i.source_uri, i.sha256, i.drop_key, i.object_key, i.bytes, i.format,"
+                " i.width, i.height, i.camera_make, i.camera_model, i.exif_datetime, i.blur_variance, i.brightness,"
+                " i.contrast, coalesce(m.representative_id, s.image_id) AS cluster, s.score, s.reason, s.group_key,"
+                " s.distance_at_pick,"
+                " (SELECT coalesce(jsonb_object_agg(a.name, coalesce(to_jsonb(a.value_num), to_jsonb(a.value_text))),"
+                "  '{}'::jsonb) FROM image_annotations a WHERE a.image_id = s.image_id) AS annotations"
+                " FROM selection_items s JOIN images i ON i.image_id = s.image_id"
+                " LEFT JOIN dedup_members m ON m.image_id = s.image_id WHERE s.name = %s ORDER BY s.rank",
+                (name,),
+            )
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
     def selection_info(self, name: str) -> dict | None:
         with self.connection() as conn:
             row = conn.execute(

@@ -165,7 +165,8 @@ class S3Settings:
                               aws_access_key_id=self.aws_access_key_id,
                               aws_secret_access_key=self.aws_secret_access_key,
                               aws_session_token=self.aws_session_token,
-                              config=Config(retries={"max_attempts": self.max_attempts, "mode": self.retry_mode}))
+                              config=Config(retries={"max_attempts": self.max_attempts, "mode": self.retry_mode},
+                                            signature_version="s3v4"))
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -217,8 +218,11 @@ class S3ImageStore(ImageStore):
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):  # keys come back in UTF-8 binary order
             for obj in page.get("Contents", []):
                 key = obj["Key"][len(prefix):]
-                if not key or key.endswith("/") or any(part.startswith(".") for part in key.split("/")):
-                    continue  # folder markers and hidden objects (e.g. .write_access checks) are not images
+                if not key or key.endswith("/") or any(p.startswith(".") and p not in (".", "..")
+                                                       for p in key.split("/")):
+                    # folder markers and hidden objects (.DS_Store, .write_access probes) are not
+                    # images; keys with `..` segments are legal in S3 and kept (exports make them safe)
+                    continue
                 yield ObjectInfo(key=key, size=int(obj["Size"]), etag=str(obj.get("ETag", "")).strip('"'),
                                  last_modified=obj["LastModified"])
 
