@@ -199,6 +199,27 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from curation_pipeline.core.ids import validate_name
+
+    name = validate_name(args.name, "selection name")
+    if _catalog().selection_info(name) is None:
+        raise SystemExit(f"curation: selection {name!r} does not exist: run `curation select --name {name}` first")
+    config: dict = {"copy_images": not args.no_copy}
+    if args.destination:
+        config["destination"] = args.destination if "://" in args.destination else str(
+            Path(args.destination).expanduser().resolve())
+    if args.presign is not None:
+        config["presign_seconds"] = args.presign
+    meta = _run_job("export", "selections", name, {"ops": {"curated_export": {"config": config}}})
+    out = meta.get("curated_export", {})
+    _stderr(f"export {name}: {out.get('images')} images ({out.get('copied')} copied, {out.get('already_there')} already "
+            f"there); manifest {out.get('manifest_parquet')}")
+    if args.json:
+        print(json.dumps(out, default=str))
+    return 0
+
+
 def cmd_duplicates(args: argparse.Namespace) -> int:
     groups = _catalog().duplicate_groups(args.drop or None)
     listing = [[g["representative"]["source_uri"]] + [m["source_uri"] for m in g["members"]] for g in groups]
@@ -382,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", default="default")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_retrieve)
+
+    ex = sub.add_parser("export", help="copy a selection's images and write its manifest (JSONL + Parquet)")
+    ex.add_argument("--name", default="default", help="the selection to export")
+    ex.add_argument("--destination", help="folder or s3://bucket/prefix/ (default $CURATION_EXPORT_ROOT)")
+    ex.add_argument("--presign", type=int, help="add presigned URLs valid this many seconds (S3)")
+    ex.add_argument("--no-copy", action="store_true", help="manifest only, pointing at the sources")
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(func=cmd_export)
 
     dup = sub.add_parser("duplicates", help="print duplicate groups, representative first")
     dup.add_argument("--drop", action="append")

@@ -46,6 +46,12 @@ def test_ingest_select_retrieve_and_json_outputs(tmp_path, env):
     hits = json.loads(_run(["retrieve", "--query", str(drop / "img_03.jpg"), "--k", "2", "--json"], env).stdout)
     assert len(hits) == 2 and Path(hits[0]["path"]).name in {"img_03.jpg", "reencoded_03.jpg"}
 
+    exported = json.loads(_run(["export", "--name", "cli-pick", "--destination", str(tmp_path / "exports"), "--json"],
+                               env).stdout)
+    assert exported["images"] == 4 and exported["copied"] == 4
+    assert len(list((tmp_path / "exports" / "cli-pick" / "images").rglob("*.jpg"))) == 4
+    assert (tmp_path / "exports" / "cli-pick" / "_SUCCESS").is_file()
+
     # composed strategies from the command line, with user scores loaded from a CSV
     preds = tmp_path / "preds.csv"
     preds.write_text("object_key,uncertainty\nimg_05.jpg,0.99\nimg_01.jpg,0.5\nimg_02.jpg,0.1\n")
@@ -78,7 +84,7 @@ def test_ingest_select_retrieve_and_json_outputs(tmp_path, env):
     # every CLI run was recorded on the persistent instance the UI reads
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         jobs = sorted(r.job_name for r in instance.get_runs())
-    assert jobs == ["ingest_drop", "ingest_drop", "retrieve", "retrieve", "retrieve", "select_and_report",
+    assert jobs == ["export", "ingest_drop", "ingest_drop", "retrieve", "retrieve", "retrieve", "select_and_report",
                     "select_and_report"]
 
 
