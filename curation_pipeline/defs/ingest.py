@@ -71,6 +71,13 @@ def raw_image_manifest(context: dg.AssetExecutionContext, database: DatabaseReso
     )
 
 
+GPU_POD_CONFIG = {
+    "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"cpu": "4", "memory": "16Gi"}}},
+    "pod_spec_config": {"node_selector": {"curation/accelerator": "nvidia-gpu"},
+                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+}
+
+
 @dg.asset(
     partitions_def=capture_drops,
     backfill_policy=INGEST_BACKFILL_POLICY,
@@ -80,6 +87,9 @@ def raw_image_manifest(context: dg.AssetExecutionContext, database: DatabaseReso
     deps=[raw_image_manifest],
     io_manager_key="pgvector_io_manager",
     pool="gpu",
+    # On Kubernetes with k8s_job_executor (one pod per step) this step alone asks for a GPU node;
+    # everywhere else the tag is inert. See deploy/helm/README.md.
+    op_tags={"dagster-k8s/config": GPU_POD_CONFIG},
     description="One L2-normalised vector per valid image and model, stored in pgvector (HNSW, cosine). Each "
                 "distinct content is embedded once per model and preprocessing (content-addressed cache).",
     check_specs=[
