@@ -140,6 +140,17 @@ def test_a_drop_uploaded_to_s3_reaches_postgres_through_a_tick_and_a_run(tmp_pat
     assert all(u.startswith(f"s3://{bucket}/drops/rig-0001/") for u in uris)
     assert embedded == info["distinct"] + 4  # every valid image (distinct + 2 exact + 2 re-encoded copies)
     assert {Catalog(database_url).duplicate_groups()[0]["representative"]["source_uri"][:5]} == {"s3://"}
+    # the rest of the pipeline: a selection, its report (thumbnails read from S3) and an export
+    out_bucket = new_bucket(s3, "exports")
+    for job, config in (("select_and_report", {"curated_subset": {"config": {"budget": 4}}}),
+                        ("export", {"curated_export": {"config": {"destination": f"s3://{out_bucket}/x/"}}})):
+        if not instance.has_dynamic_partition("selections", "weekly"):
+            instance.add_dynamic_partitions("selections", ["weekly"])
+        done = defs.resolve_job_def(job).execute_in_process(partition_key="weekly", instance=instance,
+                                                            run_config={"ops": config})
+        assert done.success
+    exported = [o["Key"] for o in client.list_objects_v2(Bucket=out_bucket)["Contents"]]
+    assert "x/weekly/_SUCCESS" in exported and len([k for k in exported if "/images/" in k]) == 4
     versions_after = client.list_object_versions(Bucket=bucket)
     assert [(v["Key"], v["VersionId"]) for v in versions_after.get("Versions", [])] == \
         [(v["Key"], v["VersionId"]) for v in versions_before.get("Versions", [])]
