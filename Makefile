@@ -14,7 +14,7 @@ demo ui db-stop clean: export DAGSTER_HOME := $(if $(DAGSTER_HOME),$(DAGSTER_HOM
 
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test ui db-stop lint clean
+.PHONY: install browser demo test ui db-stop lint clean
 
 install: $(STAMP)
 
@@ -28,7 +28,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/curation demo
 
-test: $(STAMP)
+# Browser tests drive Debian's chromium through its chromedriver (never a downloaded browser).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing Debian chromium + chromium-driver for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ui: $(STAMP)

@@ -51,6 +51,144 @@ class ReportData:
     pairs_below: list[tuple[Tile, Tile, float]] = field(default_factory=list)  # just below: near misses
     leaks: list[tuple[Tile, Tile]] = field(default_factory=list)  # (leaked image, protected image)
     comparison: dict | None = None  # {"subset": {...}, "random": {...}, "fine_clusters": n}
+    map_points: list["MapPoint"] = field(default_factory=list)
+    map_method: str = ""
+    map_pool: int = 0  # images the map's sample was drawn from
+    galleries: list[tuple[str, str, list[list[Tile]]]] = field(default_factory=list)  # (id, title, [cluster tiles])
+    outliers: list[Tile] = field(default_factory=list)
+    quality: dict[str, list[Tile]] = field(default_factory=dict)  # flag -> tiles
+    quality_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class MapPoint:
+    x: float  # in [0, 1]
+    y: float
+    caption: str
+    cluster: int
+    selected: bool = False
+    duplicate: bool = False  # has duplicates (it represents a group)
+    quality: str = ""  # first quality flag, or ""
+    thumb: str | None = None  # small data: URI shown on hover
+
+
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
+
+
+def _json_for_script(value) -> str:
+    """JSON safe inside <script>: no way to close the tag or open a comment from data."""
+    import json
+
+    return (json.dumps(value, ensure_ascii=True).replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("&", "\\u0026"))
+
+
+def map_svg(points: list[MapPoint], method: str, pool: int) -> str:
+    """The embedding map: one circle per sampled image, coloured by cluster / selected / duplicate /
+    quality (buttons), thumbnail on hover, wheel to zoom, drag to pan."""
+    if not points:
+        return '<p class="muted">No embedded images to map.</p>'
+    w, h, pad = 1000, 640, 20
+    circles = []
+    for i, p in enumerate(points):
+        cx = pad + p.x * (w - 2 * pad)
+        cy = pad + (1 - p.y) * (h - 2 * pad)
+        circles.append(
+            f'<circle class="pt" data-i="{i}" cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{_PALETTE[p.cluster % 16]}">'
+            f"<title>{html.escape(p.caption)}</title></circle>")
+    data = [{"c": p.cluster, "s": int(p.selected), "d": int(p.duplicate), "q": p.quality, "t": p.thumb or ""}
+            for p in points]
+    return f"""<p class="muted">{len(points)} of {pool} images, sampled so that every cluster is represented
+(selected images first); {html.escape(method.upper())} of the embeddings. Colour by:
+<button type="button" class="mapmode" data-mode="cluster">cluster</button>
+<button type="button" class="mapmode" data-mode="selected">selected</button>
+<button type="button" class="mapmode" data-mode="duplicate">has duplicates</button>
+<button type="button" class="mapmode" data-mode="quality">quality issue</button>
+<button type="button" id="map-reset">reset zoom</button> (wheel zooms, drag pans)</p>
+<div id="map-wrap"><svg id="embedding-map" data-points="{len(points)}" viewBox="0 0 {w} {h}" width="100%"
+ preserveAspectRatio="xMidYMid meet" xmlns="http://www.w3.org/2000/svg">
+<rect x="0" y="0" width="{w}" height="{h}" fill="#fff"/><g id="map-points">{"".join(circles)}</g></svg>
+<div id="map-tip" hidden><img id="map-tip-img" alt="" hidden><div id="map-tip-cap"></div></div></div>
+<script type="application/json" id="map-data">{_json_for_script(data)}</script>
+<script>{_MAP_JS}</script>"""
+
+
+_MAP_JS = """
+(function () {
+  var svg = document.getElementById('embedding-map');
+  if (!svg) { return; }
+  var data = JSON.parse(document.getElementById('map-data').textContent);
+  var palette = %s;
+  var pts = svg.querySelectorAll('circle.pt');
+  var modes = {
+    cluster: function (d) { return palette[d.c %% palette.length]; },
+    selected: function (d) { return d.s ? '#d62728' : '#c7c7c7'; },
+    duplicate: function (d) { return d.d ? '#ff7f0e' : '#c7c7c7'; },
+    quality: function (d) { return d.q ? '#9467bd' : '#c7c7c7'; }
+  };
+  function colour(mode) {
+    for (var i = 0; i < pts.length; i++) { pts[i].setAttribute('fill', modes[mode](data[i])); }
+  }
+  var buttons = document.querySelectorAll('button.mapmode');
+  for (var b = 0; b < buttons.length; b++) {
+    buttons[b].addEventListener('click', function (e) { colour(e.target.getAttribute('data-mode')); });
+  }
+  var vb = svg.viewBox.baseVal, base = [vb.x, vb.y, vb.width, vb.height];
+  svg.addEventListener('wheel', function (e) {
+    e.preventDefault();
+    var r = svg.getBoundingClientRect(), k = e.deltaY < 0 ? 0.8 : 1.25;
+    var mx = vb.x + (e.clientX - r.left) / r.width * vb.width, my = vb.y + (e.clientY - r.top) / r.height * vb.height;
+    vb.x = mx - (mx - vb.x) * k; vb.y = my - (my - vb.y) * k; vb.width *= k; vb.height *= k;
+  }, {passive: false});
+  var drag = null;
+  svg.addEventListener('mousedown', function (e) { drag = [e.clientX, e.clientY, vb.x, vb.y]; });
+  window.addEventListener('mouseup', function () { drag = null; });
+  window.addEventListener('mousemove', function (e) {
+    if (!drag) { return; }
+    var r = svg.getBoundingClientRect();
+    vb.x = drag[2] - (e.clientX - drag[0]) / r.width * vb.width;
+    vb.y = drag[3] - (e.clientY - drag[1]) / r.height * vb.height;
+  });
+  document.getElementById('map-reset').addEventListener('click', function () {
+    vb.x = base[0]; vb.y = base[1]; vb.width = base[2]; vb.height = base[3];
+  });
+  var tip = document.getElementById('map-tip'), img = document.getElementById('map-tip-img');
+  var cap = document.getElementById('map-tip-cap');
+  svg.addEventListener('mouseover', function (e) {
+    var t = e.target;
+    if (!t.classList || !t.classList.contains('pt')) { return; }
+    var d = data[+t.getAttribute('data-i')];
+    if (d.t) { img.src = d.t; img.hidden = false; } else { img.hidden = true; }
+    cap.textContent = t.textContent;
+    var r = svg.getBoundingClientRect();
+    tip.style.left = (e.clientX - r.left + 12) + 'px'; tip.style.top = (e.clientY - r.top + 12) + 'px';
+    tip.hidden = false;
+  });
+  svg.addEventListener('mouseout', function (e) {
+    if (e.target.classList && e.target.classList.contains('pt')) { tip.hidden = true; }
+  });
+})();
+""" % _json_for_script(list(_PALETTE))
+
+
+def bars_svg(rows: list[tuple[str, float | None, float | None]], *, better: str = "higher") -> str:
+    """Side-by-side horizontal bars, subset vs random, for metrics in [0, 1]-ish ranges."""
+    rows = [(label, a, b) for label, a, b in rows if a is not None and b is not None]
+    if not rows:
+        return ""
+    top = max(max(a, b) for _, a, b in rows) or 1.0
+    h = 34 * len(rows) + 20
+    parts = []
+    for i, (label, a, b) in enumerate(rows):
+        y = 10 + 34 * i
+        parts.append(f'<text x="0" y="{y + 11}" font-size="11">{html.escape(label)}</text>'
+                     f'<rect class="bar-subset" x="300" y="{y}" width="{400 * a / top:.1f}" height="12" fill="#2ca02c"/>'
+                     f'<text x="{305 + 400 * a / top:.1f}" y="{y + 10}" font-size="10">{a:.3f}</text>'
+                     f'<rect class="bar-random" x="300" y="{y + 14}" width="{400 * b / top:.1f}" height="12" '
+                     f'fill="#aaa"/><text x="{305 + 400 * b / top:.1f}" y="{y + 24}" font-size="10">{b:.3f}</text>')
+    return (f'<svg class="bars" viewBox="0 0 760 {h}" width="760" height="{h}" xmlns="http://www.w3.org/2000/svg">'
+            f'{"".join(parts)}</svg><p class="muted">green: subset, grey: random of equal size ({better} is better)</p>')
 
 
 _COMPARISON_ROWS = (
@@ -60,6 +198,19 @@ _COMPARISON_ROWS = (
     ("mean distance from a pool image to the subset", "coverage_distance_mean", "lower = better covered"),
     ("max distance from a pool image to the subset", "coverage_distance_max", "lower = no region left out"),
 )
+
+
+def comparison_charts(comparison: dict | None) -> str:
+    if not comparison:
+        return ""
+    sub, rnd = comparison.get("subset", {}), comparison.get("random", {})
+    higher = [("fine clusters covered", sub.get("fine_clusters_covered"), rnd.get("fine_clusters_covered")),
+              ("mean NN distance in subset", sub.get("nn_distance_mean"), rnd.get("nn_distance_mean"))]
+    higher += [(f"{c} values covered", v, rnd.get("metadata_coverage", {}).get(c))
+               for c, v in sorted(sub.get("metadata_coverage", {}).items())]
+    lower = [("mean distance pool to subset", sub.get("coverage_distance_mean"), rnd.get("coverage_distance_mean")),
+             ("max distance pool to subset", sub.get("coverage_distance_max"), rnd.get("coverage_distance_max"))]
+    return bars_svg(higher, better="higher") + bars_svg(lower, better="lower")
 
 
 def comparison_table(comparison: dict | None) -> str:
@@ -88,11 +239,16 @@ padding:8px;margin:8px 0;background:#fff;border:1px solid #e4e4e4;border-radius:
 background:#eee;display:block} .rep img{outline:3px solid #2a7} .missing{width:128px;height:128px;
 background:#fdd;display:flex;align-items:center;justify-content:center}
 .muted{color:#777}
+#map-wrap{position:relative;background:#fff;border:1px solid #ddd;max-width:1000px}
+#embedding-map{display:block;cursor:grab} circle.pt{stroke:#fff;stroke-width:0.8}
+#map-tip{position:absolute;background:#fff;border:1px solid #999;padding:4px;font-size:11px;pointer-events:none;
+max-width:160px;word-break:break-all} #map-tip img{width:96px;height:96px;object-fit:contain;display:block}
+button{margin:0 2px} .bars{display:block;margin:8px 0}
 """
 
 
 def _tile(t: Tile, extra_class: str = "") -> str:
-    img = (f'<img src="{html.escape(t.thumb, quote=True)}" alt="{html.escape(t.caption, quote=True)}" loading="lazy">'
+    img = (f'<img src="{html.escape(t.thumb, quote=True)}" alt="{html.escape(t.caption, quote=True)}" >'
            if t.thumb else '<div class="missing">no preview</div>')
     detail = f'<div class="muted">{html.escape(t.detail)}</div>' if t.detail else ""
     return f'<div class="tile {extra_class}">{img}<div>{html.escape(t.caption)}</div>{detail}</div>'
@@ -146,12 +302,30 @@ def render_html(data: ReportData) -> str:
         '<p class="muted">No image of another drop duplicates an image of a protected drop.</p>'
     failed = ('<div class="grid">' + "".join(_tile(t) for t in data.failed) + "</div>") if data.failed else \
         '<p class="muted">No failed objects.</p>'
+    galleries = "".join(
+        f'<h3 id="{gid}">{html.escape(title)}</h3>' + ("".join(
+            '<div class="group">' + "".join(_tile(t) for t in tiles) + "</div>" for tiles in clusters)
+            or '<p class="muted">None.</p>')
+        for gid, title, clusters in data.galleries)
+    outliers = ('<div class="grid">' + "".join(_tile(t) for t in data.outliers) + "</div>") if data.outliers else \
+        '<p class="muted">None.</p>'
+    quality = "".join(
+        f'<h3>{html.escape(flag)} ({data.quality_counts.get(flag, len(tiles))})</h3>'
+        + ('<div class="grid">' + "".join(_tile(t) for t in tiles) + "</div>" if tiles else '<p class="muted">None.</p>')
+        for flag, tiles in data.quality.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(data.title)}</title>
 <style>{_CSS}</style></head><body>
 <h1>{html.escape(data.title)}</h1><p class="muted">generated {html.escape(data.generated_at)}</p>
+<nav class="muted">Sections: <a href="#counts">counts</a> · <a href="#map">embedding map</a> ·
+<a href="#clusters">clusters</a> · <a href="#duplicates">duplicates</a> · <a href="#threshold">threshold</a> ·
+<a href="#versus-random">subset vs random</a> · <a href="#subset">subset</a> · <a href="#quality">quality</a> ·
+<a href="#failed">failed</a></nav>
 <h2 id="counts">Counts</h2>{_table(data.counts)}
 <h2 id="selection">Selection</h2>{_table(data.selection)}
+<h2 id="map">Embedding map</h2>{map_svg(data.map_points, data.map_method, data.map_pool)}
+<h2 id="clusters">Clusters</h2>{galleries}
+<h3 id="outliers">Outliers and edge cases (farthest from their neighbours)</h3>{outliers}
 <h2 id="duplicates">Duplicate groups</h2>{shown}{groups}
 <h2 id="threshold">Threshold explorer</h2>
 <p class="muted">Nearest-neighbour cosine similarity of {len(data.nn_similarities)} sampled images; pairs at or above the
@@ -160,9 +334,11 @@ threshold are semantic duplicates.</p>
 <h3>Just above the threshold (merged)</h3>{_pairs(data.pairs_above)}
 <h3>Just below the threshold (kept apart)</h3>{_pairs(data.pairs_below)}
 <h2 id="leaks">Leakage into protected drops</h2>{leaks}
-<h2 id="versus-random">Subset vs random of equal size</h2>{comparison_table(data.comparison)}
+<h2 id="versus-random">Subset vs random of equal size</h2>{comparison_charts(data.comparison)}
+{comparison_table(data.comparison)}
 <h2 id="subset">Curated subset ({len(data.subset)} images, in pick order)</h2>{subset}
-<h2 id="failed">Failed objects</h2>{failed}
+<h2 id="quality">Quality issues</h2>{quality or '<p class="muted">No quality checks ran.</p>'}
+<h2 id="failed">Failed objects (corrupt, unsupported, unreadable)</h2>{failed}
 </body></html>
 """
 

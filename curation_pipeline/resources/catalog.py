@@ -987,6 +987,48 @@ class Catalog:
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
     # ---- report ------------------------------------------------------------------------------
+    def report_sample(self, model: str, limit: int, selected_in: str | None = None) -> tuple[EmbeddingSet, np.ndarray]:
+        """Up to `limit` kept (non-duplicate) embedded images for the report's map and galleries,
+        the selection's images always included, the rest a deterministic pseudo-random sample
+        (ordered by a hash of the id, so reports are reproducible). Returns (vectors, selected
+        mask)."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT e.image_id, e.sha256, e.drop_key, " + _READ_VECTOR_E + ","
+                " (s.image_id IS NOT NULL) AS selected FROM embeddings e JOIN images i ON i.image_id = e.image_id"
+                " LEFT JOIN dedup_members m ON m.image_id = e.image_id"
+                " LEFT JOIN selection_items s ON s.image_id = e.image_id AND s.name = %s"
+                " WHERE e.model = %s AND i.status = 'ok' AND (m.image_id IS NULL OR m.is_representative)"
+                " ORDER BY (s.image_id IS NULL), hashint8(e.image_id) LIMIT %s",
+                (selected_in, model, int(limit)),
+            ).fetchall()
+        dim = self.model_dim(model)
+        vectors = np.stack([r[3].to_numpy() for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+        return (EmbeddingSet(model, np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows], vectors,
+                             [r[2] for r in rows]), np.asarray([bool(r[4]) for r in rows]))
+
+    def kept_count(self, model: str) -> int:
+        with self.connection() as conn:
+            return int(conn.execute(
+                "SELECT count(*) FROM embeddings e LEFT JOIN dedup_members m ON m.image_id = e.image_id"
+                " WHERE e.model = %s AND (m.image_id IS NULL OR m.is_representative)", (model,)).fetchone()[0])
+
+    def quality_flagged(self, flag: str, limit: int) -> tuple[int, list[dict]]:
+        """(how many valid images raise quality `flag`, up to `limit` of them with their signals)."""
+        from curation_pipeline.resources.filters import flag_condition
+
+        flagged, params = flag_condition(flag)
+        with self.connection() as conn:
+            count = conn.execute(sql.SQL("SELECT count(*) FROM images i WHERE i.status = 'ok' AND {}")
+                                 .format(flagged), params).fetchone()[0]
+            cur = conn.execute(sql.SQL(
+                "SELECT i.image_id, i.drop_key, i.object_key, i.source_uri, i.width, i.height, i.blur_variance,"
+                " i.brightness, i.contrast, i.aspect_ratio FROM images i WHERE i.status = 'ok' AND {}"
+                " ORDER BY i.drop_key, i.object_key LIMIT %s").format(flagged), [*params, int(limit)])
+            names = [d.name for d in cur.description]
+            return int(count), [dict(zip(names, r)) for r in cur.fetchall()]
+
+
     def corpus_counts(self) -> dict:
         with self.connection() as conn:
             row = conn.execute(

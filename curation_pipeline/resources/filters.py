@@ -115,15 +115,21 @@ def compile_filters(predicates: Sequence[Predicate],
         where.append(sql.SQL("{e} " + op + " %s").format(e=expr if numeric else sql.SQL("{}::text").format(expr)))
         params.append(value)
     for flag in exclude_flags:
-        if flag not in QUALITY_FLAGS:
-            raise ValueError(f"unknown quality flag {flag!r}: use any of {sorted(QUALITY_FLAGS)}")
-        tests = [sql.SQL("coalesce({e} " + op + " %s, false)").format(e=sql.SQL(IMAGE_COLUMNS[c]))
-                 for c, op, _ in QUALITY_FLAGS[flag]]
-        params.extend(t for _, _, t in QUALITY_FLAGS[flag])
-        where.append(sql.SQL("NOT ({})").format(sql.SQL(" OR ").join(tests)))
+        condition, flag_params = flag_condition(flag)
+        where.append(sql.SQL("NOT {}").format(condition))
+        params.extend(flag_params)
     join_sql = sql.SQL(" ").join(j for _, j in joins.values())
     where_sql = sql.SQL("").join(sql.SQL(" AND ") + w for w in where)
     return join_sql, where_sql, join_params, params
+
+
+def flag_condition(flag: str) -> tuple[sql.Composable, list]:
+    """(SQL that is true when an image (alias `i`) raises quality `flag`, its parameters)."""
+    if flag not in QUALITY_FLAGS:
+        raise ValueError(f"unknown quality flag {flag!r}: use any of {sorted(QUALITY_FLAGS)}")
+    tests = [sql.SQL("coalesce({e} " + op + " %s, false)").format(e=sql.SQL(IMAGE_COLUMNS[c]))
+             for c, op, _ in QUALITY_FLAGS[flag]]
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(tests)), [t for _, _, t in QUALITY_FLAGS[flag]]
 
 
 def _as_number(value: Any, p: Predicate) -> float:

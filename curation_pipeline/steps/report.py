@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from curation_pipeline.core.dedup import default_min_cosine
-from curation_pipeline.core.report import ReportData, Tile, render_html, render_markdown, thumbnail_data_uri
+from curation_pipeline.core.quality import QUALITY_FLAGS
+from curation_pipeline.core.report import MapPoint, ReportData, Tile, render_html, render_markdown, thumbnail_data_uri
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.image_store import store_for
 
@@ -21,6 +22,18 @@ def _thumb(uri: str, side: int) -> str | None:
         return None
 
 
+def _quality_detail(flag: str, r: dict) -> str:
+    if flag == "blurry":
+        return f"Laplacian variance {r['blur_variance']:.1f}"
+    if flag in ("dark", "overexposed"):
+        return f"brightness {r['brightness']:.2f}"
+    if flag == "low_contrast":
+        return f"contrast {r['contrast']:.3f}"
+    if flag == "tiny":
+        return f"{r['width']} x {r['height']} px"
+    return f"aspect {r['aspect_ratio']:.2f} ({r['width']} x {r['height']})"
+
+
 def _describe(value) -> object:
     """Config values for the report's table: strategies as `name:weight (options)`."""
     if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
@@ -28,6 +41,78 @@ def _describe(value) -> object:
             f" {k}={v[k]}" for k in ("clusters", "allocation", "column", "k") if v.get(k) not in (None, 20, "proportional"))
             for v in value)
     return value
+
+
+def embedding_overview(catalog: Catalog, model: str, selection_name: str, *, map_points: int = 1500,
+                       map_thumbs: int = 300, pool_sample: int = 20_000, thumb_side: int = 128,
+                       logger: logging.Logger = log) -> dict:
+    """The map, cluster galleries and outliers, from a bounded sample of kept images."""
+    import numpy as np
+
+    from curation_pipeline.core.projection import coverage_sample, project_2d
+    from curation_pipeline.core.quality import quality_flags
+    from curation_pipeline.core.selection import knn_similarity, spherical_kmeans
+
+    pool, selected = catalog.report_sample(model, pool_sample, selection_name)
+    n = len(pool)
+    out: dict = {"map_points": [], "map_method": "", "map_pool": catalog.kept_count(model), "galleries": [],
+                 "outliers": []}
+    if n == 0:
+        return out
+    c = max(1, min(24, n // 5))
+    labels, centres = spherical_kmeans(pool.vectors, c, seed=0)
+    rows = coverage_sample(labels, map_points, must=selected, seed=0)
+    coords, method = project_2d(pool.vectors[rows])
+    logger.info("report map: %d of %d points by %s, %d clusters", len(rows), n, method, c)
+    meta = catalog.images_by_id(pool.image_ids[rows].tolist())
+    groups = {g["representative"]["image_id"] for g in catalog.duplicate_groups()} if rows.size else set()
+    thumbs_for = set(rows[np.argsort(~selected[rows], kind="stable")][:map_thumbs].tolist())
+    points = []
+    for (x, y), r in zip(coords.tolist(), rows.tolist()):
+        m = meta[int(pool.image_ids[r])]
+        flags = quality_flags({"blur_variance": m.get("blur_variance"), "brightness": m.get("brightness"),
+                               "min_side": min(m["width"] or 0, m["height"] or 0) if m.get("width") else None})
+        points.append(MapPoint(x=x, y=y, caption=f"{m['drop_key']}/{m['object_key']}", cluster=int(labels[r]),
+                               selected=bool(selected[r]), duplicate=int(pool.image_ids[r]) in groups,
+                               quality=flags[0] if flags else "",
+                               thumb=_thumb(m["source_uri"], 64) if r in thumbs_for else None))
+    out.update(map_points=points, map_method=method)
+
+    # cluster galleries: tightness = mean cosine of members to their centre
+    sims = np.einsum("ij,ij->i", pool.vectors, centres[labels])
+    stats = []
+    for k in range(c):
+        members = np.flatnonzero(labels == k)
+        if len(members):
+            stats.append((k, len(members), float(sims[members].mean()), members[np.argsort(-sims[members])]))
+    ids_needed = []
+
+    def tiles(members) -> list[Tile]:
+        ids = [int(pool.image_ids[i]) for i in members[:8]]
+        ids_needed.extend(ids)
+        return ids
+
+    dense = sorted(stats, key=lambda t: (-t[1] * t[2], t[0]))[:4]
+    sparse = sorted(stats, key=lambda t: (t[2], t[0]))[:4]
+    density = knn_similarity(pool.vectors, min(10, max(1, n - 1)))
+    outlier_ids = [int(pool.image_ids[i]) for i in np.argsort(density)[:12]]
+    g_dense = [(k, size, tight, tiles(m)) for k, size, tight, m in dense]
+    g_sparse = [(k, size, tight, tiles(m)) for k, size, tight, m in sparse]
+    info = catalog.images_by_id(ids_needed + outlier_ids)
+
+    def tile(image_id: int, detail: str = "") -> Tile:
+        m = info[image_id]
+        return Tile(f"{m['drop_key']}/{m['object_key']}", detail, _thumb(m["source_uri"], thumb_side))
+
+    def gallery(rows_):
+        return [[tile(ids[0], f"cluster {k}: {size} images, tightness {tight:.2f}")] + [tile(i) for i in ids[1:]]
+                for k, size, tight, ids in rows_]
+
+    out["galleries"] = [("dense-clusters", "Densest clusters (largest and tightest)", gallery(g_dense)),
+                        ("sparse-clusters", "Sparsest clusters (loosest)", gallery(g_sparse))]
+    out["outliers"] = [tile(i, f"neighbour similarity {density[list(pool.image_ids).index(i)]:.2f}")
+                       for i in outlier_ids]
+    return out
 
 
 def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_groups: int = 50,
@@ -79,6 +164,13 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
                    Tile(f"{x['protected_drop']}/{x['protected_key']} (protected)", "",
                         _thumb(x["protected_uri"], thumb_side))) for x in leaks[:max_groups]]
 
+    overview = embedding_overview(catalog, model, selection_name, thumb_side=thumb_side, logger=logger)
+    quality, quality_counts = {}, {}
+    for flag in QUALITY_FLAGS:
+        count, rows_ = catalog.quality_flagged(flag, 12)
+        quality_counts[flag] = count
+        quality[flag] = [Tile(f"{r['drop_key']}/{r['object_key']}", _quality_detail(flag, r),
+                              _thumb(r["source_uri"], thumb_side)) for r in rows_]
     data = ReportData(
         title=f"Curation report: {selection_name}",
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -96,6 +188,9 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
         pairs_below=[(tile(a), tile(b), sim) for a, b, sim in below],
         leaks=leak_tiles,
         comparison=info.get("comparison"),
+        **overview,
+        quality=quality,
+        quality_counts=quality_counts,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
