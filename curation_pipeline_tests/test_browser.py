@@ -122,7 +122,7 @@ def test_the_report_renders_every_section_with_working_images_and_map(browser, r
     browser.execute_script("document.querySelector('circle.pt').dispatchEvent(new MouseEvent('mouseover', "
                            "{bubbles: true, clientX: 10, clientY: 10}))")
     assert browser.find_element("id", "map-tip").is_displayed()
-    browser.find_element("id", "map").location_once_scrolled_into_view
+    browser.execute_script("document.getElementById('map').scrollIntoView()")
     png = browser.get_screenshot_as_png()
     (path.parent / "screenshot.png").write_bytes(png)
     assert _not_blank(png) > 10
@@ -151,10 +151,10 @@ def test_the_dagster_webserver_lists_every_asset(browser, tmp_path, database_url
             try:
                 with urllib.request.urlopen(base + "/server_info", timeout=5):
                     break
-            except OSError:
+            except OSError as exc:
                 if proc.poll() is not None or time.time() > deadline:
                     raise AssertionError(proc.stderr.read().decode()[-3000:] if proc.poll() is not None
-                                         else "webserver did not start in 180 s")
+                                         else "webserver did not start in 180 s") from exc
                 time.sleep(1)
         query = json.dumps({"query": "{ assetNodes { assetKey { path } groupName kinds description } }"}).encode()
         req = urllib.request.Request(base + "/graphql", data=query, headers={"Content-Type": "application/json"})
