@@ -46,7 +46,9 @@ def build_resources(*, database_url: str | None = None, embedder: EmbedderResour
         "database": DatabaseResource(url=database_url),
         "image_store": ImageStoreResource(drop_root=drop_root, s3=s3,
                                           drop_marker=os.environ.get("CURATION_DROP_MARKER", "_SUCCESS")),
-        "embedder": embedder or EmbedderResource(),
+        "embedder": embedder or EmbedderResource(backend=os.environ.get("CURATION_EMBEDDER") or "offline",
+                                                 model_name=os.environ.get("CURATION_EMBEDDER_MODEL") or "",
+                                                 pretrained=os.environ.get("CURATION_EMBEDDER_PRETRAINED") or ""),
         "pgvector_io_manager": PgVectorIOManager(url=database_url),
     }
 
@@ -58,7 +60,21 @@ def build_definitions(*, watch: WatchSettings | None = None, **overrides) -> dg.
                                             or str(curation_home() / "drops"))
     return dg.Definitions(assets=ASSETS, jobs=[ingest_drop_job, select_job, retrieve_job, export_job],
                           sensors=[build_drop_sensor(watch), automation_sensor],
-                          resources=build_resources(**overrides))
+                          resources=build_resources(**overrides), executor=_executor())
+
+
+def _executor():
+    """CURATION_EXECUTOR=k8s: one pod per step (needs dagster-k8s, installed in the deployment
+    image), so the GPU tag on image_embeddings puts that step alone on a GPU node. Default: Dagster's
+    multiprocess executor."""
+    choice = os.environ.get("CURATION_EXECUTOR", "")
+    if choice == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    if choice not in ("", "multiprocess"):
+        raise ValueError(f"CURATION_EXECUTOR={choice!r}: use k8s or multiprocess")
+    return None
 
 
 defs = build_definitions()
