@@ -59,8 +59,14 @@ def _run_job(job_name: str, partitions_def_name: str, partition_key: str, run_co
     started = time.perf_counter()
     # INFO, not DEBUG, on the console: per-batch progress without every engine event.
     config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
-    result = job.execute_in_process(instance=instance, partition_key=partition_key, run_config=config,
-                                    raise_on_error=False)
+    from curation_pipeline.core.progress import TerminalBar, subscribe
+
+    unsubscribe = subscribe(TerminalBar())  # the run executes in this process: steps report here
+    try:
+        result = job.execute_in_process(instance=instance, partition_key=partition_key, run_config=config,
+                                        raise_on_error=False)
+    finally:
+        unsubscribe()
     if not result.success:
         failures = [ev for ev in result.all_events if ev.is_step_failure]
         detail = "; ".join(

@@ -29,7 +29,8 @@ def env(curation_env):
 def test_ingest_select_retrieve_and_json_outputs(tmp_path, env):
     drop = tmp_path / "drop"
     info = make_small_drop(drop)
-    _run(["ingest", str(drop), "--drop", "cli-drop"], env)
+    ingest = _run(["ingest", str(drop), "--drop", "cli-drop"], env)
+    assert "100%  embed cli-drop" in ingest.stderr  # the progress bar (plain lines on a pipe)
 
     dup = _run(["duplicates", "--json"], env)
     groups = json.loads(dup.stdout)  # stdout holds the JSON alone

@@ -24,7 +24,7 @@ def _sum(stats: list[dict], key: str) -> int:
     partitions_def=capture_drops,
     backfill_policy=INGEST_BACKFILL_POLICY,
     group_name=GROUP,
-    kinds={"python", "pgvector"},
+    kinds={"python", "s3", "pgvector"},
     owners=["team:curation"],
     description="One row per object of the drop: bytes, format, size, EXIF time and camera, sha256, pHash, "
                 "quality signals; corrupt or unsupported objects get a status and a readable error.",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from curation_pipeline.core import progress
 from curation_pipeline.core.decode import DecodedImage, decode_image
 from curation_pipeline.core.hashing import sha256_hex
 from curation_pipeline.core.pipeline import batched, ordered_parallel_map
@@ -126,6 +127,7 @@ def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: Emb
     computed = 0
     model_seconds = 0.0
     batches = 0
+    to_embed = catalog.valid_image_count(drop_key)  # an upper bound: cached contents are skipped
     with catalog.cache_writer(model, options.storage) as writer, BackgroundWriter(writer.write) as background:
         loaded = ordered_parallel_map(load, catalog.uncached_items(drop_key, model), workers=options.workers,
                                       window=window, chunk=options.loader_chunk, executor=kind)
@@ -140,9 +142,11 @@ def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: Emb
             background.submit([item[2] for item, _ in ok], vectors)  # the model goes on while this commits
             computed += len(ok)
             batches += 1
+            progress.report(f"embed {drop_key}", computed, to_embed)
             if batches % options.log_every_batches == 0:
                 rate = computed / (time.perf_counter() - started)
                 logger.info("drop %s: embedded %d new images with %s (%.1f img/s)", drop_key, computed, model, rate)
+    progress.report(f"embed {drop_key}", to_embed, to_embed)
     for image_id, err in failures:
         logger.warning("drop %s: image %d not embedded: %s", drop_key, image_id, err)
     catalog.replace_embedding_failures(drop_key, model, failures)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from curation_pipeline.core import progress
 from curation_pipeline.core.decode import STATUS_OK, STATUS_UNREADABLE
 from curation_pipeline.core.ids import image_id_for
 from curation_pipeline.core.manifest import ManifestRecord, inspect_object
@@ -40,6 +41,7 @@ def build_manifest(catalog: Catalog, store: ImageStore, location: str, drop_key:
                 logger.warning("drop %s: %s recorded as %s: %s", drop_key, info.key, record.status, record.error)
             bytes_total += record.bytes
             writer.add(image_id_for(drop_key, info.key), store.object_uri(location, info.key), record, info.etag)
+            progress.report(f"manifest {drop_key}", listed)
             if listed % progress_every == 0:
                 logger.info("drop %s: inspected %d objects", drop_key, listed)
     summary = catalog.manifest_summary(drop_key)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from curation_pipeline.core import progress as progress_bus
 from curation_pipeline.core.selection import (
     DIVERSITY,
     allocate,
@@ -224,6 +225,7 @@ def select_subset(catalog: Catalog, name: str, spec: SelectionSpec, *, model: st
 
     def progress(done: int, total: int, seconds: float) -> None:
         logger.info("selection %s: %d / %d picked in %.1f s", name, done, total, seconds)
+        progress_bus.report(f"select {name}", done, total)
 
     result = greedy_select(vectors, budget, scores=scores, weights=weights, diversity_weight=diversity_weight,
                            groups=groups, quotas=quotas, min_distance=spec.min_distance, progress=progress)
