@@ -216,6 +216,8 @@ class Catalog:
         seen this time are deleted, orphaned dedup members elsewhere are repaired, and everything
         commits at once; an exception rolls all of it back, leaving the previous manifest."""
         with self.connection() as conn, conn.transaction():
+            # two runs of the same partition at once take turns here instead of interleaving rows
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('manifest:' || %s))", (drop_key,))
             conn.execute("INSERT INTO drops (drop_key) VALUES (%s) ON CONFLICT DO NOTHING", (drop_key,))
             conn.execute("CREATE TEMP TABLE manifest_seen (image_id bigint PRIMARY KEY) ON COMMIT DROP")
             writer = ManifestWriter(conn, drop_key)
@@ -363,6 +365,8 @@ class Catalog:
         rows already right are left alone (cached vectors never change for a model), so a re-run
         neither rewrites the table nor churns the HNSW index. Returns the partition's row count."""
         with self.connection() as conn, conn.transaction():
+            # concurrent publishes of one partition are serialised: the second finds the rows there
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('publish:' || %s || ':' || %s))", (drop_key, model))
             conn.execute(
                 "DELETE FROM embeddings e WHERE e.drop_key = %s AND e.model = %s AND NOT EXISTS ("
                 " SELECT 1 FROM images i WHERE i.image_id = e.image_id AND i.drop_key = e.drop_key"
