@@ -155,3 +155,36 @@ def test_a_drop_uploaded_to_s3_reaches_postgres_through_a_tick_and_a_run(tmp_pat
     assert [(v["Key"], v["VersionId"]) for v in versions_after.get("Versions", [])] == \
         [(v["Key"], v["VersionId"]) for v in versions_before.get("Versions", [])]
     assert not versions_after.get("DeleteMarkers")
+
+
+def test_a_hundred_drops_arriving_at_once_are_each_added_and_run_once(tmp_path, database_url, instance):
+    root = tmp_path / "drops"
+    for i in range(100):
+        d = root / f"rig-{i:03d}"
+        d.mkdir(parents=True)
+        (d / "a.jpg").write_bytes(b"x")
+        if i % 10 != 9:  # every tenth is still uploading
+            (d / "_SUCCESS").write_bytes(b"")
+    settings = WatchSettings(roots=(str(root),), completion="marker", max_checks_per_tick=200)
+    res = _resources(database_url)
+    first = _tick(instance, settings, res)
+    assert len(first.run_requests) == 90 and len({r.run_key for r in first.run_requests}) == 90
+    for i in range(9, 100, 10):
+        (root / f"rig-{i:03d}" / "_SUCCESS").write_bytes(b"")
+    second = _tick(instance, settings, res, cursor=first.cursor)
+    assert sorted(r.partition_key for r in second.run_requests) == [f"rig-{i:03d}" for i in range(9, 100, 10)]
+    assert _tick(instance, settings, res, cursor=second.cursor).run_requests == []
+    assert len(instance.get_dynamic_partitions("capture_drops")) == 100
+    # a small per-tick budget still reaches every drop, in turns (round robin)
+    other = tmp_path / "other"
+    for i in range(30):
+        (other / f"late-{i:02d}").mkdir(parents=True)
+        (other / f"late-{i:02d}" / "a.jpg").write_bytes(b"x")
+        (other / f"late-{i:02d}" / "_SUCCESS").write_bytes(b"")
+    small = WatchSettings(roots=(str(other),), completion="marker", max_checks_per_tick=8)
+    cursor, added = None, []
+    for _ in range(4):
+        result = _tick(instance, small, res, cursor=cursor)
+        cursor = result.cursor
+        added += [r.partition_key for r in result.run_requests]
+    assert sorted(added) == [f"late-{i:02d}" for i in range(30)]
