@@ -203,6 +203,54 @@ def hamming_pairs_indexed(hashes: np.ndarray, max_hamming: int, *, max_bucket: i
     return _unique_pairs(found)
 
 
+def hamming_cross_pairs(a: np.ndarray, b: np.ndarray, max_hamming: int, *, max_candidates: int = 1 << 22
+                        ) -> np.ndarray:
+    """(m, 2) pairs (i into a, j into b) within `max_hamming` bits, by multi-index hashing: b's
+    segment values are sorted once per segment and each hash of a looks up the hashes of b that
+    share a segment value (pigeonhole: a pair within the radius shares at least one of the
+    max_hamming + 1 segments). Cost O((len(a) + len(b)) log len(b) + candidates) instead of
+    len(a) * len(b): a new drop against a corpus of millions. Same result as hamming_pairs(a, b, r).
+    Candidates are verified in chunks of at most `max_candidates`."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    ua, ub = a.view(np.uint64), b.view(np.uint64)
+    segments = max_hamming + 1
+    bounds = np.linspace(0, 64, segments + 1).astype(int)
+    found = []
+    for s in range(segments):
+        lo, hi = bounds[s], bounds[s + 1]
+        mask = np.uint64((1 << (hi - lo)) - 1)
+        kb = (ub >> np.uint64(lo)) & mask
+        order = np.argsort(kb, kind="stable")
+        sorted_kb = kb[order]
+        ka = (ua >> np.uint64(lo)) & mask
+        left = np.searchsorted(sorted_kb, ka, side="left")
+        right = np.searchsorted(sorted_kb, ka, side="right")
+        counts = right - left
+        hit = np.flatnonzero(counts)
+        if len(hit) == 0:
+            continue
+        # expand (i, each j in its range) in chunks of at most max_candidates pairs
+        cum = np.cumsum(counts[hit])
+        start = 0
+        while start < len(hit):
+            base = cum[start - 1] if start else 0
+            stop = int(np.searchsorted(cum, base + max_candidates, side="right"))
+            stop = max(stop, start + 1)
+            rows = hit[start:stop]
+            reps = counts[rows]
+            i = np.repeat(rows, reps)
+            offsets = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+            j = order[np.repeat(left[rows], reps) + offsets]
+            close = np.bitwise_count(np.bitwise_xor(a[i], b[j]).view(np.uint64)) <= max_hamming
+            if close.any():
+                found.append(np.stack([i[close], j[close]], axis=1))
+            start = stop
+    return _unique_pairs(found)
+
+
 def semdedup_pairs(vectors: np.ndarray, min_cosine: float, *, n_clusters: int | None = None,
                    assignments: int = 2, seed: int = 0, max_cells: int = 1 << 22) -> np.ndarray:
     """Bulk-mode semantic candidates (SemDeDup-style) for a very large first import: k-means the

@@ -22,7 +22,7 @@ import numpy as np
 from curation_pipeline.core.dedup import (
     DedupThresholds,
     cluster_duplicates,
-    hamming_pairs,
+    hamming_cross_pairs,
     hamming_pairs_indexed,
     representative_order,
     semdedup_pairs,
@@ -114,7 +114,8 @@ def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thr
     if others:
         kept_ids, kept_hashes = catalog.kept_phashes(others)
         for hashes, radius in ((own_hashes, thresholds.max_hamming), (own_mirrors, thresholds.max_hamming // 2)):
-            for i, j in hamming_pairs(hashes, kept_hashes, radius).tolist():
+            # multi-index hashing: the drop against millions of kept hashes without a drop x corpus scan
+            for i, j in hamming_cross_pairs(hashes, kept_hashes, radius).tolist():
                 id_pairs.append((own[i].image_id, int(kept_ids[j])))
         # 3. exact: identical content already represented in another drop
         exact = catalog.kept_images_with_hashes(others, sorted({c.sha256 for c in own}))

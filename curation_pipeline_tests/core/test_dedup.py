@@ -139,3 +139,21 @@ def test_semdedup_bulk_pairs_match_exact_search():
     got = {tuple(p) for p in semdedup_pairs(v, 0.97, max_cells=50_000).tolist()}
     assert got <= want  # every proposed pair really is above the threshold
     assert len(got & want) / len(want) >= 0.99 and len(want) >= 300
+
+
+def test_cross_pairs_by_multi_index_hashing_match_the_full_scan():
+    from curation_pipeline.core.dedup import hamming_cross_pairs, hamming_pairs
+
+    rng = np.random.default_rng(5)
+    b = rng.integers(-(2**63), 2**63 - 1, size=5000, dtype=np.int64)
+    b[:50] = b[0]  # a large bucket of identical hashes (blank frames)
+    flips = rng.integers(0, 64, size=(300, 6))
+    a = b[rng.integers(0, len(b), size=300)].copy()
+    for row, bits in enumerate(flips):  # 0..6 bit flips each
+        for bit in bits[: row % 7]:
+            a[row] ^= np.int64(1) << np.int64(bit) if bit < 63 else np.int64(-(2**63))
+    for radius in (0, 2, 4):
+        fast = hamming_cross_pairs(a, b, radius, max_candidates=97)
+        slow = hamming_pairs(a, b, radius)
+        assert sorted(map(tuple, fast.tolist())) == sorted(map(tuple, slow.tolist()))
+        assert len(fast) > 0
