@@ -60,7 +60,50 @@ def load_drop(conn, drop_key: str, ids: np.ndarray, vectors: np.ndarray, model: 
                     copy.write_row((i, drop_key, model, i, True, 1.0))
 
 
-def run_size(n: int, efs: list[int]) -> dict:
+def query_latency(catalog, model: str, queries: np.ndarray, clients: int) -> dict:
+    """Single top-10 queries against the whole corpus: through Catalog.search (a connection per
+    call, as the retrieval asset does), on one persistent connection (the server's time), and from
+    `clients` concurrent connections."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from curation_pipeline.resources.catalog import wire_vector
+
+    def pct(xs):
+        return {"p50_ms": round(float(np.percentile(xs, 50)) * 1000, 2),
+                "p99_ms": round(float(np.percentile(xs, 99)) * 1000, 2)}
+
+    out = {}
+    for q in queries[:20]:
+        catalog.search(model, q, 10)  # warm-up
+    lat = []
+    for q in queries:
+        t0 = time.perf_counter()
+        catalog.search(model, q, 10)
+        lat.append(time.perf_counter() - t0)
+    out["search_per_call"] = pct(lat)
+    stmt, _, storage = catalog.nearest_statement(model)
+
+    def client(part):
+        res = []
+        with catalog.connection() as conn:
+            conn.execute("SET hnsw.ef_search = 100")
+            for q in part:
+                w = wire_vector(q, storage)
+                t0 = time.perf_counter()
+                conn.execute(stmt, (w, None, None, w, 10), prepare=True).fetchall()
+                res.append(time.perf_counter() - t0)
+        return res
+
+    out["persistent_connection"] = pct(client(queries))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        lat = [x for part in pool.map(client, np.array_split(np.tile(queries, (2, 1)), clients)) for x in part]
+    out[f"concurrent_{clients}"] = {**pct(lat), "queries_per_s": round(len(lat) / (time.perf_counter() - t0), 1)}
+    return out
+
+
+def run_size(n: int, efs: list[int], storages: tuple[str, ...] = ("halfvec", "vector"),
+             latency_queries: int = 0, clients: int = 50) -> dict:
     from psycopg import sql
 
     from curation_pipeline.core.dedup import DedupThresholds, semdedup_pairs
@@ -81,7 +124,7 @@ def run_size(n: int, efs: list[int]) -> dict:
         db = ThrowawayDatabase(Path(tmp) / "pg")
         url = db.url
         catalog = Catalog(url)
-        for storage in ("halfvec", "vector"):  # the vector model is the one deduplicated below
+        for storage in storages:  # the vector model is the one deduplicated below
             model = f"synthetic:{storage}"
             catalog.register_model(model, "synthetic", DIM, "benchmark vectors", storage=storage)
             index = hnsw_index_name(model)
@@ -133,6 +176,9 @@ def run_size(n: int, efs: list[int]) -> dict:
             out[f"ef_{ef}"] = res
             print(json.dumps({"corpus": n, "ef_search": ef, **res}), file=sys.stderr, flush=True)
         out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        if latency_queries:
+            out["latency"] = query_latency(catalog, model, make_vectors(latency_queries, rng, centres), clients)
+            print(json.dumps({"corpus": n, "latency": out["latency"]}), file=sys.stderr, flush=True)
         db.close()
     t0 = time.perf_counter()
     bulk = semdedup_pairs(corpus, THRESHOLD)
@@ -146,25 +192,35 @@ def main() -> None:
     p.add_argument("--sizes", default="100000,300000")
     p.add_argument("--ef-search", default="",
                    help="comma-separated HNSW beam widths to dedup the new drop at (default: the step's own choice)")
+    p.add_argument("--vector-only-from", type=int, default=10**9,
+                   help="from this corpus size on, build only the vector index (saves the halfvec build)")
+    p.add_argument("--latency-queries", type=int, default=0,
+                   help="also time this many single top-10 queries (and 50 concurrent clients) per size")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     efs = [int(e) for e in args.ef_search.split(",") if e]
     if args.one:
-        print(json.dumps(run_size(args.one, efs)))
+        storages = ("vector",) if args.one >= args.vector_only_from else ("halfvec", "vector")
+        print(json.dumps(run_size(args.one, efs, storages, args.latency_queries)))
         return
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
-        res = subprocess.run([sys.executable, __file__, "--one", str(n), "--ef-search", args.ef_search],
+        res = subprocess.run([sys.executable, __file__, "--one", str(n), "--ef-search", args.ef_search,
+                              "--vector-only-from", str(args.vector_only_from),
+                              "--latency-queries", str(args.latency_queries)],
                              stdout=subprocess.PIPE, text=True, check=True)
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    cols = [c for c in rows[0] if not c.startswith("ef_")]
+    cols = [c for c in rows[0] if not c.startswith("ef_") and c != "latency"]
     print(" | ".join(cols + ["ef_search", "dedup_new_drop_s", "duplicate_recall", "duplicate_precision"]))
     for r in rows:
         for key in (k for k in r if k.startswith("ef_")):
             e = r[key]
-            print(" | ".join([str(r[c]) for c in cols] + [key[3:], str(e["dedup_new_drop_s"]),
+            print(" | ".join([str(r.get(c)) for c in cols] + [key[3:], str(e["dedup_new_drop_s"]),
                                                            str(e["duplicate_recall"]), str(e["duplicate_precision"])]))
+    for r in rows:
+        if "latency" in r:
+            print(f"latency at {r['corpus']}: {json.dumps(r['latency'])}")
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "dedup_scale.json").write_text(json.dumps(rows, indent=1))
 

@@ -528,6 +528,11 @@ class Catalog:
         with self.connection() as conn, conn.transaction():
             conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(min(1000, max(ef_search, k))))))
             conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            # The planner prices a 512-d distance like any operator call, so below ~100k rows it
+            # prefers computing every distance and sorting (measured: 50 ms instead of ~1 ms per
+            # lookup at 13k rows, even with fresh statistics). These lookups are the HNSW path
+            # by design: make the sort prohibitively expensive for this transaction only.
+            conn.execute("SET LOCAL enable_sort = off")
             # Pipeline mode: every query is sent without waiting for the previous answer, so a
             # drop's thousands of lookups cost server time, not thousands of round trips.
             cursors = []
