@@ -183,6 +183,17 @@ def _repair_orphaned_members(conn) -> int:
     ).rowcount
 
 
+def hnsw_lookup_settings(conn, ef_search: int, k: int) -> None:
+    """Session settings for a transaction of top-k HNSW lookups (SET LOCAL: they end with it)."""
+    conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(min(1000, max(ef_search, k))))))
+    conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+    # The planner prices a 512-d distance like any operator call, so below ~100k rows it prefers
+    # computing every distance and sorting (measured: 50 ms instead of ~1 ms per lookup at 13k
+    # rows, even with fresh statistics). These lookups are the HNSW path by design: make the sort
+    # prohibitively expensive for this transaction only.
+    conn.execute("SET LOCAL enable_sort = off")
+
+
 def hnsw_index_name(model: str) -> str:
     return "embeddings_hnsw_" + hashlib.sha1(model.encode("utf-8")).hexdigest()[:16]
 
@@ -526,13 +537,7 @@ class Catalog:
     def _nearest_batch(self, stmt, storage: str, q: np.ndarray, keys, k: int, ef_search: int):
         results = []
         with self.connection() as conn, conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(min(1000, max(ef_search, k))))))
-            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            # The planner prices a 512-d distance like any operator call, so below ~100k rows it
-            # prefers computing every distance and sorting (measured: 50 ms instead of ~1 ms per
-            # lookup at 13k rows, even with fresh statistics). These lookups are the HNSW path
-            # by design: make the sort prohibitively expensive for this transaction only.
-            conn.execute("SET LOCAL enable_sort = off")
+            hnsw_lookup_settings(conn, ef_search, k)
             # Pipeline mode: every query is sent without waiting for the previous answer, so a
             # drop's thousands of lookups cost server time, not thousands of round trips.
             cursors = []

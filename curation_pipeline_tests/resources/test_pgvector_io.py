@@ -132,3 +132,22 @@ def test_fresh_statistics_keep_top_k_lookups_on_the_hnsw_index(database_url):
     assert catalog.refresh_statistics("embeddings") is False  # nothing changed since
     with pytest.raises(ValueError, match="unknown table"):
         catalog.refresh_statistics("embeddings; DROP TABLE images")
+
+
+def test_dedup_lookups_use_hnsw_even_where_the_planner_would_sort(database_url):
+    """At a few thousand 256-d rows the planner, statistics and all, prefers computing every
+    distance and sorting; the lookup settings keep these queries on the HNSW index."""
+    from curation_pipeline.resources.catalog import hnsw_index_name, hnsw_lookup_settings, wire_vector
+
+    catalog = Catalog(database_url)
+    catalog.register_model("test:model", "test", 256, "x")
+    ids = list(range(1, 3001))
+    _seed(catalog, "d1", ids)
+    catalog.replace_embeddings("d1", _emb(ids, "d1", 0, dim=256))
+    catalog.refresh_statistics("embeddings")
+    stmt, _, _ = catalog.nearest_statement("test:model")
+    q = wire_vector(_emb([1], "d1", 5, dim=256).vectors[0], "vector")
+    with catalog.connection() as conn, conn.transaction():
+        hnsw_lookup_settings(conn, 100, 17)
+        plan = " ".join(r[0] for r in conn.execute(b"EXPLAIN " + stmt.as_bytes(conn), (q, None, None, q, 17)))
+    assert hnsw_index_name("test:model") in plan and "Sort" not in plan
