@@ -350,3 +350,22 @@ def render_markdown(data: ReportData, report_path: str, max_thumbs: int = 12) ->
     thumbs = [t for t in data.subset if t.thumb][:max_thumbs]
     lines.append(" ".join(f"![{t.caption.replace(']', '')}]({t.thumb})" for t in thumbs))
     return "\n".join(lines)
+
+
+def render_retrieval_html(title: str, generated_at: str, settings: dict[str, object], queries: list[Tile],
+                          results: list[Tile]) -> str:
+    """A retrieval set's page: its settings, the query images (or prompts) and the results in rank
+    order with their similarity. Self-contained like the curation report."""
+    q = '<div class="grid">' + "".join(_tile(t) for t in queries) + "</div>" if queries else \
+        '<p class="muted">No query images.</p>'
+    r = '<div class="grid">' + "".join(_tile(t) for t in results) + "</div>" if results else \
+        '<p class="muted">No results (nothing above the threshold, or nothing passed the filters).</p>'
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{_CSS}</style></head><body>
+<h1>{html.escape(title)}</h1><p class="muted">generated {html.escape(generated_at)}</p>
+<h2 id="settings">Query</h2>{_table(settings)}
+<h2 id="queries">Query images</h2>{q}
+<h2 id="results">Results ({len(results)}, most similar first)</h2>{r}
+</body></html>
+"""

@@ -6,8 +6,10 @@ from typing import Optional
 import dagster as dg
 
 from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource
+from curation_pipeline.resources.database import curation_home
 from curation_pipeline.steps.annotate import load_annotations
 from curation_pipeline.steps.embed import embed_query_images, model_id_for
+from curation_pipeline.steps.report import write_retrieval_page
 from curation_pipeline.steps.retrieve import RetrievalSpec, retrieve_similar
 from curation_pipeline.steps.select import SelectionSpec, select_subset, spec_from_mapping
 
@@ -180,10 +182,12 @@ def retrieval_set(context: dg.AssetExecutionContext, config: RetrievalConfig, da
     catalog = database.catalog()
     stats = retrieve_similar(catalog, embedder.load(), context.partition_key, config.spec(),
                              options=embedder.embed_options(), logger=context.log)
+    page = write_retrieval_page(catalog, context.partition_key,
+                                curation_home() / "reports" / "retrievals" / context.partition_key)
     sims = [it["similarity"] for it in catalog.retrieval_items(context.partition_key)]
     ranked = all(a >= b - 1e-9 for a, b in zip(sims, sims[1:]))
     return dg.MaterializeResult(
-        metadata={k: v for k, v in stats.items() if v is not None},
+        metadata={**{k: v for k, v in stats.items() if v is not None}, "page": dg.MetadataValue.path(page["path"])},
         check_results=[
             dg.AssetCheckResult(check_name="results_ranked",
                                 passed=ranked and (1 if config.min_similarity is None else 0) <= len(sims) <= config.k,

@@ -990,6 +990,11 @@ class Catalog:
                 )
         return len(results)
 
+    def retrieval_config(self, name: str) -> dict | None:
+        with self.connection() as conn:
+            row = conn.execute("SELECT config FROM retrievals WHERE name = %s", (name,)).fetchone()
+        return row[0] if row else None
+
     def retrieval_items(self, name: str) -> list[dict]:
         with self.connection() as conn:
             cur = conn.execute(

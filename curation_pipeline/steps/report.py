@@ -213,3 +213,26 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
         "nn_sampled": len(nn),
         "counts": data.counts,
     }
+
+
+def write_retrieval_page(catalog: Catalog, name: str, out_dir: Path, *, thumb_side: int = 128) -> dict:
+    """The page for one retrieval set (rank, similarity, which query each result matched)."""
+    from curation_pipeline.core.report import render_retrieval_html
+
+    items = catalog.retrieval_items(name)
+    config = catalog.retrieval_config(name) or {}
+    refs = sorted({it["query_ref"] for it in items})
+    queries = [Tile(ref, "text prompt") if ref.startswith("text:") else Tile(ref, "", _thumb(ref, thumb_side))
+               for ref in refs[:50]]
+    results = [Tile(f"#{it['rank']} {it['drop_key']}/{it['object_key']}",
+                    f"cosine {it['similarity']:.3f} (query {it['query_ref']})", _thumb(it["source_uri"], thumb_side))
+               for it in items]
+    settings = {k: v for k, v in config.items() if v not in (None, [], ())}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "index.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(render_retrieval_html(f"Retrieval: {name}", datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                         settings, queries, results), encoding="utf-8")
+    tmp.replace(path)
+    return {"path": str(path), "results": len(results),
+            "thumbnails_missing": sum(1 for t in results if t.thumb is None)}

@@ -105,6 +105,9 @@ def test_whole_graph_materializes_for_a_small_drop(tmp_path, database_url, curat
     hits = catalog.retrieval_items("q")
     assert hits[0]["object_key"] == "img_05.jpg" and hits[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
     assert len(hits) == 3 and hits[1]["similarity"] < 0.95
+    retrieval_page = (curation_env / "reports" / "retrievals" / "q" / "index.html").read_text()
+    assert retrieval_page.count("data:image/jpeg;base64,") == 1 + 3  # the query and its 3 results
+    assert "img_05.jpg" in retrieval_page and "cosine 1.000" in retrieval_page
 
 
 def test_rematerializing_a_partition_leaves_the_same_rows(tmp_path, database_url, curation_env, instance):
