@@ -144,6 +144,8 @@ class RetrievalConfig(dg.Config):
     """Metadata filters, as for curated_subset."""
     exclude: list[str] = []
     """Quality flags to leave out."""
+    include_mirrored: bool = True
+    """Also find horizontally flipped copies (models whose vectors mirror exactly: the offline descriptor)."""
 
     def spec(self) -> RetrievalSpec:
         d = self.model_dump()

@@ -91,6 +91,11 @@ class Embedder(ABC):
     def supports_text(self) -> bool:
         return False
 
+    def mirror_permutation(self) -> np.ndarray | None:
+        """Index array turning an image's vector into its horizontal mirror's, where the model
+        allows it exactly (the offline descriptor); None for learned models."""
+        return None
+
 
 class OfflineEmbedder(Embedder):
     backend = "offline"
@@ -107,6 +112,9 @@ class OfflineEmbedder(Embedder):
             "hand-crafted colour/layout/gradient descriptor (no learned weights): good for near-duplicates "
             "and colour/layout diversity, not for semantics"
         )
+
+    def mirror_permutation(self) -> np.ndarray | None:
+        return colour_layout.mirror_permutation()
 
     def _forward(self, items: Sequence[np.ndarray]) -> np.ndarray:
         return colour_layout.descriptor_batch(np.stack(items))

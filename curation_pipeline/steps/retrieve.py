@@ -38,6 +38,7 @@ class RetrievalSpec:
     drop_keys: tuple[str, ...] | None = None
     where: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    include_mirrored: bool = True  # also search for horizontally flipped copies, where the model allows it
 
     def validate(self, name: str) -> None:
         if not (self.query_paths or self.query_prefix or self.query_images or self.text):
@@ -120,6 +121,13 @@ def query_vectors(catalog: Catalog, embedder: Embedder, model: str, spec: Retrie
                              "or drop/object_key)")
         parts.append(catalog.vectors_for_images([found[r] for r in spec.query_images], model))
         refs += list(spec.query_images)
+    perm = embedder.mirror_permutation() if spec.include_mirrored else None
+    if perm is not None and parts:
+        images = np.concatenate(parts).astype(np.float32)
+        mirrored = images[:, perm]
+        mirrored /= np.linalg.norm(mirrored, axis=1, keepdims=True) + 1e-12
+        parts.append(mirrored)
+        refs += list(refs)  # a result matched by the mirrored query names the same query image
     if spec.text:
         if not embedder.supports_text:
             raise ValueError(f"retrieval {name!r}: text queries need a CLIP-family model (open_clip or a transformers "

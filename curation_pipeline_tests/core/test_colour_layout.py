@@ -50,3 +50,20 @@ def test_colour_changes_move_the_vector():
 def test_deterministic():
     img = photo_crops(1)[0]
     assert np.array_equal(colour_layout_descriptor(img), colour_layout_descriptor(img))
+
+
+def test_the_mirror_permutation_predicts_a_flipped_images_vector():
+    from PIL import ImageOps
+
+    from curation_pipeline.core.colour_layout import colour_layout_descriptor, mirror_permutation
+    from curation_pipeline_tests.conftest import photo_crops
+
+    perm = mirror_permutation()
+    assert sorted(perm.tolist()) == list(range(448))  # a true permutation
+    sims = []
+    for im in photo_crops(12):
+        flipped = colour_layout_descriptor(ImageOps.mirror(im))
+        direct = colour_layout_descriptor(im)
+        sims.append((float(flipped @ direct[perm]), float(flipped @ direct)))
+    assert np.median([a for a, _ in sims]) > 0.98
+    assert all(a > b for a, b in sims if b < 0.95)  # the permutation beats the unflipped vector

@@ -152,3 +152,28 @@ def test_filtered_search_matches_brute_force_and_never_comes_back_short(database
     # a threshold keeps only what is above it
     thr = catalog.search(MODEL, q[:1], 50, min_similarity=0.9)[0]
     assert thr and all(s >= 0.9 for _, s in thr) and len(thr) == min(50, int((v @ q[0] >= 0.9 - 1e-6).sum()))
+
+
+def test_retrieval_finds_a_flipped_copy_through_the_mirrored_query(tmp_path, database_url):
+    from PIL import Image, ImageOps
+
+    from curation_pipeline.resources.embedders import OfflineEmbedder
+    from curation_pipeline.steps.retrieve import RetrievalSpec, retrieve_similar
+    from curation_pipeline_tests.conftest import jpeg, make_small_drop
+    from curation_pipeline_tests.steps.test_dedup import _ingest
+
+    folder = tmp_path / "d"
+    make_small_drop(folder)
+    (folder / "flipped_06.jpg").write_bytes(jpeg(ImageOps.mirror(Image.open(folder / "img_06.jpg"))))
+    catalog = Catalog(database_url)
+    _ingest(catalog, folder, "d", dedup=False)
+    query = str(folder / "img_06.jpg")
+    ranks = {}
+    for mirrored in (False, True):
+        retrieve_similar(catalog, OfflineEmbedder(), f"q{mirrored}", RetrievalSpec(query_paths=(query,), k=3,
+                                                                                  include_mirrored=mirrored))
+        items = catalog.retrieval_items(f"q{mirrored}")
+        ranks[mirrored] = {it["object_key"]: it for it in items}
+    assert "flipped_06.jpg" in ranks[True] and ranks[True]["flipped_06.jpg"]["similarity"] > 0.95
+    assert ranks[True]["flipped_06.jpg"]["query_ref"] == query
+    assert "flipped_06.jpg" not in ranks[False] or ranks[False]["flipped_06.jpg"]["similarity"] < 0.95
