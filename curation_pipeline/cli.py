@@ -191,7 +191,9 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     if not (args.query or args.prefix or args.image or args.text):
         raise SystemExit("curation: give --query FILE|FOLDER, --prefix S3_PREFIX, --image CORPUS_IMAGE or --text PROMPT")
     for key, value in (("min_similarity", args.min_similarity), ("drop_keys", args.drop), ("where", args.where),
-                       ("exclude", args.exclude)):
+                       ("exclude", args.exclude),
+                       ("export_to", args.export_to if not args.export_to or "://" in args.export_to
+                        else str(Path(args.export_to).expanduser().resolve()))):
         if value is not None:
             config[key] = value
     _run_job("retrieve", "retrieval_queries", name, {"ops": {"retrieval_set": {"config": config}}})
@@ -406,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--drop", action="append", help="search only this drop (repeatable)")
     r.add_argument("--where", action="append", help="metadata filter (repeatable)")
     r.add_argument("--exclude", action="append", help="quality flag to leave out (repeatable)")
+    r.add_argument("--export-to", help="also export the results (folder or s3://bucket/prefix/), like a subset")
     r.add_argument("--name", default="default")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_retrieve)

@@ -68,8 +68,11 @@ def test_ingest_select_retrieve_and_json_outputs(tmp_path, env):
     qdir.mkdir()
     (qdir / "q.jpg").write_bytes((drop / "img_04.jpg").read_bytes())
     near = json.loads(_run(["retrieve", "--query", str(qdir), "--where", "width>=1", "--k", "1", "--name", "folder",
-                            "--json"], env).stdout)
+                            "--export-to", str(tmp_path / "found"), "--json"], env).stdout)
     assert Path(near[0]["path"]).name == "img_04.jpg" and near[0]["similarity"] > 0.999
+    found = (tmp_path / "found" / "folder" / "manifest.jsonl").read_text().splitlines()
+    assert len(found) == 1 and json.loads(found[0])["reason"] == "retrieval"
+    assert (tmp_path / "found" / "folder" / "images" / "cli-drop" / "img_04.jpg").is_file()
     text = _run(["retrieve", "--text", "a red car", "--name", "text"], env, check=False)
     assert text.returncode != 0 and "CLIP-family" in text.stderr
 

@@ -5,10 +5,12 @@ from typing import Optional
 
 import dagster as dg
 
-from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource
+from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource, ImageStoreResource
 from curation_pipeline.resources.database import curation_home
+from curation_pipeline.resources.export_target import export_target_for
 from curation_pipeline.steps.annotate import load_annotations
 from curation_pipeline.steps.embed import embed_query_images, model_id_for
+from curation_pipeline.steps.export import export_selection
 from curation_pipeline.steps.report import write_retrieval_page
 from curation_pipeline.steps.retrieve import RetrievalSpec, retrieve_similar
 from curation_pipeline.steps.select import SelectionSpec, select_subset, spec_from_mapping
@@ -146,9 +148,13 @@ class RetrievalConfig(dg.Config):
     """Quality flags to leave out."""
     include_mirrored: bool = True
     """Also find horizontally flipped copies (models whose vectors mirror exactly: the offline descriptor)."""
+    export_to: Optional[str] = None
+    """Also export the results like a subset: images and manifest under <export_to>/<name>/ (folder or
+    s3://bucket/prefix/)."""
 
     def spec(self) -> RetrievalSpec:
         d = self.model_dump()
+        d.pop("export_to")
         return RetrievalSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
@@ -180,12 +186,17 @@ def comparison_markdown(comparison: dict) -> str:
     ],
 )
 def retrieval_set(context: dg.AssetExecutionContext, config: RetrievalConfig, database: DatabaseResource,
-                  embedder: EmbedderResource) -> dg.MaterializeResult:
+                  embedder: EmbedderResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
     catalog = database.catalog()
     stats = retrieve_similar(catalog, embedder.load(), context.partition_key, config.spec(),
                              options=embedder.embed_options(), logger=context.log)
     page = write_retrieval_page(catalog, context.partition_key,
                                 curation_home() / "reports" / "retrievals" / context.partition_key)
+    if config.export_to and stats["results"]:
+        exported = export_selection(catalog, context.partition_key,
+                                    export_target_for(config.export_to, image_store.s3.settings()),
+                                    kind="retrieval", logger=context.log)
+        stats["exported_manifest"] = exported["manifest_parquet"]
     sims = [it["similarity"] for it in catalog.retrieval_items(context.partition_key)]
     ranked = all(a >= b - 1e-9 for a, b in zip(sims, sims[1:]))
     return dg.MaterializeResult(

@@ -948,9 +948,17 @@ class Catalog:
             names = [d.name for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
-    def export_rows(self, name: str) -> list[dict]:
-        """Everything an export manifest carries for each selected image, in rank order: source,
-        content hash, duplicate cluster (its representative's id), rank, scores and metadata."""
+    def export_rows(self, name: str, kind: str = "selection") -> list[dict]:
+        """Everything an export manifest carries for each image of a selection (or, kind
+        "retrieval", a retrieval set), in rank order: source, content hash, duplicate cluster (its
+        representative's id), rank, scores and metadata."""
+        if kind == "selection":
+            source = ("SELECT name, rank, image_id, score, reason, group_key, distance_at_pick FROM selection_items")
+        elif kind == "retrieval":
+            source = ("SELECT name, rank, image_id, similarity AS score, 'retrieval' AS reason, query_ref AS group_key,"
+                      " 1 - similarity AS distance_at_pick FROM retrieval_items")
+        else:
+            raise ValueError(f"export kind must be selection or retrieval, got {kind!r}")
         with self.connection() as conn:
             cur = conn.execute(
                 "SELECT s.rank, s.image_id, i.source_uri, i.sha256, i.drop_key, i.object_key, i.bytes, i.format,"
@@ -959,7 +967,7 @@ class Catalog:
                 " s.distance_at_pick,"
                 " (SELECT coalesce(jsonb_object_agg(a.name, coalesce(to_jsonb(a.value_num), to_jsonb(a.value_text))),"
                 "  '{}'::jsonb) FROM image_annotations a WHERE a.image_id = s.image_id) AS annotations"
-                " FROM selection_items s JOIN images i ON i.image_id = s.image_id"
+                " FROM (" + source + ") s JOIN images i ON i.image_id = s.image_id"
                 " LEFT JOIN dedup_members m ON m.image_id = s.image_id WHERE s.name = %s ORDER BY s.rank",
                 (name,),
             )

@@ -26,13 +26,17 @@ MANIFEST_COLUMNS = ("rank", "uri", "exported_uri", "presigned_url", "sha256", "c
 
 
 def export_selection(catalog: Catalog, name: str, target: ExportTarget, *, copy_images: bool = True,
-                     presign_seconds: int | None = None, logger: logging.Logger = log) -> dict:
+                     presign_seconds: int | None = None, kind: str = "selection",
+                     logger: logging.Logger = log) -> dict:
+    """Export a selection (kind "selection") or a retrieval set (kind "retrieval": score is the
+    similarity and group the query it matched) to `target`."""
     if presign_seconds is not None and not 1 <= presign_seconds <= 7 * 24 * 3600:
         raise ValueError(f"export {name!r}: presign_seconds must be between 1 and 604800 (7 days), got {presign_seconds}")
     started = time.perf_counter()
-    rows = catalog.export_rows(name)
+    rows = catalog.export_rows(name, kind)
     if not rows:
-        raise ValueError(f"export {name!r}: the selection has no images (materialize curated_subset {name!r} first)")
+        asset = "curated_subset" if kind == "selection" else "retrieval_set"
+        raise ValueError(f"export {name!r}: the {kind} has no images (materialize {asset} {name!r} first)")
     base = safe_relative(name)
     target.delete(f"{base}/_SUCCESS")  # from here until the end the export reads as incomplete
     copied = skipped = 0
@@ -61,7 +65,7 @@ def export_selection(catalog: Catalog, name: str, target: ExportTarget, *, copy_
     jsonl = "".join(json.dumps(e, ensure_ascii=False, default=str) + "\n" for e in entries).encode("utf-8")
     target.put_bytes(f"{base}/manifest.jsonl", jsonl)
     target.put_bytes(f"{base}/manifest.parquet", _parquet(entries))
-    summary = {"selection": name, "images": len(entries), "copied": copied, "already_there": skipped,
+    summary = {kind: name, "images": len(entries), "copied": copied, "already_there": skipped,
                "manifest_jsonl": target.uri(f"{base}/manifest.jsonl"),
                "manifest_parquet": target.uri(f"{base}/manifest.parquet"),
                "presigned_expiry_seconds": presign_seconds,
