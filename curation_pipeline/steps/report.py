@@ -93,7 +93,8 @@ def embedding_overview(catalog: Catalog, model: str, selection_name: str, *, map
         return ids
 
     dense = sorted(stats, key=lambda t: (-t[1] * t[2], t[0]))[:4]
-    sparse = sorted(stats, key=lambda t: (t[2], t[0]))[:4]
+    shown = {t[0] for t in dense}  # the two galleries never show the same cluster
+    sparse = sorted((t for t in stats if t[0] not in shown), key=lambda t: (t[2], t[0]))[:4]
     density = knn_similarity(pool.vectors, min(10, max(1, n - 1)))
     outlier_ids = [int(pool.image_ids[i]) for i in np.argsort(density)[:12]]
     g_dense = [(k, size, tight, tiles(m)) for k, size, tight, m in dense]
