@@ -183,6 +183,12 @@ def _repair_orphaned_members(conn) -> int:
     ).rowcount
 
 
+def _dict_rows(cur) -> list[dict]:
+    """The cursor's remaining rows as dicts keyed by column name."""
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
 def hnsw_lookup_settings(conn, ef_search: int, k: int) -> None:
     """Session settings for a transaction of top-k HNSW lookups (SET LOCAL: they end with it)."""
     conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(min(1000, max(ef_search, k))))))
@@ -268,8 +274,7 @@ class Catalog:
                 " blur_variance, brightness FROM images WHERE image_id = ANY(%s)",
                 (ids,),
             )
-            names = [d.name for d in cur.description]
-            return {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
+            return {row["image_id"]: row for row in _dict_rows(cur)}
 
     def failed_images(self, drop_key: str | None = None) -> list[dict]:
         with self.connection() as conn:
@@ -278,8 +283,7 @@ class Catalog:
                 " WHERE status <> 'ok' AND (%s::text IS NULL OR drop_key = %s) ORDER BY drop_key, object_key",
                 (drop_key, drop_key),
             )
-            names = [d.name for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return _dict_rows(cur)
 
     # ---- embedding models --------------------------------------------------------------------
     def register_model(self, model: str, backend: str, dim: int, description: str, *, preprocess: str = "",
@@ -829,8 +833,7 @@ class Catalog:
                 " ORDER BY leak.image_id, prot.image_id",
                 (drop_key, drop_key, drop_key),
             )
-            names = [d.name for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return _dict_rows(cur)
 
     # ---- selection ---------------------------------------------------------------------------
     def selection_pool(self, model: str, drop_keys: Sequence[str] | None = None, *,
@@ -945,8 +948,7 @@ class Catalog:
                 " WHERE s.name = %s ORDER BY s.rank",
                 (name,),
             )
-            names = [d.name for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return _dict_rows(cur)
 
     def export_rows(self, name: str, kind: str = "selection") -> list[dict]:
         """Everything an export manifest carries for each image of a selection (or, kind
@@ -971,8 +973,7 @@ class Catalog:
                 " LEFT JOIN dedup_members m ON m.image_id = s.image_id WHERE s.name = %s ORDER BY s.rank",
                 (name,),
             )
-            names = [d.name for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return _dict_rows(cur)
 
     def selection_info(self, name: str) -> dict | None:
         with self.connection() as conn:
@@ -1010,8 +1011,7 @@ class Catalog:
                 " FROM retrieval_items r JOIN images i ON i.image_id = r.image_id WHERE r.name = %s ORDER BY r.rank",
                 (name,),
             )
-            names = [d.name for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return _dict_rows(cur)
 
     # ---- report ------------------------------------------------------------------------------
     def report_sample(self, model: str, limit: int, selected_in: str | None = None) -> tuple[EmbeddingSet, np.ndarray]:
@@ -1052,8 +1052,7 @@ class Catalog:
                 "SELECT i.image_id, i.drop_key, i.object_key, i.source_uri, i.width, i.height, i.blur_variance,"
                 " i.brightness, i.contrast, i.aspect_ratio FROM images i WHERE i.status = 'ok' AND {}"
                 " ORDER BY i.drop_key, i.object_key LIMIT %s").format(flagged), [*params, int(limit)])
-            names = [d.name for d in cur.description]
-            return int(count), [dict(zip(names, r)) for r in cur.fetchall()]
+            return int(count), _dict_rows(cur)
 
 
     def corpus_counts(self) -> dict:

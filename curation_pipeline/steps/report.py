@@ -43,7 +43,8 @@ def _describe(value) -> object:
     return value
 
 
-def embedding_overview(catalog: Catalog, model: str, selection_name: str, *, map_points: int = 1500,
+def embedding_overview(catalog: Catalog, model: str, selection_name: str, groups: list[dict], *,
+                       map_points: int = 1500,
                        map_thumbs: int = 300, pool_sample: int = 20_000, thumb_side: int = 128,
                        logger: logging.Logger = log) -> dict:
     """The map, cluster galleries and outliers, from a bounded sample of kept images."""
@@ -65,7 +66,7 @@ def embedding_overview(catalog: Catalog, model: str, selection_name: str, *, map
     coords, method = project_2d(pool.vectors[rows])
     logger.info("report map: %d of %d points by %s, %d clusters", len(rows), n, method, c)
     meta = catalog.images_by_id(pool.image_ids[rows].tolist())
-    groups = {g["representative"]["image_id"] for g in catalog.duplicate_groups()} if rows.size else set()
+    representatives = {g["representative"]["image_id"] for g in groups}
     thumbs_for = set(rows[np.argsort(~selected[rows], kind="stable")][:map_thumbs].tolist())
     points = []
     for (x, y), r in zip(coords.tolist(), rows.tolist()):
@@ -73,7 +74,7 @@ def embedding_overview(catalog: Catalog, model: str, selection_name: str, *, map
         flags = quality_flags({"blur_variance": m.get("blur_variance"), "brightness": m.get("brightness"),
                                "min_side": min(m["width"] or 0, m["height"] or 0) if m.get("width") else None})
         points.append(MapPoint(x=x, y=y, caption=f"{m['drop_key']}/{m['object_key']}", cluster=int(labels[r]),
-                               selected=bool(selected[r]), duplicate=int(pool.image_ids[r]) in groups,
+                               selected=bool(selected[r]), duplicate=int(pool.image_ids[r]) in representatives,
                                quality=flags[0] if flags else "",
                                thumb=_thumb(m["source_uri"], 64) if r in thumbs_for else None))
     out.update(map_points=points, map_method=method)
@@ -96,7 +97,8 @@ def embedding_overview(catalog: Catalog, model: str, selection_name: str, *, map
     shown = {t[0] for t in dense}  # the two galleries never show the same cluster
     sparse = sorted((t for t in stats if t[0] not in shown), key=lambda t: (t[2], t[0]))[:4]
     density = knn_similarity(pool.vectors, min(10, max(1, n - 1)))
-    outlier_ids = [int(pool.image_ids[i]) for i in np.argsort(density)[:12]]
+    outlier_rows = np.argsort(density)[:12]
+    outlier_ids = [int(pool.image_ids[i]) for i in outlier_rows]
     g_dense = [(k, size, tight, tiles(m)) for k, size, tight, m in dense]
     g_sparse = [(k, size, tight, tiles(m)) for k, size, tight, m in sparse]
     info = catalog.images_by_id(ids_needed + outlier_ids)
@@ -111,8 +113,7 @@ def embedding_overview(catalog: Catalog, model: str, selection_name: str, *, map
 
     out["galleries"] = [("dense-clusters", "Densest clusters (largest and tightest)", gallery(g_dense)),
                         ("sparse-clusters", "Sparsest clusters (loosest)", gallery(g_sparse))]
-    out["outliers"] = [tile(i, f"neighbour similarity {density[list(pool.image_ids).index(i)]:.2f}")
-                       for i in outlier_ids]
+    out["outliers"] = [tile(int(pool.image_ids[r]), f"neighbour similarity {density[r]:.2f}") for r in outlier_rows]
     return out
 
 
@@ -165,7 +166,7 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
                    Tile(f"{x['protected_drop']}/{x['protected_key']} (protected)", "",
                         _thumb(x["protected_uri"], thumb_side))) for x in leaks[:max_groups]]
 
-    overview = embedding_overview(catalog, model, selection_name, thumb_side=thumb_side, logger=logger)
+    overview = embedding_overview(catalog, model, selection_name, groups, thumb_side=thumb_side, logger=logger)
     quality, quality_counts = {}, {}
     for flag in QUALITY_FLAGS:
         count, rows_ = catalog.quality_flagged(flag, 12)
