@@ -68,13 +68,6 @@ def test_config_errors_say_what_to_change(make, message):
         make()
 
 
-def test_wrong_dimension_against_an_existing_model_is_refused(database_url):
-    catalog = Catalog(database_url)
-    catalog.register_model("m:1", "test", 8, "first")
-    with pytest.raises(ValueError, match="stored with dimension 8 but the embedder produces 16"):
-        catalog.register_model("m:1", "test", 16, "second")
-
-
 def _messages(error):
     while error is not None:
         yield error.message
