@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-_PARTITION_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")
+_PARTITION_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,127}")
 
 
 def image_id_for(drop_key: str, object_key: str) -> int:
@@ -20,7 +20,7 @@ def image_id_for(drop_key: str, object_key: str) -> int:
 def validate_name(value: str, what: str = "partition key") -> str:
     """Partition keys and selection/query names are used in paths and shown in the UI:
     keep them to a safe alphabet so they can never escape a directory or look like markup."""
-    if not isinstance(value, str) or not _PARTITION_KEY_RE.match(value) or ".." in value:
+    if not isinstance(value, str) or not _PARTITION_KEY_RE.fullmatch(value) or ".." in value:
         raise ValueError(
             f"invalid {what} {value!r}: use 1-128 characters from letters, digits, '.', '_', '-', '=' "
             "starting with a letter or digit, and no '..'"
