@@ -101,8 +101,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         if not path.is_dir():
             raise SystemExit(f"curation: drop source {source!r} is not a folder")
         source = str(path)
-    _catalog().register_drop(key, source)
-    meta = _run_job("ingest_drop", "capture_drops", key)
+    # The source travels in run config and becomes the drop's source only with its manifest: a
+    # refused or failed listing (empty folder, wrong prefix) leaves the drop as it was.
+    manifest_config: dict = {"source": source}
+    if args.allow_shrink:
+        manifest_config["allow_shrink"] = True
+    meta = _run_job("ingest_drop", "capture_drops", key, {"ops": {"raw_image_manifest": {"config": manifest_config}}})
+    for label, count in (meta.get("raw_image_manifest", {}).get("items_lost") or {}).items():
+        _stderr(f"warning: {label} lost {count} item(s): their images are no longer in drop {key}; "
+                f"`curation select --name NAME` (or the automation) re-selects to the budget")
     if args.json:
         print(json.dumps(meta, default=str))
     return 0
@@ -152,6 +159,10 @@ def cmd_select(args: argparse.Namespace) -> int:
     comparison = info.get("comparison") or {}
     _stderr(f"selection {name}: {meta.get('curated_subset', {}).get('selected')} images "
             f"({meta.get('curated_subset', {}).get('strategy')}); report: {report}")
+    missing = meta.get("curation_report", {}).get("missing_sources") or 0
+    if missing:
+        _stderr(f"  warning: {missing} source file(s) could not be read for the report; they are listed in its "
+                "'Missing sources' section")
     if comparison:
         sub, rnd = comparison["subset"], comparison["random"]
         _stderr(f"  fine clusters covered {sub['fine_clusters_covered']:.2f} (random {rnd['fine_clusters_covered']:.2f}),"
@@ -246,11 +257,40 @@ def cmd_subset(args: argparse.Namespace) -> int:
     if catalog.selection_info(args.name) is None:
         raise SystemExit(f"curation: selection {args.name!r} does not exist: run `curation select --name {args.name}`")
     items = catalog.selection_items(args.name)
+    _warn_lost(catalog.lost_items("selection", args.name), f"selection {args.name}")
     if args.json:
         print(json.dumps([it["source_uri"] for it in items]))
     else:
         for it in items:
             print(f"{it['rank']:4d}  {it['source_uri']}")
+    return 0
+
+
+def _warn_lost(lost: list[dict], what: str) -> None:
+    """Say on stderr that a set lost items since it was materialized, and why."""
+    if not lost:
+        return
+    reasons = sorted({x["reason"] for x in lost})
+    _stderr(f"warning: {what} lost {len(lost)} item(s) since it was materialized (ranks "
+            f"{', '.join(str(x['rank']) for x in lost[:20])}{' ...' if len(lost) > 20 else ''}): "
+            f"{'; '.join(reasons)}. Materialize it again to refill it.")
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    from curation_pipeline.core.ids import validate_name
+
+    key = validate_name(args.drop, "drop key")
+    if args.action == "remove":
+        out = _catalog().remove_drop(key)
+        instance = _instance()
+        if instance.has_dynamic_partition("capture_drops", key):
+            instance.delete_dynamic_partition("capture_drops", key)
+        _stderr(f"drop {key} removed: {out['images']} images and everything derived from them")
+        for kind, per_name in out["items_lost"].items():
+            for name, count in per_name.items():
+                _stderr(f"warning: {kind} {name} lost {count} item(s)")
+        if args.json:
+            print(json.dumps(out))
     return 0
 
 
@@ -369,8 +409,16 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("ingest", help="register a drop and materialize manifest, embeddings and dedup for it")
     i.add_argument("source", help="drop folder (local path)")
     i.add_argument("--drop", required=True, help="partition key for the drop")
+    i.add_argument("--allow-shrink", action="store_true",
+                   help="let this re-ingest remove more than half of the drop's known objects (refused otherwise)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_ingest)
+
+    dr = sub.add_parser("drop", help="manage drops: `curation drop remove KEY` deletes a drop and all derived rows")
+    dr.add_argument("action", choices=["remove"])
+    dr.add_argument("drop")
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(func=cmd_drop)
 
     s = sub.add_parser("select", help="materialize a named curated subset and its report",
                        epilog="strategies: diversity, typicality, outliers, coverage, balance, query_similarity, "

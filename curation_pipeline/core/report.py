@@ -58,6 +58,7 @@ class ReportData:
     outliers: list[Tile] = field(default_factory=list)
     quality: dict[str, list[Tile]] = field(default_factory=dict)  # flag -> tiles
     quality_counts: dict[str, int] = field(default_factory=dict)
+    missing_sources: list[tuple[str, str]] = field(default_factory=list)  # (source URI, why it cannot be shown)
 
 
 @dataclass
@@ -313,6 +314,11 @@ def render_html(data: ReportData) -> str:
         f'<h3>{html.escape(flag)} ({data.quality_counts.get(flag, len(tiles))})</h3>'
         + ('<div class="grid">' + "".join(_tile(t) for t in tiles) + "</div>" if tiles else '<p class="muted">None.</p>')
         for flag, tiles in data.quality.items())
+    missing = (
+        f'<p>{len(data.missing_sources)} source file(s) could not be read when this report was written; their '
+        'tiles say "no preview". Re-ingest their drops (or restore the files) to bring them back.</p><table>'
+        + "".join(f"<tr><td>{html.escape(uri)}</td><td>{html.escape(why)}</td></tr>" for uri, why in data.missing_sources)
+        + "</table>") if data.missing_sources else '<p class="muted">Every source file could be read.</p>'
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(data.title)}</title>
 <style>{_CSS}</style></head><body>
@@ -320,7 +326,7 @@ def render_html(data: ReportData) -> str:
 <nav class="muted">Sections: <a href="#counts">counts</a> · <a href="#map">embedding map</a> ·
 <a href="#clusters">clusters</a> · <a href="#duplicates">duplicates</a> · <a href="#threshold">threshold</a> ·
 <a href="#versus-random">subset vs random</a> · <a href="#subset">subset</a> · <a href="#quality">quality</a> ·
-<a href="#failed">failed</a></nav>
+<a href="#failed">failed</a> · <a href="#missing-sources">missing sources</a></nav>
 <h2 id="counts">Counts</h2>{_table(data.counts)}
 <h2 id="selection">Selection</h2>{_table(data.selection)}
 <h2 id="map">Embedding map</h2>{map_svg(data.map_points, data.map_method, data.map_pool)}
@@ -339,6 +345,7 @@ threshold are semantic duplicates.</p>
 <h2 id="subset">Curated subset ({len(data.subset)} images, in pick order)</h2>{subset}
 <h2 id="quality">Quality issues</h2>{quality or '<p class="muted">No quality checks ran.</p>'}
 <h2 id="failed">Failed objects (corrupt, unsupported, unreadable)</h2>{failed}
+<h2 id="missing-sources">Missing sources</h2>{missing}
 </body></html>
 """
 

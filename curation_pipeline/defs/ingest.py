@@ -4,9 +4,11 @@ Both take a BackfillPolicy.multi_run: a backfill of many drops runs several per 
 embedding model is loaded once per run instead of once per drop. Each asset therefore loops over
 `context.partition_keys` (one key for an ordinary run)."""
 
+from typing import Optional
+
 import dagster as dg
 
-from curation_pipeline.resources.catalog import CachedEmbeddings
+from curation_pipeline.resources.catalog import CachedEmbeddings, DropShrinkRefused, ShrinkGuard
 from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource, ImageStoreResource
 from curation_pipeline.steps.embed import embed_drop
 from curation_pipeline.steps.manifest import build_manifest
@@ -18,6 +20,31 @@ GROUP = "ingest"
 
 def _sum(stats: list[dict], key: str) -> int:
     return int(sum(s[key] for s in stats))
+
+
+class ManifestConfig(dg.Config):
+    source: Optional[str] = None
+    """Where to list the drop (folder, file:// or s3://bucket/prefix/). Empty: the drop's registered
+    source, else <drop root>/<drop key>. Stored as the drop's source only once its manifest is
+    written, so a refused or failed listing leaves the old one."""
+    allow_shrink: bool = False
+    """Let this re-listing remove more than max_removed_fraction of the drop's known objects (their
+    embeddings, duplicate links and selection items go with them). Off: such a listing (an empty,
+    unmounted or mistyped source) is refused and nothing is written."""
+    max_removed_fraction: float = 0.5
+    """Share of a drop's known objects one re-listing may remove without allow_shrink."""
+
+
+def _report_lost_items(context: dg.AssetExecutionContext, drop_key: str, lost: dict[str, dict[str, int]]) -> None:
+    """Selections and retrieval sets that lost items when this drop shrank: a warning in the run
+    log and an observation on each affected partition, so the loss shows on its asset page."""
+    assets = {"selection": "curated_subset", "retrieval": "retrieval_set"}
+    for kind, per_name in lost.items():
+        for name, count in per_name.items():
+            reason = f"{count} item(s) removed: their images are no longer in drop {drop_key}"
+            context.log.warning(f"{kind} {name}: {reason}; re-materialize it to refill the budget")
+            context.log_event(dg.AssetObservation(asset_key=assets[kind], partition=name,
+                                                  metadata={"items_lost": count, "reason": reason}))
 
 
 @dg.asset(
@@ -35,16 +62,33 @@ def _sum(stats: list[dict], key: str) -> int:
                           description="Rows == objects listed, no duplicate keys."),
     ],
 )
-def raw_image_manifest(context: dg.AssetExecutionContext, database: DatabaseResource,
+def raw_image_manifest(context: dg.AssetExecutionContext, config: ManifestConfig, database: DatabaseResource,
                        image_store: ImageStoreResource) -> dg.MaterializeResult:
     catalog = database.catalog()
     stats = []
     keys = catalog.drops_in_order(context.partition_keys)
+    if config.source and len(keys) > 1:
+        raise ValueError(f"raw_image_manifest: a source ({config.source}) names one drop, but this run has "
+                         f"{len(keys)}: {', '.join(keys)}")
+    shrink = ShrinkGuard(allow_shrink=config.allow_shrink, max_removed_fraction=config.max_removed_fraction)
+    refused = []
     for drop_key in keys:
-        location = image_store.location_for(drop_key, catalog.drop_source(drop_key))
+        location = image_store.location_for(drop_key, config.source or catalog.drop_source(drop_key))
         context.log.info(f"building manifest of drop {drop_key} from {location}")
-        stats.append(build_manifest(catalog, image_store.store(location), location, drop_key, logger=context.log,
-                                    control_objects=frozenset({"_SUCCESS", image_store.drop_marker})))
+        try:
+            drop_stats = build_manifest(catalog, image_store.store(location), location, drop_key, logger=context.log,
+                                        control_objects=frozenset({"_SUCCESS", image_store.drop_marker}),
+                                        source_uri=location, shrink=shrink)
+        except DropShrinkRefused as exc:
+            if len(keys) == 1:
+                raise
+            context.log.error(str(exc))  # the other drops of a backfill batch still go ahead
+            refused.append(str(exc))
+            continue
+        _report_lost_items(context, drop_key, drop_stats["items_lost"])
+        stats.append(drop_stats)
+    if refused:
+        raise DropShrinkRefused(" | ".join(refused))
     by_status: dict[str, int] = {}
     for s in stats:
         for k, v in s["by_status"].items():
@@ -55,7 +99,10 @@ def raw_image_manifest(context: dg.AssetExecutionContext, database: DatabaseReso
                                                   "valid_images": _sum(stats, "valid_images"),
                                                   "failed": _sum(stats, "failed"),
                                                   "seconds": round(sum(s["seconds"] for s in stats), 3)}
-    metadata = {k: v for k, v in metadata.items() if k != "by_status" and v is not None}
+    metadata = {k: v for k, v in metadata.items() if k not in ("by_status", "items_lost") and v is not None}
+    lost = {f"{kind} {name}": n for s in stats for kind, per in s["items_lost"].items() for name, n in per.items()}
+    if lost:
+        metadata["items_lost"] = dg.MetadataValue.json(lost)
     return dg.MaterializeResult(
         metadata={**metadata, "by_status": dg.MetadataValue.json(by_status)},
         check_results=[

@@ -32,7 +32,11 @@ class ReportConfig(dg.Config):
                 "subset as thumbnails, failed objects with their errors.",
     check_specs=[
         dg.AssetCheckSpec("report_written", asset="curation_report", blocking=True,
-                          description="The page exists, is non-empty and every thumbnail rendered."),
+                          description="The page exists, is non-empty, and every thumbnail either rendered or "
+                                      "its source is listed under 'Missing sources'."),
+        dg.AssetCheckSpec("sources_readable", asset="curation_report",
+                          description="Every source image shown in the report could be read (WARN: the missing "
+                                      "ones are listed)."),
     ],
 )
 def curation_report(context: dg.AssetExecutionContext, config: ReportConfig,
@@ -40,6 +44,7 @@ def curation_report(context: dg.AssetExecutionContext, config: ReportConfig,
     root = config.output_dir or str(curation_home() / "reports")
     out = write_report(database.catalog(), context.partition_key, Path(root) / context.partition_key,
                        max_groups=config.max_groups, max_subset=config.max_subset, logger=context.log)
+    missing = out["missing_sources"]
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(out["path"]),
@@ -48,10 +53,18 @@ def curation_report(context: dg.AssetExecutionContext, config: ReportConfig,
             "duplicate_groups": out["duplicate_groups"],
             "subset_shown": out["subset_shown"],
             "failed_objects": out["failed_objects"],
+            "missing_sources": len(missing),
         },
         check_results=[
+            # A thumbnail can only be absent because its source could not be read, and each such
+            # source is listed in the page: an unreadable source is a warning, not a failed report.
             dg.AssetCheckResult(check_name="report_written",
-                                passed=out["bytes"] > 0 and out["thumbnails_missing"] == 0,
-                                metadata={"bytes": out["bytes"], "thumbnails_missing": out["thumbnails_missing"]}),
+                                passed=out["bytes"] > 0 and (out["thumbnails_missing"] == 0 or bool(missing)),
+                                metadata={"bytes": out["bytes"], "thumbnails_missing": out["thumbnails_missing"],
+                                          "missing_sources": len(missing)}),
+            dg.AssetCheckResult(check_name="sources_readable", passed=not missing,
+                                severity=dg.AssetCheckSeverity.WARN,
+                                metadata={"missing_sources": len(missing),
+                                          "first_missing": dg.MetadataValue.json(dict(list(missing.items())[:20]))}),
         ],
     )

@@ -70,7 +70,7 @@ class SelectionConfig(dg.Config):
         the same settings after new drops arrive)."""
         if self.budget is None and stored:
             return spec_from_mapping(stored)
-        return spec_from_mapping({**self.model_dump(), "budget": self.budget or 50})
+        return spec_from_mapping({**self.model_dump(), "budget": 50 if self.budget is None else self.budget})
 
 
 @dg.asset(

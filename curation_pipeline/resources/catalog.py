@@ -32,6 +32,38 @@ _IMAGE_COLUMNS = (
 )
 
 
+class DropShrinkRefused(ValueError):
+    """A re-listing of a drop would remove more of its known objects than allowed (an empty or
+    unmounted folder, a wrong prefix). Raised inside the manifest transaction: nothing is written."""
+
+
+@dataclass(frozen=True)
+class ShrinkGuard:
+    """How much of a drop's known objects one re-listing may remove. `max_removed_fraction`: more
+    than this share gone (or all of them) is refused unless `allow_shrink`; 0.5 lets a drop lose up
+    to half its objects (a cleanup) but stops an empty, unmounted or mistyped source."""
+
+    allow_shrink: bool = False
+    max_removed_fraction: float = 0.5
+
+    def refusal(self, drop_key: str, known: int, removed: int, source: str | None) -> str | None:
+        if self.allow_shrink or known == 0 or removed == 0:
+            return None
+        if removed < known and removed / known <= self.max_removed_fraction:
+            return None
+        where = f" from {source}" if source else ""
+        return (f"drop {drop_key!r}: refusing to re-ingest{where}: the listing would remove {removed} of its "
+                f"{known} known objects ({removed / known:.0%}, more than the allowed "
+                f"{self.max_removed_fraction:.0%}), with their embeddings, duplicate links, selection and "
+                "retrieval items. Nothing was changed. If the folder is empty or unmounted, fix the source and "
+                "re-run; if the objects were deleted on purpose, re-run with --allow-shrink (run config "
+                "raw_image_manifest.allow_shrink: true); to delete the whole drop, run `curation drop remove "
+                f"{drop_key}`.")
+
+
+DEFAULT_SHRINK_GUARD = ShrinkGuard()
+
+
 @dataclass(frozen=True)
 class EmbeddingSet:
     """Vectors of one model for a set of images: what the pgvector IO manager stores and loads."""
@@ -117,6 +149,7 @@ class ManifestWriter:
         self.upserted = 0
         self.deleted_vanished = 0
         self.repaired_members = 0
+        self.lost_items: dict[str, dict[str, int]] = {}
 
     def add(self, image_id: int, source_uri: str, r: ManifestRecord, etag: str | None) -> None:
         self.buffer.append((
@@ -183,6 +216,27 @@ def _repair_orphaned_members(conn) -> int:
     ).rowcount
 
 
+def _record_lost_items(conn, drop_key: str, reason: str, *, all_of_drop: bool = False) -> dict[str, dict[str, int]]:
+    """Before a drop's unseen rows (or, `all_of_drop`, all its rows) are deleted, record the
+    selection and retrieval items that point at them: the cascade would otherwise drop them in
+    silence. Returns {"selection": {name: items lost}, "retrieval": {...}} (only non-empty)."""
+    unseen = "" if all_of_drop else " AND NOT EXISTS (SELECT 1 FROM manifest_seen ms WHERE ms.image_id = i.image_id)"
+    lost: dict[str, dict[str, int]] = {}
+    for kind, table in (("selection", "selection_items"), ("retrieval", "retrieval_items")):
+        rows = conn.execute(
+            "INSERT INTO lost_items (kind, name, rank, image_id, drop_key, source_uri, reason)"
+            f" SELECT %s, s.name, s.rank, s.image_id, i.drop_key, i.source_uri, %s FROM {table} s"
+            " JOIN images i ON i.image_id = s.image_id WHERE i.drop_key = %s" + unseen +
+            " ON CONFLICT (kind, name, image_id) DO UPDATE SET reason = EXCLUDED.reason, lost_at = now()"
+            " RETURNING name", (kind, reason, drop_key)).fetchall()
+        counts: dict[str, int] = {}
+        for (name,) in rows:
+            counts[name] = counts.get(name, 0) + 1
+        if counts:
+            lost[kind] = counts
+    return lost
+
+
 def _dict_rows(cur) -> list[dict]:
     """The cursor's remaining rows as dicts keyed by column name."""
     names = [d.name for d in cur.description]
@@ -225,21 +279,75 @@ class Catalog:
             row = conn.execute("SELECT source_uri FROM drops WHERE drop_key = %s", (drop_key,)).fetchone()
         return row[0] if row else None
 
+    def remove_drop(self, drop_key: str) -> dict:
+        """Delete a drop and everything derived from it (images, vectors, duplicate links,
+        annotations) in one transaction. Selection and retrieval items that pointed at its images
+        are recorded as lost; members elsewhere whose representative was in it become
+        representatives. Raises LookupError for an unknown drop."""
+        with self.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('manifest:' || %s))", (drop_key,))
+            if conn.execute("SELECT 1 FROM drops WHERE drop_key = %s", (drop_key,)).fetchone() is None:
+                raise LookupError(f"no drop {drop_key!r}: known drops are {self._drop_keys(conn)}")
+            lost = _record_lost_items(conn, drop_key, f"drop {drop_key} was removed", all_of_drop=True)
+            # vectors, failures, duplicate links, annotations and set items go with the images (cascade)
+            images = conn.execute("DELETE FROM images WHERE drop_key = %s", (drop_key,)).rowcount
+            conn.execute("DELETE FROM drops WHERE drop_key = %s", (drop_key,))
+            repaired = _repair_orphaned_members(conn)
+        return {"drop": drop_key, "images": images, "items_lost": lost, "repaired_members": repaired}
+
+    @staticmethod
+    def _drop_keys(conn) -> list[str]:
+        return [r[0] for r in conn.execute("SELECT drop_key FROM drops ORDER BY ordinal").fetchall()]
+
+    def unknown_drops(self, drop_keys: Sequence[str]) -> list[str]:
+        """The keys among `drop_keys` that name no registered drop."""
+        with self.connection() as conn:
+            known = set(self._drop_keys(conn))
+        return [k for k in drop_keys if k not in known]
+
+    def known_drops(self) -> list[str]:
+        with self.connection() as conn:
+            return self._drop_keys(conn)
+
+    def drop_sources(self) -> dict[str, str]:
+        """{drop_key: source URI} of every registered drop that has a source."""
+        with self.connection() as conn:
+            rows = conn.execute("SELECT drop_key, source_uri FROM drops WHERE source_uri IS NOT NULL"
+                                " ORDER BY ordinal").fetchall()
+        return dict(rows)
+
     # ---- manifest ----------------------------------------------------------------------------
     @contextmanager
-    def manifest_writer(self, drop_key: str) -> Iterator["ManifestWriter"]:
+    def manifest_writer(self, drop_key: str, *, source_uri: str | None = None,
+                        shrink: ShrinkGuard = DEFAULT_SHRINK_GUARD) -> Iterator["ManifestWriter"]:
         """One transaction for a drop's whole manifest, written in chunks as objects are inspected
-        (memory bounded by the chunk, not the drop). On exit: the drop's rows whose objects were not
-        seen this time are deleted, orphaned dedup members elsewhere are repaired, and everything
-        commits at once; an exception rolls all of it back, leaving the previous manifest."""
+        (memory bounded by the chunk, not the drop). On exit: if the listing would remove more of the
+        drop's known objects than `shrink` allows, DropShrinkRefused is raised and nothing is written;
+        otherwise the drop's rows whose objects were not seen this time are deleted (selection and
+        retrieval items that pointed at them are recorded as lost), orphaned dedup members elsewhere
+        are repaired, `source_uri` becomes the drop's source, and everything commits at once; an
+        exception rolls all of it back, leaving the previous manifest and source."""
         with self.connection() as conn, conn.transaction():
             # two runs of the same partition at once take turns here instead of interleaving rows
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('manifest:' || %s))", (drop_key,))
-            conn.execute("INSERT INTO drops (drop_key) VALUES (%s) ON CONFLICT DO NOTHING", (drop_key,))
+            conn.execute("INSERT INTO drops (drop_key, source_uri) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                         (drop_key, source_uri))
+            known = conn.execute("SELECT count(*) FROM images WHERE drop_key = %s", (drop_key,)).fetchone()[0]
             conn.execute("CREATE TEMP TABLE manifest_seen (image_id bigint PRIMARY KEY) ON COMMIT DROP")
             writer = ManifestWriter(conn, drop_key)
             yield writer
             writer.flush()
+            removed = conn.execute(
+                "SELECT count(*) FROM images i WHERE i.drop_key = %s"
+                " AND NOT EXISTS (SELECT 1 FROM manifest_seen s WHERE s.image_id = i.image_id)",
+                (drop_key,)).fetchone()[0]
+            refusal = shrink.refusal(drop_key, known, removed, source_uri)
+            if refusal:
+                raise DropShrinkRefused(refusal)
+            writer.lost_items = _record_lost_items(
+                conn, drop_key, f"object no longer in drop {drop_key} when it was re-ingested") if removed else {}
+            if source_uri is not None:
+                conn.execute("UPDATE drops SET source_uri = %s WHERE drop_key = %s", (source_uri, drop_key))
             writer.deleted_vanished = conn.execute(
                 "DELETE FROM images i WHERE i.drop_key = %s"
                 " AND NOT EXISTS (SELECT 1 FROM manifest_seen s WHERE s.image_id = i.image_id)",
@@ -868,6 +976,10 @@ class Catalog:
         meta = {c: np.asarray([r[4 + j] for r in rows], dtype=object) for j, c in enumerate(columns)}
         return pool, meta
 
+    def annotation_names(self) -> list[str]:
+        with self.connection() as conn:
+            return [r[0] for r in conn.execute("SELECT DISTINCT name FROM image_annotations ORDER BY name").fetchall()]
+
     def annotation_values(self, name: str, image_ids: Sequence[int]) -> np.ndarray:
         """(n,) float64 of annotation `name` for `image_ids` (NaN where missing or not numeric)."""
         with self.connection() as conn:
@@ -924,6 +1036,7 @@ class Catalog:
         groups = list(groups) if groups is not None else [None] * n
         with self.connection() as conn, conn.transaction():
             conn.execute("DELETE FROM selections WHERE name = %s", (name,))
+            conn.execute("DELETE FROM lost_items WHERE kind = 'selection' AND name = %s", (name,))
             conn.execute(
                 "INSERT INTO selections (name, model, strategy, config, pool_size, comparison)"
                 " VALUES (%s, %s, %s, %s, %s, %s)",
@@ -983,13 +1096,22 @@ class Catalog:
         if row is None:
             return None
         return {"model": row[0], "strategy": row[1], "config": row[2], "pool_size": row[3], "created_at": row[4],
-                "comparison": row[5]}
+                "comparison": row[5], "lost": self.lost_items("selection", name)}
+
+    def lost_items(self, kind: str, name: str) -> list[dict]:
+        """Items of a selection / retrieval set lost since it was last materialized (their image was
+        removed), in rank order: rank, image_id, drop_key, source_uri, reason, lost_at."""
+        with self.connection() as conn:
+            cur = conn.execute("SELECT rank, image_id, drop_key, source_uri, reason, lost_at FROM lost_items"
+                               " WHERE kind = %s AND name = %s ORDER BY rank", (kind, name))
+            return _dict_rows(cur)
 
     # ---- retrieval ---------------------------------------------------------------------------
     def replace_retrieval(self, name: str, model: str, config: dict,
                           results: Sequence[tuple[int, float, str]]) -> int:
         with self.connection() as conn, conn.transaction():
             conn.execute("DELETE FROM retrievals WHERE name = %s", (name,))
+            conn.execute("DELETE FROM lost_items WHERE kind = 'retrieval' AND name = %s", (name,))
             conn.execute("INSERT INTO retrievals (name, model, config) VALUES (%s, %s, %s)",
                          (name, model, json.dumps(config)))
             with conn.cursor() as cur:

@@ -66,6 +66,23 @@ class Predicate:
                          "'label in car,truck'")
 
 
+def check_columns(columns: Sequence[str], annotation_names: Sequence[str], what: str) -> None:
+    """Every column is a manifest column or a loaded annotation; otherwise a ValueError that names
+    the column and lists what exists (instead of a filter that silently matches nothing)."""
+    for column in columns:
+        if column not in IMAGE_COLUMNS and column not in annotation_names:
+            raise ValueError(
+                f"{what}: unknown column {column!r}: use a manifest column ({', '.join(IMAGE_COLUMNS)}) or an "
+                f"annotation loaded with `curation annotate` ({', '.join(annotation_names) or 'none loaded yet'})")
+
+
+def check_annotations(names: Sequence[str], annotation_names: Sequence[str], what: str) -> None:
+    for name in names:
+        if name not in annotation_names:
+            raise ValueError(f"{what}: no annotation named {name!r}: load a CSV/Parquet file with that column "
+                             f"first (curation annotate FILE); loaded: {', '.join(annotation_names) or 'none'}")
+
+
 def column_expression(column: str, joins: dict[str, tuple[str, sql.Composable]], params: list, *,
                       prefix: str = "a") -> tuple[sql.Composable, bool]:
     """(SQL expression, is_numeric) for `column`. Annotation columns add a LEFT JOIN to `joins`

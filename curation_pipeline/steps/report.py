@@ -15,11 +15,29 @@ from curation_pipeline.resources.image_store import store_for
 log = logging.getLogger(__name__)
 
 
-def _thumb(uri: str, side: int) -> str | None:
-    try:
-        return thumbnail_data_uri(store_for(uri).read_uri(uri), max_side=side)
-    except (OSError, ValueError, NotImplementedError):
-        return None
+class Thumbnails:
+    """Thumbnails of source images, remembering every source that could not be shown and why
+    (deleted or moved since ingest, unreadable, no longer decodes): the report shows a placeholder
+    for each and lists them, instead of failing."""
+
+    def __init__(self) -> None:
+        self.missing: dict[str, str] = {}  # source URI -> reason
+
+    def __call__(self, uri: str, side: int) -> str | None:
+        if uri in self.missing:
+            return None
+        try:
+            thumb = thumbnail_data_uri(store_for(uri).read_uri(uri), max_side=side)
+        except FileNotFoundError:
+            self.missing[uri] = "source file missing (deleted or moved since ingest)"
+            return None
+        except (OSError, ValueError, NotImplementedError) as exc:
+            self.missing[uri] = f"cannot read source: {exc}"
+            return None
+        if thumb is None:
+            self.missing[uri] = "source no longer decodes as an image (changed since ingest)"
+        return thumb
+
 
 
 def _quality_detail(flag: str, r: dict) -> str:
@@ -46,7 +64,7 @@ def _describe(value) -> object:
 def embedding_overview(catalog: Catalog, model: str, selection_name: str, groups: list[dict], *,
                        map_points: int = 1500,
                        map_thumbs: int = 300, pool_sample: int = 20_000, thumb_side: int = 128,
-                       logger: logging.Logger = log) -> dict:
+                       thumbs: Thumbnails | None = None, logger: logging.Logger = log) -> dict:
     """The map, cluster galleries and outliers, from a bounded sample of kept images."""
     import numpy as np
 
@@ -54,6 +72,7 @@ def embedding_overview(catalog: Catalog, model: str, selection_name: str, groups
     from curation_pipeline.core.quality import quality_flags
     from curation_pipeline.core.selection import knn_similarity, spherical_kmeans
 
+    thumbs = thumbs or Thumbnails()
     pool, selected = catalog.report_sample(model, pool_sample, selection_name)
     n = len(pool)
     out: dict = {"map_points": [], "map_method": "", "map_pool": catalog.kept_count(model), "galleries": [],
@@ -76,7 +95,7 @@ def embedding_overview(catalog: Catalog, model: str, selection_name: str, groups
         points.append(MapPoint(x=x, y=y, caption=f"{m['drop_key']}/{m['object_key']}", cluster=int(labels[r]),
                                selected=bool(selected[r]), duplicate=int(pool.image_ids[r]) in representatives,
                                quality=flags[0] if flags else "",
-                               thumb=_thumb(m["source_uri"], 64) if r in thumbs_for else None))
+                               thumb=thumbs(m["source_uri"], 64) if r in thumbs_for else None))
     out.update(map_points=points, map_method=method)
 
     # cluster galleries: tightness = mean cosine of members to their centre
@@ -105,7 +124,7 @@ def embedding_overview(catalog: Catalog, model: str, selection_name: str, groups
 
     def tile(image_id: int, detail: str = "") -> Tile:
         m = info[image_id]
-        return Tile(f"{m['drop_key']}/{m['object_key']}", detail, _thumb(m["source_uri"], thumb_side))
+        return Tile(f"{m['drop_key']}/{m['object_key']}", detail, thumbs(m["source_uri"], thumb_side))
 
     def gallery(rows_):
         return [[tile(ids[0], f"cluster {k}: {size} images, tightness {tight:.2f}")] + [tile(i) for i in ids[1:]]
@@ -123,6 +142,7 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
     info = catalog.selection_info(selection_name)
     if info is None:
         raise LookupError(f"selection {selection_name!r} does not exist: materialize curated_subset first")
+    thumbs = Thumbnails()
     counts = catalog.corpus_counts()
     groups = catalog.duplicate_groups()
     items = catalog.selection_items(selection_name)
@@ -131,16 +151,16 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
     dup_tiles = []
     for g in groups[:max_groups]:
         rep = g["representative"]
-        tiles = [Tile(f"{rep['drop_key']}/{rep['object_key']}", "representative", _thumb(rep["source_uri"], thumb_side))]
+        tiles = [Tile(f"{rep['drop_key']}/{rep['object_key']}", "representative", thumbs(rep["source_uri"], thumb_side))]
         tiles += [Tile(f"{m['drop_key']}/{m['object_key']}", f"{m['tier']} {m['similarity']:.3f}",
-                       _thumb(m["source_uri"], thumb_side)) for m in g["members"]]
+                       thumbs(m["source_uri"], thumb_side)) for m in g["members"]]
         dup_tiles.append(tiles)
     subset_tiles = [
         Tile(f"#{it['rank']} {it['drop_key']}/{it['object_key']}",
              (f"{it['reason']}" if it.get("reason") else "")
              + ("" if it["distance_at_pick"] is None else f" dist {it['distance_at_pick']:.3f}")
              + (f" [{it['group_key']}]" if it.get("group_key") else ""),
-             _thumb(it["source_uri"], thumb_side))
+             thumbs(it["source_uri"], thumb_side))
         for it in items[:max_subset]
     ]
     failed_tiles = [Tile(f"{f['drop_key']}/{f['object_key']}", f"{f['status']}: {f['error']}") for f in failed]
@@ -158,21 +178,22 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
 
     def tile(image_id: int) -> Tile:
         m = meta[image_id]
-        return Tile(f"{m['drop_key']}/{m['object_key']}", "", _thumb(m["source_uri"], thumb_side))
+        return Tile(f"{m['drop_key']}/{m['object_key']}", "", thumbs(m["source_uri"], thumb_side))
 
     leaks = catalog.leaks()
     leak_tiles = [(Tile(f"{x['drop_key']}/{x['object_key']}", f"leaks: {x['tier'] or 'representative'}",
-                        _thumb(x["source_uri"], thumb_side)),
+                        thumbs(x["source_uri"], thumb_side)),
                    Tile(f"{x['protected_drop']}/{x['protected_key']} (protected)", "",
-                        _thumb(x["protected_uri"], thumb_side))) for x in leaks[:max_groups]]
+                        thumbs(x["protected_uri"], thumb_side))) for x in leaks[:max_groups]]
 
-    overview = embedding_overview(catalog, model, selection_name, groups, thumb_side=thumb_side, logger=logger)
+    overview = embedding_overview(catalog, model, selection_name, groups, thumb_side=thumb_side, thumbs=thumbs,
+                                  logger=logger)
     quality, quality_counts = {}, {}
     for flag in QUALITY_FLAGS:
         count, rows_ = catalog.quality_flagged(flag, 12)
         quality_counts[flag] = count
         quality[flag] = [Tile(f"{r['drop_key']}/{r['object_key']}", _quality_detail(flag, r),
-                              _thumb(r["source_uri"], thumb_side)) for r in rows_]
+                              thumbs(r["source_uri"], thumb_side)) for r in rows_]
     data = ReportData(
         title=f"Curation report: {selection_name}",
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -193,7 +214,11 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
         **overview,
         quality=quality,
         quality_counts=quality_counts,
+        missing_sources=sorted(thumbs.missing.items()),
     )
+    if thumbs.missing:
+        logger.warning("report %s: %d source file(s) could not be shown: %s", selection_name, len(thumbs.missing),
+                       "; ".join(f"{uri} ({why})" for uri, why in sorted(thumbs.missing.items())[:20]))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
     tmp = path.with_suffix(".html.tmp")
@@ -210,6 +235,7 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
         "subset_shown": len(subset_tiles),
         "thumbnails_missing": sum(1 for t in subset_tiles if t.thumb is None)
         + sum(1 for g in dup_tiles for t in g if t.thumb is None),
+        "missing_sources": dict(sorted(thumbs.missing.items())),
         "failed_objects": len(failed_tiles),
         "leaks": len(leaks),
         "nn_sampled": len(nn),
@@ -223,11 +249,12 @@ def write_retrieval_page(catalog: Catalog, name: str, out_dir: Path, *, thumb_si
 
     items = catalog.retrieval_items(name)
     config = catalog.retrieval_config(name) or {}
+    thumbs = Thumbnails()
     refs = sorted({it["query_ref"] for it in items})
-    queries = [Tile(ref, "text prompt") if ref.startswith("text:") else Tile(ref, "", _thumb(ref, thumb_side))
+    queries = [Tile(ref, "text prompt") if ref.startswith("text:") else Tile(ref, "", thumbs(ref, thumb_side))
                for ref in refs[:50]]
     results = [Tile(f"#{it['rank']} {it['drop_key']}/{it['object_key']}",
-                    f"cosine {it['similarity']:.3f} (query {it['query_ref']})", _thumb(it["source_uri"], thumb_side))
+                    f"cosine {it['similarity']:.3f} (query {it['query_ref']})", thumbs(it["source_uri"], thumb_side))
                for it in items]
     settings = {k: v for k, v in config.items() if v not in (None, [], ())}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import numpy as np
 
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.embedders import Embedder
-from curation_pipeline.resources.filters import Predicate
+from curation_pipeline.resources.filters import Predicate, check_columns
 from curation_pipeline.resources.image_store import store_for
 from curation_pipeline.steps.embed import DEFAULT_OPTIONS, EmbedOptions, embed_query_images, model_id_for
 
@@ -55,8 +55,13 @@ def retrieve_similar(catalog: Catalog, embedder: Embedder, name: str, spec: Retr
     started = time.perf_counter()
     model = model_id_for(embedder, options)
     catalog.model_dim(model)  # clear error if nothing was embedded with this model yet
-    refs, queries = query_vectors(catalog, embedder, model, spec, options, name)
+    unknown = catalog.unknown_drops(spec.drop_keys or ())
+    if unknown:
+        raise ValueError(f"retrieval {name!r}: unknown drop {unknown[0]!r} (known drops: "
+                         f"{', '.join(catalog.known_drops()) or 'none'}); nothing was changed")
     predicates = [Predicate.parse(w) for w in spec.where]
+    check_columns([p.column for p in predicates], catalog.annotation_names(), f"retrieval {name!r}")
+    refs, queries = query_vectors(catalog, embedder, model, spec, options, name)
     hits_per_query = catalog.search(model, queries, spec.k, drop_keys=spec.drop_keys, predicates=predicates,
                                     exclude_flags=spec.exclude, min_similarity=spec.min_similarity)
     best: dict[int, tuple[float, str]] = {}
@@ -67,6 +72,11 @@ def retrieve_similar(catalog: Catalog, embedder: Embedder, name: str, spec: Retr
     ranked = sorted(best.items(), key=lambda t: (-t[1][0], t[0]))[:spec.k]
     results = [(image_id, sim, ref) for image_id, (sim, ref) in ranked]
     config = {**asdict(spec), "model": model, "resolved_queries": len(refs)}
+    previous = len(catalog.retrieval_items(name))
+    if not results and previous:
+        raise ValueError(f"retrieval {name!r}: no image matched (min_similarity {spec.min_similarity}, filters "
+                         f"{list(spec.where) + [f'not {f}' for f in spec.exclude] or 'none'}); the previous "
+                         f"{previous} results were kept")
     catalog.replace_retrieval(name, model, config, results)
     stats = {
         "retrieval": name,

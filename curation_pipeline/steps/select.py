@@ -9,6 +9,7 @@ it, and is compared with a random subset of equal size drawn from the same pool.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -28,7 +29,7 @@ from curation_pipeline.core.selection import (
     subset_quality,
 )
 from curation_pipeline.resources.catalog import Catalog
-from curation_pipeline.resources.filters import Predicate
+from curation_pipeline.resources.filters import Predicate, check_annotations, check_columns
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ class SelectionSpec:
 
         if self.budget < 1:
             fail(f"budget must be at least 1, got {self.budget}")
+        if not 0 <= self.seed < 2**32:
+            fail(f"seed must be an integer from 0 to {2**32 - 1}, got {self.seed}")
         if not 0.0 <= self.min_distance <= 2.0:
             fail(f"min_distance is a cosine distance in [0, 2], got {self.min_distance}")
         if self.candidate_pool_cap is not None and self.candidate_pool_cap < self.budget:
@@ -117,8 +120,8 @@ class SelectionSpec:
         for s in self.resolved_strategies():
             if s.name not in STRATEGIES:
                 fail(f"unknown strategy {s.name!r}: use any of {', '.join(STRATEGIES)}")
-            if s.weight < 0:
-                fail(f"strategy {s.name!r}: weight must be >= 0, got {s.weight}")
+            if not (math.isfinite(s.weight) and s.weight >= 0):
+                fail(f"strategy {s.name!r}: weight must be a finite number >= 0, got {s.weight}")
             if s.name in ("typicality", "outliers") and s.k < 1:
                 fail(f"strategy {s.name!r}: k must be >= 1")
             if s.name in QUOTA_STRATEGIES and s.allocation not in ("proportional", "equal"):
@@ -160,6 +163,14 @@ def select_subset(catalog: Catalog, name: str, spec: SelectionSpec, *, model: st
     balance = next((s for s in strategies if s.name == "balance"), None)
     columns = list(dict.fromkeys([*spec.compare_columns, *([balance.column] if balance else [])]))
     predicates = [Predicate.parse(w) for w in spec.where]
+    unknown = catalog.unknown_drops(spec.drop_keys or ())
+    if unknown:
+        raise ValueError(f"selection {name!r}: unknown drop {unknown[0]!r} (known drops: "
+                         f"{', '.join(catalog.known_drops()) or 'none'}); nothing was changed")
+    check_columns([*(p.column for p in predicates), *(s.column for s in strategies if s.name == "balance")],
+                  catalog.annotation_names(), f"selection {name!r}")
+    check_annotations([s.column for s in strategies if s.name == "score"], catalog.annotation_names(),
+                      f"selection {name!r}")
     pool, meta = catalog.selection_pool(model, spec.drop_keys, predicates=predicates, exclude_flags=spec.exclude,
                                         columns=columns)
     pool_size = len(pool)
