@@ -11,6 +11,7 @@ from curation_pipeline.steps.export import export_selection
 
 from .partitions import selections
 from .selection import curated_subset
+from .sensors import WatchSettings
 
 
 class ExportConfig(dg.Config):
@@ -42,8 +43,11 @@ def curated_export(context: dg.AssetExecutionContext, config: ExportConfig, data
     root = config.destination or os.environ.get("CURATION_EXPORT_ROOT") or str(curation_home() / "exports")
     target = export_target_for(root, image_store.s3.settings())
     catalog = database.catalog()
+    # the drop sensor's roots, read as build_definitions reads them: an export there would be ingested
+    watched = WatchSettings.from_env(default_root=image_store.drop_root or os.environ.get("CURATION_DROP_ROOT")
+                                     or str(curation_home() / "drops")).roots
     out = export_selection(catalog, context.partition_key, target, copy_images=config.copy_images,
-                           presign_seconds=config.presign_seconds, logger=context.log)
+                           presign_seconds=config.presign_seconds, protected_roots=watched, logger=context.log)
     selected = len(catalog.selection_items(context.partition_key))
     return dg.MaterializeResult(
         metadata={"images": out["images"], "copied": out["copied"], "already_there": out["already_there"],

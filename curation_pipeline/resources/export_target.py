@@ -3,10 +3,14 @@
 Relative paths are made safe before they touch the target: every `..`, `.` and empty segment is
 dropped and leading slashes removed, so an object key such as `../../etc/x.jpg` still lands
 inside the export prefix. Writes of small files (manifests) are atomic: a local temp file renamed
-into place, or one S3 PutObject (an object is never visible half-written)."""
+into place, or one S3 PutObject (an object is never visible half-written).
+
+`location_within` says whether one location lies inside another (local paths resolved, S3 compared
+by bucket and whole key segments); the export step uses it to refuse a destination inside a drop."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from abc import ABC, abstractmethod
@@ -22,6 +26,29 @@ def safe_relative(path: str) -> str:
     if not parts:
         raise ValueError(f"path {path!r} has no usable segment")
     return "/".join(parts)
+
+
+def _location_parts(location: str) -> tuple[str, str, tuple[str, ...]]:
+    """(scheme, bucket or host, path segments) of a local path, file:// URI or remote URI. Local
+    paths are resolved (symlinks followed, `..` applied, whether or not they exist yet); remote keys
+    are compared literally, as the service stores them, with a trailing '/' ignored."""
+    scheme, sep, rest = location.partition("://")
+    if not sep or scheme.lower() == "file":
+        path = urlparse(location).path if sep else location
+        return "", "", Path(path).expanduser().resolve().parts
+    host, _, key = rest.partition("/")  # not urlparse: a key may hold '#' or '?'
+    segments = key.split("/")
+    while segments and segments[-1] == "":
+        segments.pop()
+    return scheme.lower(), host, tuple(segments)
+
+
+def location_within(inner: str, outer: str) -> bool:
+    """True when `inner` equals `outer` or lies below it: `s3://b/drops/d1/` holds `s3://b/drops/d1/x/`
+    but not `s3://b/drops/d10/`; `/data/d1` holds `/data/link-to-d1/x` when the link points there."""
+    i_scheme, i_host, i_parts = _location_parts(inner)
+    o_scheme, o_host, o_parts = _location_parts(outer)
+    return (i_scheme, i_host) == (o_scheme, o_host) and i_parts[:len(o_parts)] == o_parts
 
 
 class ExportTarget(ABC):
@@ -60,7 +87,13 @@ class LocalExportTarget(ExportTarget):
 
     def has(self, rel: str, size: int, sha256: str) -> bool:
         path = self._path(rel)
-        return path.is_file() and path.stat().st_size == size
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:  # same size is not same content: a stale file is copied again
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest() == sha256
 
     def copy_from(self, source_uri: str, rel: str, sha256: str, store: ImageStore) -> None:
         path = self._path(rel)
@@ -141,4 +174,5 @@ def export_target_for(root: str, settings: S3Settings | None = None) -> ExportTa
     raise ValueError(f"no export target for {root!r}: use a local folder or s3://bucket/prefix/")
 
 
-__all__ = ["ExportTarget", "LocalExportTarget", "S3ExportTarget", "export_target_for", "safe_relative", "store_for"]
+__all__ = ["ExportTarget", "LocalExportTarget", "S3ExportTarget", "export_target_for", "location_within",
+           "safe_relative", "store_for"]
