@@ -121,8 +121,15 @@ def test_a_retrieval_against_an_unknown_drop_fails_clearly_and_keeps_the_previou
 
 def test_files_deleted_under_a_selection_are_reported_as_lost_and_reselection_refills_the_budget(
         tmp_path, curation_env, database_url, capsys):
+    import dagster as dg
+
+    from curation_pipeline.definitions import build_definitions
+
     folder, info = _ingest_with_selection(tmp_path, "shrinks", n_distinct=12, budget=5)
     catalog = Catalog(database_url)
+    defs = build_definitions(database_url=database_url)
+    instance = dg.DagsterInstance.get()
+    automation = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # the state before the loss
     picked = [Path(it["source_uri"]).name for it in catalog.selection_items("weekly")]
     assert len(picked) == 5
     for name in picked[:3]:  # 3 of 19 files: an ordinary cleanup, allowed without a flag
@@ -138,7 +145,10 @@ def test_files_deleted_under_a_selection_are_reported_as_lost_and_reselection_re
     err = capsys.readouterr().err
     assert "lost 3 item(s)" in err and "re-ingested" in err
 
-    # an automated run re-selects with the stored settings (no budget in its config): back to 5
+    # the automation asks for the selection again after the re-ingest's new dedup results, and its
+    # run re-selects with the stored settings (no budget in its config): back to 5
+    automation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation.cursor)
+    assert automation.get_requested_partitions(dg.AssetKey("curated_subset")) == {"weekly"}
     from curation_pipeline.cli import _run_job
 
     _run_job("select_and_report", "selections", "weekly", {"ops": {"curated_subset": {"config": {}}}})
