@@ -59,21 +59,24 @@ def _run_job(job_name: str, partitions_def_name: str, partition_key: str, run_co
     started = time.perf_counter()
     # INFO, not DEBUG, on the console: per-batch progress without every engine event.
     config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
+    from curation_pipeline import runs
     from curation_pipeline.core.progress import TerminalBar, subscribe
 
+    # A CLI run whose process was killed stays STARTED and keeps its pool slot (the only `gpu` one)
+    # until someone notices the process is gone: every CLI call does, before it runs anything.
+    runs.reap_dead_runs(instance, _stderr)
     unsubscribe = subscribe(TerminalBar())  # the run executes in this process: steps report here
     try:
-        result = job.execute_in_process(instance=instance, partition_key=partition_key, run_config=config,
-                                        raise_on_error=False)
+        with runs.watching_pool_waits(instance, _stderr) as wait:
+            result = job.execute_in_process(instance=instance, partition_key=partition_key, run_config=config,
+                                            raise_on_error=False, tags=runs.process_tags())
     finally:
         unsubscribe()
+    if not result.success and wait.interrupted:
+        raise SystemExit(f"curation: run {result.run_id} of {job_name} for {partition_key!r} was interrupted while "
+                         f"waiting for {wait.holders_text()}; it is marked canceled")
     if not result.success:
-        failures = [ev for ev in result.all_events if ev.is_step_failure]
-        detail = "; ".join(
-            f"{ev.step_key}: {ev.step_failure_data.error.message.strip() if ev.step_failure_data.error else 'failed'}"
-            for ev in failures
-        ) or "see the run in the Dagster UI"
-        raise SystemExit(f"curation: run {result.run_id} of {job_name} for {partition_key!r} failed: {detail}")
+        raise SystemExit(runs.failure_line(result, job_name, partition_key))
     metadata = {}
     for ev in result.all_events:
         if ev.is_step_materialization:

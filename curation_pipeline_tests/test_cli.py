@@ -99,3 +99,71 @@ def test_clear_errors_for_bad_input(tmp_path, env):
     assert bad_key.returncode != 0 and "invalid drop key" in bad_key.stderr
     no_sel = _run(["subset", "--name", "never", "--json"], env, check=False)
     assert no_sel.returncode != 0 and "does not exist" in no_sel.stderr and no_sel.stdout == ""
+
+
+def _last_line(proc) -> str:
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_the_last_error_line_states_the_cause(tmp_path, env):
+    # an error raised inside an op: its own message, not dagster's "Error occurred while executing op"
+    query = tmp_path / "query.jpg"
+    make_small_drop(tmp_path / "photos")
+    query.write_bytes((tmp_path / "photos" / "img_00.jpg").read_bytes())
+    no_corpus = _run(["retrieve", "--query", str(query)], env, check=False)
+    last = _last_line(no_corpus)
+    assert no_corpus.returncode != 0
+    assert last.startswith("curation: run ") and " of retrieve for 'default' failed at retrieval_set: " in last
+    assert "no embeddings stored for model 'offline:" in last and last.endswith("materialize image_embeddings first")
+    assert "Error occurred" not in last and "LookupError" not in last
+
+    # a blocking asset check: which check failed and what it measured
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = _run(["ingest", str(empty), "--drop", "empty"], env, check=False)
+    last = _last_line(nothing)
+    assert nothing.returncode != 0
+    assert last.endswith("of ingest_drop for 'empty' failed at raw_image_manifest: check drop_not_empty failed: "
+                         "objects_listed 0, empty_drops empty"), last
+
+
+def test_error_text_is_the_innermost_cause_without_its_class():
+    from dagster._utils.error import serializable_error_info_from_exc_info
+
+    from curation_pipeline.runs import error_text
+
+    def info(raiser):
+        try:
+            raiser()
+        except Exception:  # noqa: BLE001 (serialised below, as dagster does for a failed step)
+            return serializable_error_info_from_exc_info(sys.exc_info())
+
+    def wrapped(inner):
+        def raiser():
+            try:
+                inner()
+            except Exception as exc:
+                raise dg.DagsterExecutionStepExecutionError("Error occurred while executing op \"x\":",
+                                                            user_exception=exc, original_exc_info=sys.exc_info(),
+                                                            step_key="x", op_name="x", op_def_name="x") from exc
+        return raiser
+
+    def not_a_folder():
+        raise FileNotFoundError("drop location '/x' is not a folder")
+
+    def multi_line():
+        raise ValueError("bad value\n  DETAIL:  more")
+
+    def missing_key():
+        return {}["k"]
+
+    def with_context():
+        try:
+            not_a_folder()
+        except FileNotFoundError:
+            raise dg.DagsterInvariantViolationError("wrapper") from None
+
+    assert error_text(info(wrapped(not_a_folder))) == "drop location '/x' is not a folder"
+    assert error_text(info(wrapped(multi_line))) == "bad value DETAIL: more"
+    assert error_text(info(wrapped(missing_key))) == "KeyError: 'k'"  # a bug: the class is the information
+    assert error_text(info(with_context)) == "wrapper"
