@@ -12,8 +12,10 @@ def image_id_for(drop_key: str, object_key: str) -> int:
     """A stable positive 63-bit id for (drop, object key).
 
     Deterministic so that re-ingesting a drop keeps every image's id, and downstream rows
-    (embeddings, clusters, selections) never dangle after an idempotent re-run."""
-    digest = hashlib.sha256(f"{drop_key}\x00{object_key}".encode("utf-8")).digest()
+    (embeddings, clusters, selections) never dangle after an idempotent re-run. Never raises for
+    any str: lone surrogates (undecodable file-name bytes under surrogateescape) are encoded with
+    `surrogatepass`, which leaves every valid string's bytes, so every existing id, unchanged."""
+    digest = hashlib.sha256(f"{drop_key}\x00{object_key}".encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 

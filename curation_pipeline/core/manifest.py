@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from .decode import STATUS_OK, DecodedImage, decode_image
+from .decode import STATUS_OK, STATUS_TOO_LARGE, DecodedImage, DecodeFailure, decode_image, sniff_image
 from .hashing import perceptual_hashes, sha256_hex
 from .quality import quality_signals
 
@@ -67,3 +67,17 @@ def inspect_object(object_key: str, data: bytes) -> ManifestRecord:
         entropy=q.entropy,
         aspect_ratio=q.aspect_ratio,
     )
+
+
+def inspect_header(object_key: str, size: int, prefix: bytes, max_bytes: int) -> ManifestRecord | None:
+    """The record of an object that its listed `size` and first bytes (`prefix`, the object being
+    longer) already settle, or None when it must be read whole: not an image or an unsupported
+    format (unsupported), a header over the pixel limit or a size over `max_bytes` (too_large).
+    Such objects are never read whole, so their sha256 is left empty."""
+    failure = sniff_image(prefix)
+    if failure is None and size > max_bytes:
+        failure = DecodeFailure(STATUS_TOO_LARGE, f"object is {size} bytes, over the limit of {max_bytes} bytes")
+    if failure is None:
+        return None
+    return ManifestRecord(object_key=object_key, bytes=size, sha256="", status=failure.status, error=failure.error,
+                          format=failure.format)

@@ -6,13 +6,55 @@ import logging
 import time
 
 from curation_pipeline.core import progress
-from curation_pipeline.core.decode import STATUS_OK, STATUS_UNREADABLE
+from curation_pipeline.core.decode import (
+    SNIFF_BYTES,
+    STATUS_OK,
+    STATUS_TOO_LARGE,
+    STATUS_UNREADABLE,
+    STATUS_UNSUPPORTED,
+)
 from curation_pipeline.core.ids import image_id_for
-from curation_pipeline.core.manifest import ManifestRecord, inspect_object
+from curation_pipeline.core.manifest import ManifestRecord, inspect_header, inspect_object
 from curation_pipeline.resources.catalog import DEFAULT_SHRINK_GUARD, Catalog, ShrinkGuard
-from curation_pipeline.resources.image_store import ImageStore
+from curation_pipeline.resources.image_store import (
+    MAX_OBJECT_BYTES,
+    ImageStore,
+    NotARegularFile,
+    ObjectInfo,
+    ObjectTooLarge,
+)
 
 log = logging.getLogger(__name__)
+
+
+def inspect_listed(store: ImageStore, location: str, info: ObjectInfo) -> ManifestRecord:
+    """The manifest record of one listed object; never raises for what the object is or holds.
+    An entry listed with a problem (loop, dangling link, pipe, socket, device) is never opened.
+    An object larger than SNIFF_BYTES is identified from its first SNIFF_BYTES first: non-images,
+    headers over the pixel limit and objects over the byte cap are recorded without reading the
+    rest, so memory never depends on what a file claims or weighs."""
+    def failed(status: str, error: str) -> ManifestRecord:
+        return ManifestRecord(object_key=info.key, bytes=info.size, sha256="", status=status, error=error)
+
+    if info.problem is not None:
+        return failed(*info.problem)
+    try:
+        if info.size > SNIFF_BYTES:
+            head = store.read_prefix(location, info.key, SNIFF_BYTES)
+            if len(head) < SNIFF_BYTES:  # shrank since listing: this is all of it
+                return inspect_object(info.key, head)
+            record = inspect_header(info.key, info.size, head, getattr(store, "max_object_bytes", MAX_OBJECT_BYTES))
+            if record is not None:
+                return record
+        return inspect_object(info.key, store.read_bytes(location, info.key))
+    except FileNotFoundError:
+        return failed(STATUS_UNREADABLE, "object vanished between listing and reading")
+    except NotARegularFile as exc:  # swapped for a pipe, socket or device since listing
+        return failed(STATUS_UNSUPPORTED, str(exc))
+    except ObjectTooLarge as exc:  # grew past the cap since listing
+        return failed(STATUS_TOO_LARGE, str(exc))
+    except OSError as exc:
+        return failed(STATUS_UNREADABLE, f"cannot read object: {exc}")
 
 
 def build_manifest(catalog: Catalog, store: ImageStore, location: str, drop_key: str,
@@ -32,15 +74,7 @@ def build_manifest(catalog: Catalog, store: ImageStore, location: str, drop_key:
             if info.key in control_objects:
                 continue
             listed += 1
-            try:
-                data = store.read_bytes(location, info.key)
-                record = inspect_object(info.key, data)
-            except FileNotFoundError:
-                record = ManifestRecord(object_key=info.key, bytes=info.size, sha256="", status=STATUS_UNREADABLE,
-                                        error="object vanished between listing and reading")
-            except OSError as exc:
-                record = ManifestRecord(object_key=info.key, bytes=info.size, sha256="", status=STATUS_UNREADABLE,
-                                        error=f"cannot read object: {exc}")
+            record = inspect_listed(store, location, info)
             if record.status != STATUS_OK:
                 logger.warning("drop %s: %s recorded as %s: %s", drop_key, info.key, record.status, record.error)
             bytes_total += record.bytes

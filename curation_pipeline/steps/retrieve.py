@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from curation_pipeline.core.decode import DecodedImage, decode_image
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.embedders import Embedder
 from curation_pipeline.resources.filters import Predicate, check_columns
-from curation_pipeline.resources.image_store import store_for
+from curation_pipeline.resources.image_store import read_local_file, store_for
 from curation_pipeline.steps.embed import DEFAULT_OPTIONS, EmbedOptions, embed_query_images, model_id_for
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,7 @@ def retrieve_similar(catalog: Catalog, embedder: Embedder, name: str, spec: Retr
                          f"{', '.join(catalog.known_drops()) or 'none'}); nothing was changed")
     predicates = [Predicate.parse(w) for w in spec.where]
     check_columns([p.column for p in predicates], catalog.annotation_names(), f"retrieval {name!r}")
-    refs, queries = query_vectors(catalog, embedder, model, spec, options, name)
+    refs, queries = query_vectors(catalog, embedder, model, spec, options, name, logger=logger)
     hits_per_query = catalog.search(model, queries, spec.k, drop_keys=spec.drop_keys, predicates=predicates,
                                     exclude_flags=spec.exclude, min_similarity=spec.min_similarity)
     best: dict[int, tuple[float, str]] = {}
@@ -94,30 +97,45 @@ def retrieve_similar(catalog: Catalog, embedder: Embedder, name: str, spec: Retr
 
 
 def query_vectors(catalog: Catalog, embedder: Embedder, model: str, spec: RetrievalSpec, options: EmbedOptions,
-                  name: str) -> tuple[list[str], np.ndarray]:
-    """(query references, (q, dim) unit vectors) for every kind of query in the spec."""
+                  name: str, *, logger: logging.Logger = log) -> tuple[list[str], np.ndarray]:
+    """(query references, (q, dim) unit vectors) for every kind of query in the spec.
+
+    A query image that cannot be used (unreadable, not a regular file, not an image, corrupt, too
+    large) is skipped with a warning naming it and why; only if none of the query images is usable
+    does the retrieval fail, with the reasons. Named pipes and devices are never opened blocking."""
     refs: list[str] = []
     parts: list[np.ndarray] = []
-    blobs: list[tuple[str, bytes]] = []
+    sources: list[tuple[str, Callable[[], bytes]]] = []  # (reference, read its bytes)
     for path in spec.query_paths:
         p = Path(path)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            # every non-folder entry with an image suffix: pipes, sockets and loops are refused by name
+            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
             if not files:
                 raise ValueError(f"retrieval {name!r}: folder {path!r} holds no images")
-            blobs += [(str(f), _read(f, name)) for f in files]
+            sources += [(str(f), partial(read_local_file, f)) for f in files]
         else:
-            blobs.append((str(path), _read(p, name)))
+            sources.append((str(path), partial(read_local_file, p)))
     if spec.query_prefix:
         store = store_for(spec.query_prefix)
         objects = [o for o in store.list_objects(spec.query_prefix) if Path(o.key).suffix.lower() in IMAGE_SUFFIXES]
         if not objects:
             raise ValueError(f"retrieval {name!r}: no images under {spec.query_prefix!r}")
-        blobs += [(store.object_uri(spec.query_prefix, o.key), store.read_bytes(spec.query_prefix, o.key))
-                  for o in objects[:MAX_QUERY_IMAGES]]
-    if len(blobs) > MAX_QUERY_IMAGES:
-        raise ValueError(f"retrieval {name!r}: {len(blobs)} query images; at most {MAX_QUERY_IMAGES} per query set")
-    if blobs:
+        for o in objects[:MAX_QUERY_IMAGES]:
+            uri = store.object_uri(spec.query_prefix, o.key)
+            if o.problem is not None:  # listed but never to be opened (a pipe, a loop, ...)
+                logger.warning("retrieval %s: skipping query image %r: %s", name, uri, o.problem[1])
+            else:
+                sources.append((uri, partial(store.read_bytes, spec.query_prefix, o.key)))
+    if len(sources) > MAX_QUERY_IMAGES:
+        raise ValueError(f"retrieval {name!r}: {len(sources)} query images; at most {MAX_QUERY_IMAGES} per query set")
+    if sources:
+        blobs, skipped = _usable_query_images(sources, embedder, options)
+        for ref, reason in skipped:
+            logger.warning("retrieval %s: skipping query image %r: %s", name, ref, reason)
+        if not blobs:
+            reasons = "; ".join(f"{ref!r}: {reason}" for ref, reason in skipped[:5])
+            raise ValueError(f"retrieval {name!r}: no usable query image among {len(sources)} ({reasons})")
         try:
             parts.append(embed_query_images(embedder, blobs, options))
         except ValueError as exc:
@@ -147,8 +165,21 @@ def query_vectors(catalog: Catalog, embedder: Embedder, model: str, spec: Retrie
     return refs, np.concatenate(parts).astype(np.float32)
 
 
-def _read(path: Path, name: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"retrieval {name!r}: cannot read query image {str(path)!r}: {exc}") from exc
+def _usable_query_images(sources: list[tuple[str, Callable[[], bytes]]], embedder: Embedder, options: EmbedOptions
+                         ) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
+    """([(reference, bytes)] of the query images that read and decode, [(reference, why not)] of
+    the others. Decoded as embed_query_images will decode them, so what passes here embeds."""
+    draft_size = embedder.decode_draft_size if options.draft else None
+    usable, skipped = [], []
+    for ref, read in sources:
+        try:
+            data = read()
+        except (OSError, ValueError) as exc:  # ValueError: a key escaping its prefix
+            skipped.append((ref, f"cannot read it: {exc}"))
+            continue
+        decoded = decode_image(data, draft_size=draft_size)
+        if isinstance(decoded, DecodedImage):
+            usable.append((ref, data))
+        else:
+            skipped.append((ref, f"{decoded.status}: {decoded.error}"))
+    return usable, skipped

@@ -84,3 +84,41 @@ def test_valid_record_has_hashes_and_quality():
     assert r.status == STATUS_OK and r.error is None
     assert len(r.sha256) == 64 and r.phash is not None
     assert 0 < r.brightness < 1 and r.blur_variance > 0 and r.entropy > 0
+
+
+@pytest.mark.parametrize("top", [1.0, 1000.0])
+def test_float_tiff_is_scaled_not_black(top):
+    """Mode F (32-bit float) TIFFs: values in [0, 1] are scaled by 255, other ranges min-max."""
+    arr = np.linspace(0.0, top, 64 * 64, dtype=np.float32).reshape(64, 64)
+    out = decode_image(_save(Image.fromarray(arr, "F"), "TIFF"))
+    assert isinstance(out, DecodedImage) and out.mode == "F" and out.image.mode == "RGB"
+    grey = np.asarray(out.image.convert("L"), dtype=np.float64)
+    assert grey.min() < 5 and grey.max() > 250 and 110 < grey.mean() < 145
+    assert inspect_object("f.tif", _save(Image.fromarray(arr, "F"), "TIFF")).brightness > 0.4
+
+
+def test_images_over_the_working_size_decode_reduced_but_report_full_size():
+    """Over WORK_PIXELS the decoded image is reduced (bounded memory) before conversion and EXIF
+    rotation; width/height stay the full size and the quality signals stay close to a full-size
+    decode's."""
+    from curation_pipeline.core.decode import WORK_PIXELS
+    from curation_pipeline.core.quality import quality_signals
+
+    y, x = np.mgrid[0:3000, 0:6000]
+    grey = ((x // 40 + y // 40) % 2 * 160 + 40).astype(np.uint8)  # a checkerboard: 18 Mpx
+    pal = Image.fromarray(grey, "L").convert("P")
+    out = decode_image(_save(pal, "PNG", transparency=int(np.asarray(pal)[0, 0])))
+    assert isinstance(out, DecodedImage) and (out.width, out.height) == (6000, 3000) and out.mode == "P"
+    assert out.image.mode == "RGB" and out.image.width * out.image.height <= WORK_PIXELS
+    assert out.image.size == (3000, 1500)  # factor 2, aspect kept
+    assert np.asarray(out.image).max() == 255  # transparent squares composited on white
+    full = decode_image(_save(pal, "PNG", transparency=int(np.asarray(pal)[0, 0])), work_pixels=10**9)
+    reduced_q, full_q = quality_signals(out.image), quality_signals(full.image)
+    assert abs(reduced_q.brightness - full_q.brightness) < 0.01 and abs(reduced_q.contrast - full_q.contrast) < 0.02
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    rgb = Image.fromarray(np.stack([grey] * 3, axis=-1)).resize((6000, 4000))
+    out = decode_image(_save(rgb, "JPEG", exif=exif.tobytes()))
+    assert isinstance(out, DecodedImage) and (out.width, out.height) == (4000, 6000)
+    assert out.image.height > out.image.width and out.image.width * out.image.height <= WORK_PIXELS

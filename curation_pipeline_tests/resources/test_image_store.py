@@ -72,3 +72,78 @@ def test_s3_settings_never_show_credentials():
 
     settings = S3Settings(endpoint_url="http://x", aws_access_key_id="AKIAEXAMPLE", aws_secret_access_key="s3cr3t")
     assert "s3cr3t" not in repr(settings) and "AKIAEXAMPLE" not in repr(settings)
+
+
+def _write(path: bytes, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_non_utf8_names_are_escaped_losslessly_and_read_back(tmp_path):
+    """Undecodable bytes become \\xHH (and, in such a name only, backslashes \\x5c), per path
+    component; reading maps each component back literal first, so a directory with a literal
+    backslash in its name and a non-UTF-8 file inside it both resolve."""
+    root = os.fsencode(tmp_path)
+    os.mkdir(os.path.join(root, b"dir\\x41"))  # a UTF-8 name that merely looks escaped
+    os.mkdir(os.path.join(root, b"raw\xe9"))  # latin-1 'é'
+    files = {
+        b"dir\\x41/in\xff.jpg": "dir\\x41/in\\xff.jpg",
+        b"raw\xe9/a\\b\xfe.jpg": "raw\\xe9/a\\x5cb\\xfe.jpg",
+        b"plain \xc3\xbc.jpg": "plain ü.jpg",  # valid UTF-8: unchanged
+    }
+    for i, name in enumerate(files):
+        _write(os.path.join(root, name), b"content %d" % i)
+    store = LocalImageStore()
+    objs = list(store.list_objects(str(tmp_path)))
+    assert sorted(o.key for o in objs) == sorted(files.values()) and all(o.problem is None for o in objs)
+    for i, key in enumerate(files.values()):
+        assert store.read_bytes(str(tmp_path), key) == b"content %d" % i
+        uri = store.object_uri(str(tmp_path), key)
+        assert uri.encode("utf-8") and store.read_uri(uri) == b"content %d" % i
+    # an escape can never name a '/' or a '..': `\x2f` and `\x2e\x2e` are only literal text
+    with pytest.raises((FileNotFoundError, ValueError)):
+        store.read_bytes(str(tmp_path), "raw\\xe9\\x2f..\\x2f..\\x2fetc\\x2fpasswd")
+    with pytest.raises(FileNotFoundError):
+        store.read_bytes(str(tmp_path), "\\x2e\\x2e/secret.jpg")
+
+
+def test_an_escaped_name_colliding_with_a_literal_name_loses_nothing(tmp_path):
+    root = os.fsencode(tmp_path)
+    _write(os.path.join(root, b"a\xff.jpg"), b"raw bytes name")
+    _write(os.path.join(root, b"a\\xff.jpg"), b"literal name")
+    store = LocalImageStore()
+    objs = {o.key: o for o in store.list_objects(str(tmp_path))}
+    assert len(objs) == 2
+    assert objs["a\\xff.jpg"].problem is None  # the literal name keeps its key and reads itself
+    assert store.read_bytes(str(tmp_path), "a\\xff.jpg") == b"literal name"
+    (other,) = [o for k, o in objs.items() if k != "a\\xff.jpg"]
+    assert other.problem[0] == "unreadable" and "rename" in other.problem[1]
+
+
+def test_local_reads_are_capped_and_prefix_reads_are_bounded(tmp_path):
+    from curation_pipeline.resources.image_store import ObjectTooLarge
+
+    (tmp_path / "big.bin").write_bytes(b"x" * 5000)
+    store = LocalImageStore(max_object_bytes=4096)
+    assert store.read_prefix(str(tmp_path), "big.bin", 100) == b"x" * 100
+    with pytest.raises(ObjectTooLarge, match="5000 bytes, over the limit of 4096"):
+        store.read_bytes(str(tmp_path), "big.bin")
+    with pytest.raises(ObjectTooLarge):
+        store.read_uri(store.object_uri(str(tmp_path), "big.bin"))
+
+
+def test_s3_prefix_reads_are_ranged_and_whole_reads_capped(s3):
+    from curation_pipeline.resources.image_store import ObjectTooLarge, S3ImageStore
+    from curation_pipeline_tests.conftest import new_bucket
+
+    bucket = new_bucket(s3)
+    client = s3.client()
+    client.put_object(Bucket=bucket, Key="drop/big.bin", Body=b"0123456789" * 1000)
+    client.put_object(Bucket=bucket, Key="drop/empty.jpg", Body=b"")
+    store = S3ImageStore(s3, max_object_bytes=5000)
+    loc = f"s3://{bucket}/drop"
+    assert store.read_prefix(loc, "big.bin", 12) == b"012345678901"
+    assert store.read_prefix(loc, "empty.jpg", 12) == b""
+    with pytest.raises(ObjectTooLarge, match="10000 bytes"):
+        store.read_bytes(loc, "big.bin")
+    assert S3ImageStore(s3).read_bytes(loc, "big.bin") == b"0123456789" * 1000
