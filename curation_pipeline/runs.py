@@ -280,17 +280,17 @@ _KEEP_CLASS = {"KeyError", "IndexError", "AttributeError", "TypeError", "NameErr
 
 
 def _innermost(error):
-    """Follow `raise ... from` (cause) to the original error; through a dagster wrapper without a
-    cause, follow the implicit context instead."""
-    seen = 0
-    while seen < 50:
-        seen += 1
-        if error.cause is not None:
-            error = error.cause
-        elif error.context is not None and (error.cls_name or "").startswith("Dagster"):
-            error = error.context
-        else:
+    """Through Dagster's wrappers (cause, else implicit context) to the first error raised by our
+    own code or a library. Not further: an error raised `from` another was written for a person
+    and names the object (`cannot read query image 'q.jpg': not a regular file`), while its
+    cause usually does not."""
+    for _ in range(50):
+        if not (error.cls_name or "").startswith("Dagster"):
             break
+        inner = error.cause if error.cause is not None else error.context
+        if inner is None:
+            break
+        error = inner
     return error
 
 

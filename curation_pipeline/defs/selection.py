@@ -8,6 +8,7 @@ import dagster as dg
 from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource, ImageStoreResource
 from curation_pipeline.resources.database import curation_home
 from curation_pipeline.resources.export_target import export_target_for
+from curation_pipeline.resources.image_store import read_local_file
 from curation_pipeline.steps.annotate import load_annotations
 from curation_pipeline.steps.embed import embed_query_images, model_id_for
 from curation_pipeline.steps.export import export_selection
@@ -102,9 +103,13 @@ def curated_subset(context: dg.AssetExecutionContext, config: SelectionConfig, d
                          logger=context.log)
 
     def embed_files(paths: list[str]):
-        from pathlib import Path
-
-        return embed_query_images(loaded, [(p, Path(p).read_bytes()) for p in paths], options)
+        blobs = []
+        for p in paths:
+            try:  # never blocks on a FIFO, refuses special files and oversized reads
+                blobs.append((p, read_local_file(p)))
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"selection {context.partition_key!r}: cannot read query image {p!r}: {exc}") from exc
+        return embed_query_images(loaded, blobs, options)
 
     stored = (catalog.selection_info(context.partition_key) or {}).get("config")
     spec = config.spec(stored)

@@ -333,3 +333,20 @@ def test_a_fifo_given_as_a_query_file_is_refused_without_blocking(ingested_drop,
         _run_with_timeout(lambda: retrieve_similar(catalog, OfflineEmbedder(), "qn",
                                                    RetrievalSpec(query_paths=(str(fifo),), k=2)), tmp_path)
     assert "not a regular file" in str(err.value)
+
+
+def test_a_fifo_as_a_query_similarity_image_is_refused_without_blocking(tmp_path, curation_env):
+    """`--strategy query_similarity,queries=FILE` reads FILE in the curated_subset asset: a FIFO there
+    fails the selection with a message naming it, instead of waiting for a writer forever."""
+    from curation_pipeline.cli import main
+    from curation_pipeline_tests.conftest import make_small_drop
+
+    folder = tmp_path / "d"
+    make_small_drop(folder)
+    assert main(["ingest", str(folder), "--drop", "d"]) == 0
+    fifo = tmp_path / "q.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(SystemExit) as err:
+        _run_with_timeout(lambda: main(["select", "--budget", "2", "--name", "qs", "--strategy",
+                                        f"query_similarity,queries={fifo}"]), tmp_path, seconds=120)
+    assert "cannot read query image" in str(err.value.code) and "not a regular file" in str(err.value.code)
