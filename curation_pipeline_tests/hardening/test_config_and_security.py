@@ -30,6 +30,13 @@ def test_injection_through_filters_names_and_columns_stays_data(database_url, va
     # a filter value and an annotation-column name are bound parameters: no match, no damage
     with pytest.raises(ValueError, match="no candidate images"):
         select_subset(catalog, "s", SelectionSpec(budget=2, where=(f"camera_model={value}",)), model=MODEL)
+    # an unknown column name is refused before any SQL; one that names an existing annotation goes
+    # into the query as a bound parameter and matches nothing
+    with pytest.raises(ValueError, match="unknown column"):
+        select_subset(catalog, "s", SelectionSpec(budget=2, where=(f"{value}=1",)), model=MODEL)
+    with catalog.connection() as conn:
+        some_image = conn.execute("SELECT image_id FROM images LIMIT 1").fetchone()[0]
+    catalog.replace_annotations([(some_image, Predicate.parse(f"{value}=1").column, "x", None)], source="test")
     with pytest.raises(ValueError, match="no candidate images"):
         select_subset(catalog, "s", SelectionSpec(budget=2, where=(f"{value}=1",)), model=MODEL)
     with pytest.raises(ValueError):

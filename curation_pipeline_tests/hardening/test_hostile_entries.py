@@ -196,9 +196,12 @@ def test_reads_refuse_a_file_replaced_by_a_fifo_after_listing(tmp_path, database
 
 def _peak_rss_run(script: str, **env) -> dict:
     """Run `script` in a fresh interpreter; it prints one JSON line. Adds the child's peak RSS (MB)."""
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across execve, so a child forked
+    # from a large pytest process would report the parent's size; VmHWM belongs to the new image.
     code = textwrap.dedent(script) + textwrap.dedent("""
-        import resource as _r
-        OUT["peak_mb"] = _r.getrusage(_r.RUSAGE_SELF).ru_maxrss / 1024
+        with open("/proc/self/status") as _status:
+            _hwm = next(line for line in _status if line.startswith("VmHWM:"))
+        OUT["peak_mb"] = int(_hwm.split()[1]) / 1024
         print(json.dumps(OUT))
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
