@@ -32,12 +32,11 @@ def cleanvision_pairs(folder: Path) -> list:
     for kind in ("near_duplicates", "exact_duplicates"):
         for group in lab.info[kind]["sets"]:
             names = sorted(str(Path(p).relative_to(folder)) for p in group)
-            pairs |= {(a, b) for i, a in enumerate(names) for b in names[i + 1:]}
+            pairs |= {(a, b) for i, a in enumerate(names) for b in names[i + 1 :]}
     return sorted(pairs)
 
 
 if __name__ == "__main__":
     folder = Path(sys.argv[1]).resolve()
-    result = {"imagededup_phash": imagededup_pairs(folder, list(range(0, 21))),
-              "cleanvision": cleanvision_pairs(folder)}
+    result = {"imagededup_phash": imagededup_pairs(folder, list(range(0, 21))), "cleanvision": cleanvision_pairs(folder)}
     print(json.dumps(result))

@@ -32,8 +32,21 @@ HERE = Path(__file__).resolve().parent
 PEERS_VENV = HERE / ".peers-venv"
 # Photographs with distinct regions; pure textures (grass, gravel, brick) and the deep field are
 # left out because their crops are near-identical to each other and would make the labels wrong.
-PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "retina", "motorcycle_left", "ihc", "camera", "coins",
-          "page", "china", "flower", "moon"]
+PHOTOS = [
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "retina",
+    "motorcycle_left",
+    "ihc",
+    "camera",
+    "coins",
+    "page",
+    "china",
+    "flower",
+    "moon",
+]
 TRANSFORMS = ["jpeg", "resize", "crop", "brightness_contrast", "flip", "rotate", "watermark", "noise", "png", "exact"]
 
 
@@ -136,15 +149,19 @@ def true_pairs(groups: dict[str, str]) -> set[tuple[str, str]]:
     by = defaultdict(list)
     for f, g in groups.items():
         by[g].append(f)
-    return {tuple(sorted((a, b))) for fs in by.values() for i, a in enumerate(fs) for b in fs[i + 1:]}
+    return {tuple(sorted((a, b))) for fs in by.values() for i, a in enumerate(fs) for b in fs[i + 1 :]}
 
 
 def score(pred: set, truth: set) -> dict:
     tp = len(pred & truth)
     p = tp / len(pred) if pred else 1.0
     r = tp / len(truth) if truth else 1.0
-    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0,
-            "pairs_predicted": len(pred)}
+    return {
+        "precision": round(p, 4),
+        "recall": round(r, 4),
+        "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0,
+        "pairs_predicted": len(pred),
+    }
 
 
 def recall_by_kind(pred: set, truth: set, kinds: dict) -> dict:
@@ -184,7 +201,7 @@ def ours(folder: Path, sweep: list[tuple[int, float]]) -> dict:
             pairs = set()
             for g in catalog.duplicate_groups():
                 names = sorted([g["representative"]["object_key"]] + [m["object_key"] for m in g["members"]])
-                pairs |= {(a, b) for i, a in enumerate(names) for b in names[i + 1:]}
+                pairs |= {(a, b) for i, a in enumerate(names) for b in names[i + 1 :]}
             results[(max_hamming, min_cosine)] = (pairs, time.perf_counter() - t0)
         db.close()
     return {"results": results, "ingest_seconds": ingest_s}
@@ -202,42 +219,79 @@ def main() -> None:
     from curation_pipeline.core.dedup import DedupThresholds
 
     default = DedupThresholds()
-    sweep = sorted({(h, round(c, 2)) for h in (2, 4, 6, 8, 10) for c in np.arange(0.66, 1.001, 0.02)}
-                   | {(default.max_hamming, default.min_cosine)})
+    sweep = sorted(
+        {(h, round(c, 2)) for h in (2, 4, 6, 8, 10) for c in np.arange(0.66, 1.001, 0.02)}
+        | {(default.max_hamming, default.min_cosine)}
+    )
     with tempfile.TemporaryDirectory(prefix="dedup-quality-") as tmp:
         folder = Path(tmp) / "images"
         data = build_dataset(folder)
         truth = true_pairs(data["groups"])
         n_files = len(data["groups"])
-        print(f"dataset: {n_files} files, {len(set(data['groups'].values()))} distinct images, "
-              f"{len(truth)} true duplicate pairs", file=sys.stderr)
+        print(
+            f"dataset: {n_files} files, {len(set(data['groups'].values()))} distinct images, {len(truth)} true duplicate pairs",
+            file=sys.stderr,
+        )
         mine = ours(folder, sweep)
         python = ensure_peers_venv()
         t0 = time.perf_counter()
-        peers = json.loads(subprocess.run([str(python), str(HERE / "_peers.py"), str(folder)], capture_output=True,
-                                          text=True, check=True).stdout.strip().splitlines()[-1])
+        peers = json.loads(
+            subprocess.run([str(python), str(HERE / "_peers.py"), str(folder)], capture_output=True, text=True, check=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         peers_s = time.perf_counter() - t0
 
     rows = []
     d_pairs, _ = mine["results"][(default.max_hamming, default.min_cosine)]
-    rows.append({"method": f"curation_pipeline defaults (hamming<={default.max_hamming}, cosine>={default.min_cosine})",
-                 **score(d_pairs, truth), "by_transform": recall_by_kind(d_pairs, truth, data["kinds"])})
+    rows.append(
+        {
+            "method": f"curation_pipeline defaults (hamming<={default.max_hamming}, cosine>={default.min_cosine})",
+            **score(d_pairs, truth),
+            "by_transform": recall_by_kind(d_pairs, truth, data["kinds"]),
+        }
+    )
     best = max(mine["results"].items(), key=lambda kv: (score(kv[1][0], truth)["f1"], -kv[0][0]))
-    rows.append({"method": f"curation_pipeline best (hamming<={best[0][0]}, cosine>={best[0][1]})",
-                 **score(best[1][0], truth), "by_transform": recall_by_kind(best[1][0], truth, data["kinds"])})
+    rows.append(
+        {
+            "method": f"curation_pipeline best (hamming<={best[0][0]}, cosine>={best[0][1]})",
+            **score(best[1][0], truth),
+            "by_transform": recall_by_kind(best[1][0], truth, data["kinds"]),
+        }
+    )
     hash_only = mine["results"].get((default.max_hamming, 1.0))
     if hash_only:
-        rows.append({"method": f"curation_pipeline hashes only (hamming<={default.max_hamming}, no semantic tier)",
-                     **score(hash_only[0], truth), "by_transform": recall_by_kind(hash_only[0], truth, data["kinds"])})
+        rows.append(
+            {
+                "method": f"curation_pipeline hashes only (hamming<={default.max_hamming}, no semantic tier)",
+                **score(hash_only[0], truth),
+                "by_transform": recall_by_kind(hash_only[0], truth, data["kinds"]),
+            }
+        )
     idd = {int(t): {tuple(p) for p in pairs} for t, pairs in peers["imagededup_phash"].items()}
-    rows.append({"method": "imagededup PHash default (max_distance_threshold=10)", **score(idd[10], truth),
-                 "by_transform": recall_by_kind(idd[10], truth, data["kinds"])})
+    rows.append(
+        {
+            "method": "imagededup PHash default (max_distance_threshold=10)",
+            **score(idd[10], truth),
+            "by_transform": recall_by_kind(idd[10], truth, data["kinds"]),
+        }
+    )
     best_t = max(idd, key=lambda t: score(idd[t], truth)["f1"])
-    rows.append({"method": f"imagededup PHash best (max_distance_threshold={best_t})", **score(idd[best_t], truth),
-                 "by_transform": recall_by_kind(idd[best_t], truth, data["kinds"])})
+    rows.append(
+        {
+            "method": f"imagededup PHash best (max_distance_threshold={best_t})",
+            **score(idd[best_t], truth),
+            "by_transform": recall_by_kind(idd[best_t], truth, data["kinds"]),
+        }
+    )
     cv = {tuple(p) for p in peers["cleanvision"]}
-    rows.append({"method": "cleanvision near_duplicates + exact_duplicates (defaults)", **score(cv, truth),
-                 "by_transform": recall_by_kind(cv, truth, data["kinds"])})
+    rows.append(
+        {
+            "method": "cleanvision near_duplicates + exact_duplicates (defaults)",
+            **score(cv, truth),
+            "by_transform": recall_by_kind(cv, truth, data["kinds"]),
+        }
+    )
 
     print("method | precision | recall | F1 | pairs predicted")
     for r in rows:
@@ -249,11 +303,21 @@ def main() -> None:
     print(f"\nF1 margin over the best peer: defaults {rows[0]['f1'] - peer_best:+.4f}, best {rows[1]['f1'] - peer_best:+.4f}")
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "dedup_quality.json").write_text(json.dumps({
-        "files": n_files, "true_pairs": len(truth), "rows": rows, "ingest_seconds": round(mine["ingest_seconds"], 2),
-        "peers_seconds": round(peers_s, 2),
-        "sweep": [{"max_hamming": h, "min_cosine": c, **score(p, truth)} for (h, c), (p, _) in sorted(mine["results"].items())],
-    }, indent=1))
+    (out / "dedup_quality.json").write_text(
+        json.dumps(
+            {
+                "files": n_files,
+                "true_pairs": len(truth),
+                "rows": rows,
+                "ingest_seconds": round(mine["ingest_seconds"], 2),
+                "peers_seconds": round(peers_s, 2),
+                "sweep": [
+                    {"max_hamming": h, "min_cosine": c, **score(p, truth)} for (h, c), (p, _) in sorted(mine["results"].items())
+                ],
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ def make_vectors(n: int, rng: np.random.Generator, centres: np.ndarray) -> np.nd
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
-def load_drop(conn, drop_key: str, ids: np.ndarray, vectors: np.ndarray, model: str, storage: str,
-              representatives: bool) -> None:
+def load_drop(
+    conn, drop_key: str, ids: np.ndarray, vectors: np.ndarray, model: str, storage: str, representatives: bool
+) -> None:
     from curation_pipeline.resources.catalog import STORAGE_TYPES, wire_vector
 
     column, sqltype = STORAGE_TYPES[storage]
@@ -44,18 +45,22 @@ def load_drop(conn, drop_key: str, ids: np.ndarray, vectors: np.ndarray, model: 
     rng = np.random.default_rng(len(ids))
     hashes = rng.integers(-(2**63), 2**63 - 1, size=len(ids), dtype=np.int64)
     with conn.cursor() as cur:
-        with cur.copy("COPY images (image_id, drop_key, object_key, source_uri, bytes, sha256, status, width, height,"
-                      " phash, phash_mirror) FROM STDIN") as copy:
+        with cur.copy(
+            "COPY images (image_id, drop_key, object_key, source_uri, bytes, sha256, status, width, height,"
+            " phash, phash_mirror) FROM STDIN"
+        ) as copy:
             for i, h in zip(ids.tolist(), hashes.tolist()):
-                copy.write_row((i, drop_key, f"{i}.jpg", f"/synthetic/{i}.jpg", 1000, f"{i:064x}", "ok", 640, 480,
-                                h, h ^ 0x5A5A5A5A))
+                copy.write_row(
+                    (i, drop_key, f"{i}.jpg", f"/synthetic/{i}.jpg", 1000, f"{i:064x}", "ok", 640, 480, h, h ^ 0x5A5A5A5A)
+                )
         with cur.copy(f"COPY embeddings (image_id, model, drop_key, sha256, {column}) FROM STDIN WITH (FORMAT BINARY)") as copy:
             copy.set_types(["int8", "text", "text", "text", sqltype])
             for i, vec in zip(ids.tolist(), vectors):
                 copy.write_row((i, model, drop_key, f"{i:064x}", wire_vector(vec, storage)))
         if representatives:
-            with cur.copy("COPY dedup_members (image_id, drop_key, model, representative_id, is_representative,"
-                          " similarity) FROM STDIN") as copy:
+            with cur.copy(
+                "COPY dedup_members (image_id, drop_key, model, representative_id, is_representative, similarity) FROM STDIN"
+            ) as copy:
                 for i in ids.tolist():
                     copy.write_row((i, drop_key, model, i, True, 1.0))
 
@@ -69,8 +74,10 @@ def query_latency(catalog, model: str, queries: np.ndarray, clients: int) -> dic
     from curation_pipeline.resources.catalog import wire_vector
 
     def pct(xs):
-        return {"p50_ms": round(float(np.percentile(xs, 50)) * 1000, 2),
-                "p99_ms": round(float(np.percentile(xs, 99)) * 1000, 2)}
+        return {
+            "p50_ms": round(float(np.percentile(xs, 50)) * 1000, 2),
+            "p99_ms": round(float(np.percentile(xs, 99)) * 1000, 2),
+        }
 
     out = {}
     for q in queries[:20]:
@@ -102,8 +109,9 @@ def query_latency(catalog, model: str, queries: np.ndarray, clients: int) -> dic
     return out
 
 
-def run_size(n: int, efs: list[int], storages: tuple[str, ...] = ("halfvec", "vector"),
-             latency_queries: int = 0, clients: int = 50) -> dict:
+def run_size(
+    n: int, efs: list[int], storages: tuple[str, ...] = ("halfvec", "vector"), latency_queries: int = 0, clients: int = 50
+) -> dict:
     from psycopg import sql
 
     from curation_pipeline.core.dedup import DedupThresholds, semdedup_pairs
@@ -132,15 +140,23 @@ def run_size(n: int, efs: list[int], storages: tuple[str, ...] = ("halfvec", "ve
                 ddl = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (index,)).fetchone()[0]
                 conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index)))
                 with conn.transaction():
-                    load_drop(conn, f"corpus-{storage}", np.arange(1, n + 1) + (10**9 if storage == "halfvec" else 0),
-                              corpus, model, storage, representatives=storage == "vector")
+                    load_drop(
+                        conn,
+                        f"corpus-{storage}",
+                        np.arange(1, n + 1) + (10**9 if storage == "halfvec" else 0),
+                        corpus,
+                        model,
+                        storage,
+                        representatives=storage == "vector",
+                    )
                 conn.execute("SET maintenance_work_mem = '2GB'")
                 conn.execute("SET max_parallel_maintenance_workers = 1")
                 t0 = time.perf_counter()
                 conn.execute(ddl)  # bulk build after loading, as a first import would
                 out[f"hnsw_build_s_{storage}"] = round(time.perf_counter() - t0, 1)
-                out[f"index_mb_{storage}"] = round(conn.execute("SELECT pg_relation_size(%s::regclass)",
-                                                                (index,)).fetchone()[0] / 2**20, 1)
+                out[f"index_mb_{storage}"] = round(
+                    conn.execute("SELECT pg_relation_size(%s::regclass)", (index,)).fetchone()[0] / 2**20, 1
+                )
         model = "synthetic:vector"
         new_ids = np.arange(n + 1, n + 1 + len(new))
         with catalog.connection() as conn, conn.transaction():
@@ -150,7 +166,7 @@ def run_size(n: int, efs: list[int], storages: tuple[str, ...] = ("halfvec", "ve
         # exact brute force: which new images have a corpus (or new) match >= threshold
         best = np.full(len(new), -1.0, dtype=np.float32)
         for start in range(0, n, 50_000):
-            best = np.maximum(best, (new @ corpus[start:start + 50_000].T).max(axis=1))
+            best = np.maximum(best, (new @ corpus[start : start + 50_000].T).max(axis=1))
         within = new @ new.T
         np.fill_diagonal(within, -1)
         truth = (best >= THRESHOLD) | (within.max(axis=1) >= THRESHOLD)
@@ -161,15 +177,23 @@ def run_size(n: int, efs: list[int], storages: tuple[str, ...] = ("halfvec", "ve
         for ef in efs or [out["default_ef_search"]]:
             rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             t0 = time.perf_counter()
-            stats = dedup_drop(catalog, "new-drop", EmbeddingSet(model, new_ids, [f"{i:064x}" for i in new_ids], new,
-                                                                 ["new-drop"] * len(new)),
-                               DedupThresholds(max_hamming=0, min_cosine=THRESHOLD), ef_search=ef)
+            stats = dedup_drop(
+                catalog,
+                "new-drop",
+                EmbeddingSet(model, new_ids, [f"{i:064x}" for i in new_ids], new, ["new-drop"] * len(new)),
+                DedupThresholds(max_hamming=0, min_cosine=THRESHOLD),
+                ef_search=ef,
+            )
             res = {"dedup_new_drop_s": round(time.perf_counter() - t0, 1)}
             res["rss_growth_in_dedup_mb"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, 1)
             res["duplicates_found"] = stats["duplicates"]
             with catalog.connection() as conn:
-                dup_ids = {r[0] for r in conn.execute("SELECT image_id FROM dedup_members WHERE drop_key = 'new-drop'"
-                                                      " AND NOT is_representative").fetchall()}
+                dup_ids = {
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT image_id FROM dedup_members WHERE drop_key = 'new-drop' AND NOT is_representative"
+                    ).fetchall()
+                }
             flagged = np.asarray([i in dup_ids for i in new_ids.tolist()])
             res["duplicate_recall"] = round(float((flagged & truth).sum() / max(1, truth.sum())), 4)
             res["duplicate_precision"] = round(float((flagged & truth).sum() / max(1, flagged.sum())), 4)
@@ -190,12 +214,23 @@ def run_size(n: int, efs: list[int], storages: tuple[str, ...] = ("halfvec", "ve
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="100000,300000")
-    p.add_argument("--ef-search", default="",
-                   help="comma-separated HNSW beam widths to dedup the new drop at (default: the step's own choice)")
-    p.add_argument("--vector-only-from", type=int, default=10**9,
-                   help="from this corpus size on, build only the vector index (saves the halfvec build)")
-    p.add_argument("--latency-queries", type=int, default=0,
-                   help="also time this many single top-10 queries (and 50 concurrent clients) per size")
+    p.add_argument(
+        "--ef-search",
+        default="",
+        help="comma-separated HNSW beam widths to dedup the new drop at (default: the step's own choice)",
+    )
+    p.add_argument(
+        "--vector-only-from",
+        type=int,
+        default=10**9,
+        help="from this corpus size on, build only the vector index (saves the halfvec build)",
+    )
+    p.add_argument(
+        "--latency-queries",
+        type=int,
+        default=0,
+        help="also time this many single top-10 queries (and 50 concurrent clients) per size",
+    )
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     efs = [int(e) for e in args.ef_search.split(",") if e]
@@ -205,10 +240,23 @@ def main() -> None:
         return
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
-        res = subprocess.run([sys.executable, __file__, "--one", str(n), "--ef-search", args.ef_search,
-                              "--vector-only-from", str(args.vector_only_from),
-                              "--latency-queries", str(args.latency_queries)],
-                             stdout=subprocess.PIPE, text=True, check=True)
+        res = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                str(n),
+                "--ef-search",
+                args.ef_search,
+                "--vector-only-from",
+                str(args.vector_only_from),
+                "--latency-queries",
+                str(args.latency_queries),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     cols = [c for c in rows[0] if not c.startswith("ef_") and c != "latency"]
@@ -216,8 +264,12 @@ def main() -> None:
     for r in rows:
         for key in (k for k in r if k.startswith("ef_")):
             e = r[key]
-            print(" | ".join([str(r.get(c)) for c in cols] + [key[3:], str(e["dedup_new_drop_s"]),
-                                                           str(e["duplicate_recall"]), str(e["duplicate_precision"])]))
+            print(
+                " | ".join(
+                    [str(r.get(c)) for c in cols]
+                    + [key[3:], str(e["dedup_new_drop_s"]), str(e["duplicate_recall"]), str(e["duplicate_precision"])]
+                )
+            )
     for r in rows:
         if "latency" in r:
             print(f"latency at {r['corpus']}: {json.dumps(r['latency'])}")

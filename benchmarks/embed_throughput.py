@@ -95,8 +95,16 @@ def _server_cpu(server) -> float:
     return total
 
 
-def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int, model_images: int,
-            loader: str = "threads", device: str = "cpu") -> dict:
+def run_one(
+    backend: str,
+    data_dir: Path,
+    n: int,
+    batch_size: int,
+    workers: int,
+    model_images: int,
+    loader: str = "threads",
+    device: str = "cpu",
+) -> dict:
     """Runs in its own process so peak RSS belongs to this configuration alone."""
     from curation_pipeline.core.decode import decode_image
     from curation_pipeline.core.pipeline import ordered_parallel_map
@@ -113,8 +121,10 @@ def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int,
         raise SystemExit(f"dataset {data_dir} has {len(files)} images, need {n}")
 
     # (a) the model alone on preprocessed inputs
-    sample = [embedder.preprocess(decode_image(f.read_bytes(), draft_size=embedder.decode_draft_size).image)
-              for f in files[:batch_size]]
+    sample = [
+        embedder.preprocess(decode_image(f.read_bytes(), draft_size=embedder.decode_draft_size).image)
+        for f in files[:batch_size]
+    ]
     embedder.forward(sample)  # warm-up
     done, t0, cpu0 = 0, time.perf_counter(), time.process_time()
     while done < model_images:
@@ -141,10 +151,13 @@ def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int,
         items = list(catalog.uncached_items(key, embedder.model_id))
         kind = options.loader
         t0, cpu0 = time.perf_counter(), time.process_time()
-        ok = sum(1 for _, (pre, err) in ordered_parallel_map(load, items, workers=workers,
-                                                             window=batch_size * 3 + workers,
-                                                             chunk=options.loader_chunk, executor=kind)
-                 if err is None)
+        ok = sum(
+            1
+            for _, (pre, err) in ordered_parallel_map(
+                load, items, workers=workers, window=batch_size * 3 + workers, chunk=options.loader_chunk, executor=kind
+            )
+            if err is None
+        )
         loader_ips = ok / (time.perf_counter() - t0)
         loader_cpu_ms = (time.process_time() - cpu0) / ok * 1000
 
@@ -167,21 +180,31 @@ def run_one(backend: str, data_dir: Path, n: int, batch_size: int, workers: int,
     e2e_ips = stats["computed"] / e2e_s
     cache_ips = stats["computed"] / embed_s
     return {
-        "backend": backend, "model": stats["model"], "images": n, "batch_size": batch_size, "workers": workers,
-        "loader": stats["loader"], "device": getattr(embedder, "device", "cpu"),
-        "a_model_img_s": round(model_ips, 1), "b_loader_img_s": round(loader_ips, 1),
-        "c_end_to_end_img_s": round(e2e_ips, 1), "ratio_c_over_min_ab": round(e2e_ips / min(model_ips, loader_ips), 3),
+        "backend": backend,
+        "model": stats["model"],
+        "images": n,
+        "batch_size": batch_size,
+        "workers": workers,
+        "loader": stats["loader"],
+        "device": getattr(embedder, "device", "cpu"),
+        "a_model_img_s": round(model_ips, 1),
+        "b_loader_img_s": round(loader_ips, 1),
+        "c_end_to_end_img_s": round(e2e_ips, 1),
+        "ratio_c_over_min_ab": round(e2e_ips / min(model_ips, loader_ips), 3),
         "c1_streamed_to_cache_img_s": round(cache_ips, 1),
         "ratio_c1_over_min_ab": round(cache_ips / min(model_ips, loader_ips), 3),
         "publish_hnsw_rows_s": round(rows / publish_s, 1),
         # CPU time of this process per image in each phase (all threads): a + b is what one image
         # costs, so on `cores` cores no pipeline can beat cores / (a + b) when both halves are CPU work.
-        "cpu_ms_a": round(model_cpu_ms, 3), "cpu_ms_b": round(loader_cpu_ms, 3), "cpu_ms_c1": round(cache_cpu_ms, 3),
+        "cpu_ms_a": round(model_cpu_ms, 3),
+        "cpu_ms_b": round(loader_cpu_ms, 3),
+        "cpu_ms_c1": round(cache_cpu_ms, 3),
         "cpu_ms_db_c1": round(db_cpu_ms, 3),
         "cpu_bound_img_s": round((os.cpu_count() or 1) * 1000 / (model_cpu_ms + loader_cpu_ms + db_cpu_ms), 1),
-        "c1_over_cpu_bound": round(cache_ips / ((os.cpu_count() or 1) * 1000
-                                                / (model_cpu_ms + loader_cpu_ms + db_cpu_ms)), 3),
-        "rows_published": rows, "rerun_seconds": round(rerun_s, 2), "rerun_computed": again["computed"],
+        "c1_over_cpu_bound": round(cache_ips / ((os.cpu_count() or 1) * 1000 / (model_cpu_ms + loader_cpu_ms + db_cpu_ms)), 3),
+        "rows_published": rows,
+        "rerun_seconds": round(rerun_s, 2),
+        "rerun_computed": again["computed"],
         "peak_rss_mb_before_c": round(rss_before / 1024, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -210,28 +233,53 @@ def main() -> None:
     rows = []
     for backend in args.backends.split(","):
         for n in sizes[backend]:
-            cfg = {"backend": backend, "data_dir": str(data), "n": n,
-                   "batch_size": args.batch_size if backend == "offline" else 32, "workers": args.workers,
-                   "loader": args.loader, "device": args.device,
-                   "model_images": 20_000 if backend == "offline" else 640}
-            out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True,
-                                 text=True, check=True)
+            cfg = {
+                "backend": backend,
+                "data_dir": str(data),
+                "n": n,
+                "batch_size": args.batch_size if backend == "offline" else 32,
+                "workers": args.workers,
+                "loader": args.loader,
+                "device": args.device,
+                "model_images": 20_000 if backend == "offline" else 640,
+            }
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True, check=True
+            )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
-    cols = ["backend", "images", "loader", "a_model_img_s", "b_loader_img_s", "c1_streamed_to_cache_img_s",
-            "ratio_c1_over_min_ab", "cpu_ms_a", "cpu_ms_b", "cpu_ms_db_c1", "cpu_bound_img_s", "c1_over_cpu_bound",
-            "publish_hnsw_rows_s",
-            "c_end_to_end_img_s", "ratio_c_over_min_ab",
-            "peak_rss_mb", "rerun_seconds", "rerun_computed"]
+    cols = [
+        "backend",
+        "images",
+        "loader",
+        "a_model_img_s",
+        "b_loader_img_s",
+        "c1_streamed_to_cache_img_s",
+        "ratio_c1_over_min_ab",
+        "cpu_ms_a",
+        "cpu_ms_b",
+        "cpu_ms_db_c1",
+        "cpu_bound_img_s",
+        "c1_over_cpu_bound",
+        "publish_hnsw_rows_s",
+        "c_end_to_end_img_s",
+        "ratio_c_over_min_ab",
+        "peak_rss_mb",
+        "rerun_seconds",
+        "rerun_computed",
+    ]
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(str(r[c]) for c in cols))
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / "embed_throughput.json").write_text(json.dumps(
-        {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__},
-         "rows": rows}, indent=1))
+    (out_dir / "embed_throughput.json").write_text(
+        json.dumps(
+            {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__}, "rows": rows},
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -54,14 +54,19 @@ def main() -> None:
             t3 = time.perf_counter()
             again = embed_drop(catalog, embedder, key)  # second pass: content cache
             t4 = time.perf_counter()
-            rows.append({
-                "drop": key, "objects": m["objects_listed"], "valid": m["valid_images"],
-                "manifest_img_s": round(m["objects_listed"] / (t1 - t0), 1),
-                "embed_img_s": round(e["computed"] / (t2 - t1), 1) if e["computed"] else None,
-                "dedup_img_s": round(d["images"] / (t3 - t2), 1),
-                "re_embed_s": round(t4 - t3, 3), "re_embed_computed": again["computed"],
-                "duplicates": d["duplicates"],
-            })
+            rows.append(
+                {
+                    "drop": key,
+                    "objects": m["objects_listed"],
+                    "valid": m["valid_images"],
+                    "manifest_img_s": round(m["objects_listed"] / (t1 - t0), 1),
+                    "embed_img_s": round(e["computed"] / (t2 - t1), 1) if e["computed"] else None,
+                    "dedup_img_s": round(d["images"] / (t3 - t2), 1),
+                    "re_embed_s": round(t4 - t3, 3),
+                    "re_embed_computed": again["computed"],
+                    "duplicates": d["duplicates"],
+                }
+            )
         db.close()
 
     cols = list(rows[0])
@@ -70,9 +75,16 @@ def main() -> None:
         print(" | ".join(str(r[c]) for c in cols))
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "ingest_throughput.json").write_text(json.dumps(
-        {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "embedder": embedder.model_id,
-         "rows": rows}, indent=1))
+    (out / "ingest_throughput.json").write_text(
+        json.dumps(
+            {
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                "embedder": embedder.model_id,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

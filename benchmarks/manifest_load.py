@@ -43,11 +43,29 @@ def main() -> None:
                     for i in range(per_drop):
                         obj = f"cam{i % 8}/frame_{i:07d}.jpg"
                         h = int(rng.integers(-(2**63), 2**63 - 1))
-                        writer.add(image_id_for(key, obj), f"s3://bench/drops/{key}/{obj}", ManifestRecord(
-                            object_key=obj, bytes=int(rng.integers(50_000, 900_000)), sha256=f"{d:04d}{i:060d}",
-                            status="ok", format="JPEG", width=1920, height=1080, mode="RGB", camera_model=f"cam{i % 8}",
-                            phash=h, phash_mirror=h ^ 0x0F0F, blur_variance=float(rng.random() * 900),
-                            brightness=float(rng.random()), contrast=0.2, entropy=7.1, aspect_ratio=16 / 9), None)
+                        writer.add(
+                            image_id_for(key, obj),
+                            f"s3://bench/drops/{key}/{obj}",
+                            ManifestRecord(
+                                object_key=obj,
+                                bytes=int(rng.integers(50_000, 900_000)),
+                                sha256=f"{d:04d}{i:060d}",
+                                status="ok",
+                                format="JPEG",
+                                width=1920,
+                                height=1080,
+                                mode="RGB",
+                                camera_model=f"cam{i % 8}",
+                                phash=h,
+                                phash_mirror=h ^ 0x0F0F,
+                                blur_variance=float(rng.random() * 900),
+                                brightness=float(rng.random()),
+                                contrast=0.2,
+                                entropy=7.1,
+                                aspect_ratio=16 / 9,
+                            ),
+                            None,
+                        )
             seconds = time.perf_counter() - t0
             out[f"{pass_name}_s"] = round(seconds, 1)
             out[f"{pass_name}_rows_per_s"] = round(out["rows"] / seconds)
@@ -57,10 +75,15 @@ def main() -> None:
             conn.execute("VACUUM ANALYZE images")
             sizes = conn.execute(
                 "SELECT pg_database_size(current_database()), pg_table_size('images'), pg_indexes_size('images'),"
-                " (SELECT count(*) FROM images)").fetchone()
-        out.update(database_mb=round(sizes[0] / 2**20, 1), images_table_mb=round(sizes[1] / 2**20, 1),
-                   images_indexes_mb=round(sizes[2] / 2**20, 1), images_rows=sizes[3],
-                   bytes_per_row_with_indexes=round((sizes[1] + sizes[2]) / sizes[3]))
+                " (SELECT count(*) FROM images)"
+            ).fetchone()
+        out.update(
+            database_mb=round(sizes[0] / 2**20, 1),
+            images_table_mb=round(sizes[1] / 2**20, 1),
+            images_indexes_mb=round(sizes[2] / 2**20, 1),
+            images_rows=sizes[3],
+            bytes_per_row_with_indexes=round((sizes[1] + sizes[2]) / sizes[3]),
+        )
         load("rerun")  # the same objects again: upserts, nothing added
         with catalog.connection() as conn:
             out["rows_after_rerun"] = conn.execute("SELECT count(*) FROM images").fetchone()[0]

@@ -73,9 +73,13 @@ def recall_at_10() -> dict:
                 by_kind[kinds[copy]][0] += ok
                 by_kind[kinds[copy]][1] += 1
         db.close()
-    return {"queries": len(latencies), "duplicates": total, "recall_at_10": round(found / total, 4),
-            "by_edit": {k: round(a / b, 3) for k, (a, b) in sorted(by_kind.items())},
-            "step_p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1)}
+    return {
+        "queries": len(latencies),
+        "duplicates": total,
+        "recall_at_10": round(found / total, 4),
+        "by_edit": {k: round(a / b, 3) for k, (a, b) in sorted(by_kind.items())},
+        "step_p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
+    }
 
 
 def latency(rows: int, queries: int, clients: int) -> dict:
@@ -103,21 +107,23 @@ def latency(rows: int, queries: int, clients: int) -> dict:
             for d in range(10):  # ten drops, so a drop filter keeps 10% of the rows
                 with conn.transaction():
                     ids = np.arange(d * per_drop + 1, (d + 1) * per_drop + 1)
-                    load_drop(conn, f"drop-{d}", ids, make_vectors(per_drop, rng, centres), model, "halfvec",
-                              representatives=False)
+                    load_drop(
+                        conn, f"drop-{d}", ids, make_vectors(per_drop, rng, centres), model, "halfvec", representatives=False
+                    )
             out["load_s"] = round(time.perf_counter() - t0, 1)
             conn.execute("SET maintenance_work_mem = '4GB'")
             t0 = time.perf_counter()
             conn.execute(ddl)
             out["hnsw_build_s"] = round(time.perf_counter() - t0, 1)
             conn.execute("ANALYZE embeddings")
-            out["index_mb"] = round(conn.execute("SELECT pg_relation_size(%s::regclass)", (index,)).fetchone()[0]
-                                    / 2**20, 1)
+            out["index_mb"] = round(conn.execute("SELECT pg_relation_size(%s::regclass)", (index,)).fetchone()[0] / 2**20, 1)
         qs = make_vectors(queries, rng, centres)
 
         def pct(xs):
-            return {"p50_ms": round(float(np.percentile(xs, 50)) * 1000, 2),
-                    "p99_ms": round(float(np.percentile(xs, 99)) * 1000, 2)}
+            return {
+                "p50_ms": round(float(np.percentile(xs, 50)) * 1000, 2),
+                "p99_ms": round(float(np.percentile(xs, 99)) * 1000, 2),
+            }
 
         def timed(fn, q):
             t0 = time.perf_counter()
@@ -127,10 +133,15 @@ def latency(rows: int, queries: int, clients: int) -> dict:
         for q in qs[:20]:  # warm the index into shared buffers / page cache
             catalog.search(model, q, 10)
         out["search_unfiltered"] = pct([timed(lambda q: catalog.search(model, q, 10), q) for q in qs])
-        out["search_drop_filter_10pct"] = pct([timed(lambda q: catalog.search(model, q, 10, drop_keys=["drop-3"]), q)
-                                               for q in qs])
-        out["search_metadata_filter"] = pct([timed(lambda q: catalog.search(
-            model, q, 10, predicates=[Predicate.parse("drop_key in drop-1,drop-2")]), q) for q in qs])
+        out["search_drop_filter_10pct"] = pct(
+            [timed(lambda q: catalog.search(model, q, 10, drop_keys=["drop-3"]), q) for q in qs]
+        )
+        out["search_metadata_filter"] = pct(
+            [
+                timed(lambda q: catalog.search(model, q, 10, predicates=[Predicate.parse("drop_key in drop-1,drop-2")]), q)
+                for q in qs
+            ]
+        )
         stmt, _, _ = catalog.nearest_statement(model)
         with catalog.connection() as conn:
             conn.execute("SET hnsw.ef_search = 100")
@@ -185,8 +196,9 @@ def main() -> None:
         print("| recall@10 | " + " | ".join(str(v) for v in r["by_edit"].values()) + " |")
     if "latency" in result:
         lat = result["latency"]
-        print(f"\n{lat['rows']} vectors: load {lat['load_s']} s, HNSW build {lat['hnsw_build_s']} s, "
-              f"index {lat['index_mb']} MB")
+        print(
+            f"\n{lat['rows']} vectors: load {lat['load_s']} s, HNSW build {lat['hnsw_build_s']} s, index {lat['index_mb']} MB"
+        )
         print("| query path | p50 ms | p99 ms |\n|---|---|---|")
         for key, v in lat.items():
             if isinstance(v, dict):

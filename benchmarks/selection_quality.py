@@ -76,11 +76,19 @@ def main() -> None:
         db = ThrowawayDatabase(Path(tmp) / "pg")
         catalog = Catalog(db.url)
         catalog.register_model(MODEL, "pixels", vectors.shape[1], "8x8 digit pixels, L2-normalised")
-        catalog.replace_manifest("digits", [
-            (int(i), f"digits/{i}.png", ManifestRecord(object_key=f"{i}.png", bytes=64, sha256=f"d{i}", status="ok",
-                                                         width=8, height=8), None) for i in ids])
-        catalog.replace_embeddings("digits", EmbeddingSet(MODEL, ids, [f"d{i}" for i in ids], vectors,
-                                                          ["digits"] * n))
+        catalog.replace_manifest(
+            "digits",
+            [
+                (
+                    int(i),
+                    f"digits/{i}.png",
+                    ManifestRecord(object_key=f"{i}.png", bytes=64, sha256=f"d{i}", status="ok", width=8, height=8),
+                    None,
+                )
+                for i in ids
+            ],
+        )
+        catalog.replace_embeddings("digits", EmbeddingSet(MODEL, ids, [f"d{i}" for i in ids], vectors, ["digits"] * n))
 
         def run(name: str, spec: SelectionSpec) -> dict:
             t0 = time.perf_counter()
@@ -88,16 +96,24 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             picked = [it["image_id"] for it in catalog.selection_items(name)]
             cmp = catalog.selection_info(name)["comparison"]
-            return {"accuracy": accuracy(picked), "classes": len({label_of[i] for i in picked}),
-                    "fine_clusters": cmp["subset"]["fine_clusters_covered"], "seconds": seconds}
+            return {
+                "accuracy": accuracy(picked),
+                "classes": len({label_of[i] for i in picked}),
+                "fine_clusters": cmp["subset"]["fine_clusters_covered"],
+                "seconds": seconds,
+            }
 
         for frac in [float(b) for b in args.budgets.split(",")]:
             budget = max(1, int(round(frac * n)))
-            rnd = [run(f"random-{budget}-{s}", SelectionSpec(budget=budget, seed=s,
-                                                               strategies=(StrategySpec("random"),)))
-                   for s in range(RANDOM_SEEDS)]
-            row = {"budget_fraction": frac, "budget": budget,
-                   "random": {k: float(np.mean([r[k] for r in rnd])) for k in rnd[0]}}
+            rnd = [
+                run(f"random-{budget}-{s}", SelectionSpec(budget=budget, seed=s, strategies=(StrategySpec("random"),)))
+                for s in range(RANDOM_SEEDS)
+            ]
+            row = {
+                "budget_fraction": frac,
+                "budget": budget,
+                "random": {k: float(np.mean([r[k] for r in rnd])) for k in rnd[0]},
+            }
             for label, strat in strategies().items():
                 row[label] = run(f"s-{budget}-{len(row)}", SelectionSpec(budget=budget, strategies=strat))
             results.append(row)
@@ -105,12 +121,14 @@ def main() -> None:
         db.close()
 
     labels = ["random"] + list(strategies())
-    print("\n| strategy | " + " | ".join(f"{int(r['budget_fraction'] * 100)}% ({r['budget']}) acc / classes / "
-                                          "clusters" for r in results) + " |")
+    print(
+        "\n| strategy | "
+        + " | ".join(f"{int(r['budget_fraction'] * 100)}% ({r['budget']}) acc / classes / clusters" for r in results)
+        + " |"
+    )
     print("|---|" + "---|" * len(results))
     for label in labels:
-        cells = [f"{r[label]['accuracy']:.3f} / {r[label]['classes']:.1f} / {r[label]['fine_clusters']:.2f}"
-                 for r in results]
+        cells = [f"{r[label]['accuracy']:.3f} / {r[label]['classes']:.1f} / {r[label]['fine_clusters']:.2f}" for r in results]
         print(f"| {label} | " + " | ".join(cells) + " |")
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "selection_quality.json").write_text(json.dumps(results, indent=1))

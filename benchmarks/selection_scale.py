@@ -91,15 +91,22 @@ def run_one(impl: str, rows: int, steps: int) -> dict:
     traced_peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"impl": impl, "rows": rows, "dim": DIM, "steps": steps, "matrix_mb": round(matrix_mb, 1),
-            "ms_per_step": round(per_step * 1000, 2),
-            "floor_ms_per_step_f32": round(min(read_s) * 1000, 2) if read_s else None,
-            "extrapolated_10k_picks_s": round(per_step * 10_000, 1),
-            "extrapolated_100k_picks_s": round(per_step * 100_000, 1),
-            "peak_rss_mb": round(peak, 1), "rss_before_select_mb": round(base_rss, 1),
-            "selection_alloc_peak_mb": round(traced_peak_mb, 1),
-            "memory_over_matrix": round((matrix_mb + traced_peak_mb) / matrix_mb, 3),
-            "first_picks": picked[:5].tolist()}
+    return {
+        "impl": impl,
+        "rows": rows,
+        "dim": DIM,
+        "steps": steps,
+        "matrix_mb": round(matrix_mb, 1),
+        "ms_per_step": round(per_step * 1000, 2),
+        "floor_ms_per_step_f32": round(min(read_s) * 1000, 2) if read_s else None,
+        "extrapolated_10k_picks_s": round(per_step * 10_000, 1),
+        "extrapolated_100k_picks_s": round(per_step * 100_000, 1),
+        "peak_rss_mb": round(peak, 1),
+        "rss_before_select_mb": round(base_rss, 1),
+        "selection_alloc_peak_mb": round(traced_peak_mb, 1),
+        "memory_over_matrix": round((matrix_mb + traced_peak_mb) / matrix_mb, 3),
+        "first_picks": picked[:5].tolist(),
+    }
 
 
 def main() -> None:
@@ -114,18 +121,26 @@ def main() -> None:
         return
     rows = []
     for impl in args.impls.split(","):
-        res = subprocess.run([sys.executable, __file__, "--one", impl, "--rows", str(args.rows), "--steps",
-                              str(args.steps)], stdout=subprocess.PIPE, text=True, check=True)
+        res = subprocess.run(
+            [sys.executable, __file__, "--one", impl, "--rows", str(args.rows), "--steps", str(args.steps)],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     floor = next((r["floor_ms_per_step_f32"] for r in rows if r["floor_ms_per_step_f32"]), None)
-    print("| implementation | matrix MB | ms / step | x f32 read floor | 10k picks s (extrap.) | 100k picks s (extrap.) "
-          "| selection allocations peak MB | (matrix + allocations) / matrix |")
+    print(
+        "| implementation | matrix MB | ms / step | x f32 read floor | 10k picks s (extrap.) | 100k picks s (extrap.) "
+        "| selection allocations peak MB | (matrix + allocations) / matrix |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['ms_per_step'] / floor:.2f}" if floor else "-"
-        print(f"| {r['impl']} | {r['matrix_mb']} | {r['ms_per_step']} | {ratio} | {r['extrapolated_10k_picks_s']} | "
-              f"{r['extrapolated_100k_picks_s']} | {r['selection_alloc_peak_mb']} | {r['memory_over_matrix']} |")
+        print(
+            f"| {r['impl']} | {r['matrix_mb']} | {r['ms_per_step']} | {ratio} | {r['extrapolated_10k_picks_s']} | "
+            f"{r['extrapolated_100k_picks_s']} | {r['selection_alloc_peak_mb']} | {r['memory_over_matrix']} |"
+        )
     print(f"f32 read floor: {floor} ms per step (one BLAS pass over the {rows[0]['rows']} x {DIM} float32 matrix)")
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "selection_scale.json").write_text(json.dumps(rows, indent=1))

@@ -68,13 +68,20 @@ def _run_job(job_name: str, partitions_def_name: str, partition_key: str, run_co
     unsubscribe = subscribe(TerminalBar())  # the run executes in this process: steps report here
     try:
         with runs.watching_pool_waits(instance, _stderr) as wait:
-            result = job.execute_in_process(instance=instance, partition_key=partition_key, run_config=config,
-                                            raise_on_error=False, tags=runs.process_tags())
+            result = job.execute_in_process(
+                instance=instance,
+                partition_key=partition_key,
+                run_config=config,
+                raise_on_error=False,
+                tags=runs.process_tags(),
+            )
     finally:
         unsubscribe()
     if not result.success and wait.interrupted:
-        raise SystemExit(f"curation: run {result.run_id} of {job_name} for {partition_key!r} was interrupted while "
-                         f"waiting for {wait.holders_text()}; it is marked canceled")
+        raise SystemExit(
+            f"curation: run {result.run_id} of {job_name} for {partition_key!r} was interrupted while "
+            f"waiting for {wait.holders_text()}; it is marked canceled"
+        )
     if not result.success:
         raise SystemExit(runs.failure_line(result, job_name, partition_key))
     metadata = {}
@@ -111,8 +118,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         manifest_config["allow_shrink"] = True
     meta = _run_job("ingest_drop", "capture_drops", key, {"ops": {"raw_image_manifest": {"config": manifest_config}}})
     for label, count in (meta.get("raw_image_manifest", {}).get("items_lost") or {}).items():
-        _stderr(f"warning: {label} lost {count} item(s): their images are no longer in drop {key}; "
-                f"`curation select --name NAME` (or the automation) re-selects to the budget")
+        _stderr(
+            f"warning: {label} lost {count} item(s): their images are no longer in drop {key}; "
+            f"`curation select --name NAME` (or the automation) re-selects to the budget"
+        )
     if args.json:
         print(json.dumps(meta, default=str))
     return 0
@@ -143,8 +152,7 @@ def cmd_select(args: argparse.Namespace) -> int:
             parsed = [StrategySpec.parse(s) for s in args.strategy]
         except (ValueError, TypeError) as exc:
             raise SystemExit(f"curation: {exc}") from None
-        config["strategies"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(st).items()}
-                                for st in parsed]
+        config["strategies"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(st).items()} for st in parsed]
     for key, value in (("drop_keys", args.drop), ("where", args.where), ("exclude", args.exclude)):
         if value:
             config[key] = value
@@ -160,16 +168,22 @@ def cmd_select(args: argparse.Namespace) -> int:
     report = meta.get("curation_report", {}).get("path")
     info = _catalog().selection_info(name) or {}
     comparison = info.get("comparison") or {}
-    _stderr(f"selection {name}: {meta.get('curated_subset', {}).get('selected')} images "
-            f"({meta.get('curated_subset', {}).get('strategy')}); report: {report}")
+    _stderr(
+        f"selection {name}: {meta.get('curated_subset', {}).get('selected')} images "
+        f"({meta.get('curated_subset', {}).get('strategy')}); report: {report}"
+    )
     missing = meta.get("curation_report", {}).get("missing_sources") or 0
     if missing:
-        _stderr(f"  warning: {missing} source file(s) could not be read for the report; they are listed in its "
-                "'Missing sources' section")
+        _stderr(
+            f"  warning: {missing} source file(s) could not be read for the report; they are listed in its "
+            "'Missing sources' section"
+        )
     if comparison:
         sub, rnd = comparison["subset"], comparison["random"]
-        _stderr(f"  fine clusters covered {sub['fine_clusters_covered']:.2f} (random {rnd['fine_clusters_covered']:.2f}),"
-                f" mean distance pool->subset {sub.get('coverage_distance_mean')} (random {rnd.get('coverage_distance_mean')})")
+        _stderr(
+            f"  fine clusters covered {sub['fine_clusters_covered']:.2f} (random {rnd['fine_clusters_covered']:.2f}),"
+            f" mean distance pool->subset {sub.get('coverage_distance_mean')} (random {rnd.get('coverage_distance_mean')})"
+        )
     if args.json:
         print(json.dumps({**meta, "comparison": comparison}, default=str))
     return 0
@@ -182,8 +196,10 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         stats = load_annotations(_catalog(), args.file, key_column=args.key_column, columns=args.column or None)
     except ValueError as exc:
         raise SystemExit(f"curation: {exc}") from None
-    _stderr(f"loaded {stats['values']} values of {stats['columns']} for {stats['matched_images']} images; "
-            f"{stats['unmatched_rows']} rows named no known image")
+    _stderr(
+        f"loaded {stats['values']} values of {stats['columns']} for {stats['matched_images']} images; "
+        f"{stats['unmatched_rows']} rows named no known image"
+    )
     if args.json:
         print(json.dumps(stats))
     return 0
@@ -204,17 +220,36 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         config["text"] = args.text
     if not (args.query or args.prefix or args.image or args.text):
         raise SystemExit("curation: give --query FILE|FOLDER, --prefix S3_PREFIX, --image CORPUS_IMAGE or --text PROMPT")
-    for key, value in (("min_similarity", args.min_similarity), ("drop_keys", args.drop), ("where", args.where),
-                       ("exclude", args.exclude),
-                       ("export_to", args.export_to if not args.export_to or "://" in args.export_to
-                        else str(Path(args.export_to).expanduser().resolve()))):
+    for key, value in (
+        ("min_similarity", args.min_similarity),
+        ("drop_keys", args.drop),
+        ("where", args.where),
+        ("exclude", args.exclude),
+        (
+            "export_to",
+            args.export_to
+            if not args.export_to or "://" in args.export_to
+            else str(Path(args.export_to).expanduser().resolve()),
+        ),
+    ):
         if value is not None:
             config[key] = value
     _run_job("retrieve", "retrieval_queries", name, {"ops": {"retrieval_set": {"config": config}}})
     items = _catalog().retrieval_items(name)
     if args.json:
-        print(json.dumps([{"rank": it["rank"], "similarity": round(it["similarity"], 6), "path": it["source_uri"],
-                           "query": it["query_ref"]} for it in items]))
+        print(
+            json.dumps(
+                [
+                    {
+                        "rank": it["rank"],
+                        "similarity": round(it["similarity"], 6),
+                        "path": it["source_uri"],
+                        "query": it["query_ref"],
+                    }
+                    for it in items
+                ]
+            )
+        )
     else:
         for it in items:
             print(f"{it['rank']:3d}  {it['similarity']:.4f}  {it['source_uri']}")
@@ -229,14 +264,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise SystemExit(f"curation: selection {name!r} does not exist: run `curation select --name {name}` first")
     config: dict = {"copy_images": not args.no_copy}
     if args.destination:
-        config["destination"] = args.destination if "://" in args.destination else str(
-            Path(args.destination).expanduser().resolve())
+        config["destination"] = (
+            args.destination if "://" in args.destination else str(Path(args.destination).expanduser().resolve())
+        )
     if args.presign is not None:
         config["presign_seconds"] = args.presign
     meta = _run_job("export", "selections", name, {"ops": {"curated_export": {"config": config}}})
     out = meta.get("curated_export", {})
-    _stderr(f"export {name}: {out.get('images')} images ({out.get('copied')} copied, {out.get('already_there')} already "
-            f"there); manifest {out.get('manifest_parquet')}")
+    _stderr(
+        f"export {name}: {out.get('images')} images ({out.get('copied')} copied, {out.get('already_there')} already "
+        f"there); manifest {out.get('manifest_parquet')}"
+    )
     if args.json:
         print(json.dumps(out, default=str))
     return 0
@@ -274,9 +312,11 @@ def _warn_lost(lost: list[dict], what: str) -> None:
     if not lost:
         return
     reasons = sorted({x["reason"] for x in lost})
-    _stderr(f"warning: {what} lost {len(lost)} item(s) since it was materialized (ranks "
-            f"{', '.join(str(x['rank']) for x in lost[:20])}{' ...' if len(lost) > 20 else ''}): "
-            f"{'; '.join(reasons)}. Materialize it again to refill it.")
+    _stderr(
+        f"warning: {what} lost {len(lost)} item(s) since it was materialized (ranks "
+        f"{', '.join(str(x['rank']) for x in lost[:20])}{' ...' if len(lost) > 20 else ''}): "
+        f"{'; '.join(reasons)}. Materialize it again to refill it."
+    )
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
@@ -299,16 +339,29 @@ def cmd_drop(args: argparse.Namespace) -> int:
 
 def cmd_protect(args: argparse.Namespace) -> int:
     _catalog().set_protected(args.drop, not args.off)
-    _stderr(f"drop {args.drop} is {'no longer ' if args.off else ''}protected; "
-            "`curation leaks` lists other drops' duplicates of its images")
+    _stderr(
+        f"drop {args.drop} is {'no longer ' if args.off else ''}protected; "
+        "`curation leaks` lists other drops' duplicates of its images"
+    )
     return 0
 
 
 def cmd_leaks(args: argparse.Namespace) -> int:
     leaks = _catalog().leaks(args.drop)
     if args.json:
-        print(json.dumps([{"path": x["source_uri"], "drop": x["drop_key"], "duplicates": x["protected_uri"],
-                           "protected_drop": x["protected_drop"]} for x in leaks]))
+        print(
+            json.dumps(
+                [
+                    {
+                        "path": x["source_uri"],
+                        "drop": x["drop_key"],
+                        "duplicates": x["protected_uri"],
+                        "protected_drop": x["protected_drop"],
+                    }
+                    for x in leaks
+                ]
+            )
+        )
     else:
         for x in leaks:
             print(f"{x['drop_key']}/{x['object_key']}  duplicates  {x['protected_drop']}/{x['protected_key']}")
@@ -348,10 +401,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         catalog.register_drop(key, str(path))
         _stderr(f"ingesting {key} from {path}")
         _run_job("ingest_drop", "capture_drops", key)
-    _run_job("select_and_report", "selections", "demo",
-             {"ops": {"curated_subset": {"config": {"budget": args.budget, "min_distance": 0.0}}}})
-    _run_job("retrieve", "retrieval_queries", "demo",
-             {"ops": {"retrieval_set": {"config": {"query_paths": [str(demo.query_image)], "k": 10}}}})
+    _run_job(
+        "select_and_report",
+        "selections",
+        "demo",
+        {"ops": {"curated_subset": {"config": {"budget": args.budget, "min_distance": 0.0}}}},
+    )
+    _run_job(
+        "retrieve",
+        "retrieval_queries",
+        "demo",
+        {"ops": {"retrieval_set": {"config": {"query_paths": [str(demo.query_image)], "k": 10}}}},
+    )
 
     counts = catalog.corpus_counts()
     groups = catalog.duplicate_groups()
@@ -388,10 +449,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  images seen            {summary['images_seen']}")
         print(f"  corrupt / unsupported  {summary['corrupt_or_unsupported']}")
         print(f"  exact duplicates       {summary['exact_duplicates']}")
-        print(f"  near duplicates        {summary['near_duplicates']} "
-              f"(perceptual {summary['near_duplicates_perceptual']}, semantic {summary['near_duplicates_semantic']})")
-        print(f"  vs planted             precision {score['precision']}, recall {score['recall']} "
-              f"({score['correct']} of {score['planted_duplicates']} planted found, {score['detected_duplicates']} flagged)")
+        print(
+            f"  near duplicates        {summary['near_duplicates']} "
+            f"(perceptual {summary['near_duplicates_perceptual']}, semantic {summary['near_duplicates_semantic']})"
+        )
+        print(
+            f"  vs planted             precision {score['precision']}, recall {score['recall']} "
+            f"({score['correct']} of {score['planted_duplicates']} planted found, {score['detected_duplicates']} flagged)"
+        )
         print(f"  subset size            {summary['subset_size']}")
         print(f"  retrieval top hit      {summary['retrieval_top1']}")
         print(f"  report                 {summary['report']}")
@@ -412,8 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("ingest", help="register a drop and materialize manifest, embeddings and dedup for it")
     i.add_argument("source", help="drop folder (local path)")
     i.add_argument("--drop", required=True, help="partition key for the drop")
-    i.add_argument("--allow-shrink", action="store_true",
-                   help="let this re-ingest remove more than half of the drop's known objects (refused otherwise)")
+    i.add_argument(
+        "--allow-shrink",
+        action="store_true",
+        help="let this re-ingest remove more than half of the drop's known objects (refused otherwise)",
+    )
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_ingest)
 
@@ -423,10 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--json", action="store_true")
     dr.set_defaults(func=cmd_drop)
 
-    s = sub.add_parser("select", help="materialize a named curated subset and its report",
-                       epilog="strategies: diversity, typicality, outliers, coverage, balance, query_similarity, "
-                              "score, random; e.g. --strategy coverage,clusters=50 --strategy diversity:0.5 "
-                              "--strategy score:2,column=uncertainty --strategy balance,column=camera_model")
+    s = sub.add_parser(
+        "select",
+        help="materialize a named curated subset and its report",
+        epilog="strategies: diversity, typicality, outliers, coverage, balance, query_similarity, "
+        "score, random; e.g. --strategy coverage,clusters=50 --strategy diversity:0.5 "
+        "--strategy score:2,column=uncertainty --strategy balance,column=camera_model",
+    )
     s.add_argument("--budget", type=int)
     s.add_argument("--strategy", action="append", help="name[:weight][,key=value...] (repeatable)")
     s.add_argument("--config", help="YAML file with the selection settings (budget, strategies, where, ...)")

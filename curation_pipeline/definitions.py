@@ -20,35 +20,47 @@ from curation_pipeline.resources.dagster_resources import (
 from curation_pipeline.resources.database import curation_home
 from curation_pipeline.resources.pgvector_io import PgVectorIOManager
 
-ASSETS = [raw_image_manifest, image_embeddings, dedup_clusters, curated_subset, retrieval_set, curation_report,
-          curated_export]
+ASSETS = [raw_image_manifest, image_embeddings, dedup_clusters, curated_subset, retrieval_set, curation_report, curated_export]
 
 # Declarative automation: curated subsets and their reports follow new dedup results (see the
 # assets' automation_condition). Like every sensor it must be switched on (UI or
 # CURATION_SENSOR_RUNNING=1) before anything runs on its own.
 automation_sensor = dg.AutomationConditionSensorDefinition(
-    "curation_automation", target=dg.AssetSelection.all(),
-    default_status=(dg.DefaultSensorStatus.RUNNING if os.environ.get("CURATION_SENSOR_RUNNING") == "1"
-                    else dg.DefaultSensorStatus.STOPPED),
+    "curation_automation",
+    target=dg.AssetSelection.all(),
+    default_status=(
+        dg.DefaultSensorStatus.RUNNING if os.environ.get("CURATION_SENSOR_RUNNING") == "1" else dg.DefaultSensorStatus.STOPPED
+    ),
     minimum_interval_seconds=30,
 )
 
 
-def build_resources(*, database_url: str | None = None, embedder: EmbedderResource | None = None,
-                    drop_root: str | None = None, s3: CurationS3Resource | None = None) -> dict:
+def build_resources(
+    *,
+    database_url: str | None = None,
+    embedder: EmbedderResource | None = None,
+    drop_root: str | None = None,
+    s3: CurationS3Resource | None = None,
+) -> dict:
     """Arguments override resources for tests and the CLI; the defaults read DATABASE_URL /
     CURATION_HOME / CURATION_DROP_ROOT, CURATION_S3_ENDPOINT_URL / _REGION / _PROFILE (S3 credentials
     come from boto3's usual chain) and use the offline embedder."""
-    s3 = s3 or CurationS3Resource(endpoint_url=os.environ.get("CURATION_S3_ENDPOINT_URL") or None,
-                                  region_name=os.environ.get("CURATION_S3_REGION") or None,
-                                  profile_name=os.environ.get("CURATION_S3_PROFILE") or None)
+    s3 = s3 or CurationS3Resource(
+        endpoint_url=os.environ.get("CURATION_S3_ENDPOINT_URL") or None,
+        region_name=os.environ.get("CURATION_S3_REGION") or None,
+        profile_name=os.environ.get("CURATION_S3_PROFILE") or None,
+    )
     return {
         "database": DatabaseResource(url=database_url),
-        "image_store": ImageStoreResource(drop_root=drop_root, s3=s3,
-                                          drop_marker=os.environ.get("CURATION_DROP_MARKER", "_SUCCESS")),
-        "embedder": embedder or EmbedderResource(backend=os.environ.get("CURATION_EMBEDDER") or "offline",
-                                                 model_name=os.environ.get("CURATION_EMBEDDER_MODEL") or "",
-                                                 pretrained=os.environ.get("CURATION_EMBEDDER_PRETRAINED") or ""),
+        "image_store": ImageStoreResource(
+            drop_root=drop_root, s3=s3, drop_marker=os.environ.get("CURATION_DROP_MARKER", "_SUCCESS")
+        ),
+        "embedder": embedder
+        or EmbedderResource(
+            backend=os.environ.get("CURATION_EMBEDDER") or "offline",
+            model_name=os.environ.get("CURATION_EMBEDDER_MODEL") or "",
+            pretrained=os.environ.get("CURATION_EMBEDDER_PRETRAINED") or "",
+        ),
         "pgvector_io_manager": PgVectorIOManager(url=database_url),
     }
 
@@ -56,11 +68,16 @@ def build_resources(*, database_url: str | None = None, embedder: EmbedderResour
 def build_definitions(*, watch: WatchSettings | None = None, **overrides) -> dg.Definitions:
     """The code location; `watch` configures the drop sensor (default: from the environment, see
     WatchSettings.from_env), other keyword arguments go to build_resources."""
-    watch = watch or WatchSettings.from_env(default_root=overrides.get("drop_root") or os.environ.get("CURATION_DROP_ROOT")
-                                            or str(curation_home() / "drops"))
-    return dg.Definitions(assets=ASSETS, jobs=[ingest_drop_job, select_job, retrieve_job, export_job],
-                          sensors=[build_drop_sensor(watch), automation_sensor],
-                          resources=build_resources(**overrides), executor=_executor())
+    watch = watch or WatchSettings.from_env(
+        default_root=overrides.get("drop_root") or os.environ.get("CURATION_DROP_ROOT") or str(curation_home() / "drops")
+    )
+    return dg.Definitions(
+        assets=ASSETS,
+        jobs=[ingest_drop_job, select_job, retrieve_job, export_job],
+        sensors=[build_drop_sensor(watch), automation_sensor],
+        resources=build_resources(**overrides),
+        executor=_executor(),
+    )
 
 
 def _executor():

@@ -26,9 +26,23 @@ def _sources() -> list[tuple[str, Path]]:
 
     sk = Path(skimage.data.__file__).parent
     skl = Path(sklearn.datasets.__file__).parent / "images"
-    names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg", "retina.jpg",
-             "motorcycle_left.png", "ihc.png", "camera.png", "coins.png", "moon.png", "brick.png", "grass.png",
-             "gravel.png", "page.png"]
+    names = [
+        "astronaut.png",
+        "chelsea.png",
+        "coffee.png",
+        "rocket.jpg",
+        "hubble_deep_field.jpg",
+        "retina.jpg",
+        "motorcycle_left.png",
+        "ihc.png",
+        "camera.png",
+        "coins.png",
+        "moon.png",
+        "brick.png",
+        "grass.png",
+        "gravel.png",
+        "page.png",
+    ]
     found = [(n.rsplit(".", 1)[0], sk / n) for n in names if (sk / n).exists()]
     found += [(n.rsplit(".", 1)[0], skl / n) for n in ("china.jpg", "flower.jpg") if (skl / n).exists()]
     if len(found) < 8:
@@ -194,8 +208,9 @@ def score_dedup(ground_truth: dict[str, str], member_to_rep: dict[str, str]) -> 
     duplicate to its representative's "drop/key". A member is correct when it came from the same
     distinct image as its representative."""
     detected = len(member_to_rep)
-    correct = sum(1 for m, r in member_to_rep.items()
-                  if m in ground_truth and r in ground_truth and ground_truth[m] == ground_truth[r])
+    correct = sum(
+        1 for m, r in member_to_rep.items() if m in ground_truth and r in ground_truth and ground_truth[m] == ground_truth[r]
+    )
     groups: dict[str, int] = {}
     for distinct in ground_truth.values():
         groups[distinct] = groups.get(distinct, 0) + 1

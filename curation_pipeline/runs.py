@@ -39,8 +39,7 @@ def process_start_time(pid: int) -> str | None:
 
 def process_tags() -> dict[str, str]:
     """Run tags naming this process."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()),
-            PID_START_TAG: process_start_time(os.getpid()) or ""}
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), PID_START_TAG: process_start_time(os.getpid()) or ""}
 
 
 def process_is_alive(tags: Mapping[str, str]) -> bool | None:
@@ -71,8 +70,7 @@ def process_is_alive(tags: Mapping[str, str]) -> bool | None:
 def _active_statuses():
     from dagster import DagsterRunStatus
 
-    return [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
-            DagsterRunStatus.CANCELING]
+    return [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
 
 def _describe_process(tags: Mapping[str, str]) -> str:
@@ -94,8 +92,11 @@ def _pools_held_by(instance, run_id: str) -> list[str]:
     storage = instance.event_log_storage
     if not storage.supports_global_concurrency_limits:
         return []
-    return sorted(key for key in storage.get_concurrency_keys()
-                  if any(slot.run_id == run_id for slot in storage.get_concurrency_info(key).claimed_slots))
+    return sorted(
+        key
+        for key in storage.get_concurrency_keys()
+        if any(slot.run_id == run_id for slot in storage.get_concurrency_info(key).claimed_slots)
+    )
 
 
 def reap_dead_runs(instance, say=None) -> list[str]:
@@ -113,24 +114,29 @@ def reap_dead_runs(instance, say=None) -> list[str]:
     say = say or (lambda _msg: None)
     storage = instance.event_log_storage
     freed: list[str] = []
-    for run in instance.get_runs(filters=RunsFilter(statuses=_active_statuses(),
-                                                    tags={HOST_TAG: socket.gethostname()})):
+    for run in instance.get_runs(filters=RunsFilter(statuses=_active_statuses(), tags={HOST_TAG: socket.gethostname()})):
         if process_is_alive(run.tags) is not False:
             continue
         current = instance.get_run_by_id(run.run_id)
         if current is None or current.status not in _active_statuses():
             continue  # another CLI call reaped it meanwhile
         pools = _pools_held_by(instance, run.run_id)
-        instance.report_run_failed(current, message=(
-            f"The process that executed this run ({_describe_process(run.tags)}) is gone (killed, or out of "
-            f"memory) while the run was {current.status.value}; marked failed by the curation CLI "
-            f"(pid {os.getpid()})."))
+        instance.report_run_failed(
+            current,
+            message=(
+                f"The process that executed this run ({_describe_process(run.tags)}) is gone (killed, or out of "
+                f"memory) while the run was {current.status.value}; marked failed by the curation CLI "
+                f"(pid {os.getpid()})."
+            ),
+        )
         if storage.supports_global_concurrency_limits:
             storage.free_concurrency_slots_for_run(run.run_id)
         freed.append(run.run_id)
         held = f" and freed its {', '.join(repr(p) for p in pools)} slot" if pools else ""
-        say(f"curation: run {run.run_id} ({describe_run(run)}) was left {current.status.value} by a process "
-            f"that is gone; marked it failed{held}")
+        say(
+            f"curation: run {run.run_id} ({describe_run(run)}) was left {current.status.value} by a process "
+            f"that is gone; marked it failed{held}"
+        )
     freed.extend(_free_slots_of_finished_runs(instance, say))
     return freed
 
@@ -158,8 +164,10 @@ def _free_slots_of_finished_runs(instance, say) -> list[str]:
             storage.free_concurrency_slots_for_run(run.run_id)
             if pools:
                 freed.append(run.run_id)
-                say(f"curation: freed the {', '.join(repr(p) for p in pools)} slot still held by run {run.run_id} "
-                    f"({describe_run(run)}), which ended {run.status.value}")
+                say(
+                    f"curation: freed the {', '.join(repr(p) for p in pools)} slot still held by run {run.run_id} "
+                    f"({describe_run(run)}), which ended {run.status.value}"
+                )
     return freed
 
 
@@ -208,8 +216,9 @@ class PoolWait:
             current = self.instance.get_run_by_id(run.run_id)
             if current is not None and current.status in _active_statuses():
                 # CANCELING makes dagster end the run CANCELED, not "failed unexpectedly"
-                self.instance.report_run_canceling(current, message=(
-                    f"Interrupted (Ctrl-C or SIGTERM) while waiting for {self.holders_text()}."))
+                self.instance.report_run_canceling(
+                    current, message=(f"Interrupted (Ctrl-C or SIGTERM) while waiting for {self.holders_text()}.")
+                )
             raise DagsterExecutionInterruptedError(f"interrupted while waiting for {self.holders_text()}")
         if now - self._last_check < CHECK_SECONDS:
             return False
@@ -226,8 +235,10 @@ class PoolWait:
         said = (tuple(self.steps), tuple((k, tuple(v)) for k, v in pools.items()))
         if pools and (said != self._said or now - self._last_said >= REMIND_SECONDS):
             waited = f" (waiting {now - self.since:.0f}s)" if said == self._said else ""
-            self.say(f"curation: {', '.join(self.steps) or 'a step'} of run {run.run_id} waits for "
-                     f"{self.holders_text()}{waited}; Ctrl-C or SIGTERM stops waiting")
+            self.say(
+                f"curation: {', '.join(self.steps) or 'a step'} of run {run.run_id} waits for "
+                f"{self.holders_text()}{waited}; Ctrl-C or SIGTERM stops waiting"
+            )
             self._said, self._last_said = said, now
         return reaped
 
@@ -246,6 +257,7 @@ def watching_pool_waits(instance, say):
     state = PoolWait(instance, say)
     try:
         from dagster._core.executor import in_process
+
         base = in_process.InstanceConcurrencyContext
     except (ImportError, AttributeError):  # another dagster: its own wait, dead runs still reaped up front
         yield state
@@ -274,8 +286,18 @@ def watching_pool_waits(instance, say):
 
 
 # ---- why a run failed ----------------------------------------------------------------------------
-_KEEP_CLASS = {"KeyError", "IndexError", "AttributeError", "TypeError", "NameError", "AssertionError",
-               "ZeroDivisionError", "NotImplementedError", "RecursionError", "UnboundLocalError"}
+_KEEP_CLASS = {
+    "KeyError",
+    "IndexError",
+    "AttributeError",
+    "TypeError",
+    "NameError",
+    "AssertionError",
+    "ZeroDivisionError",
+    "NotImplementedError",
+    "RecursionError",
+    "UnboundLocalError",
+}
 """Errors whose class is the information (a bug, not a message written for a person)."""
 
 
@@ -345,7 +367,10 @@ def failure_line(result, job_name: str, partition_key: str) -> str:
     if parts:
         detail = " " + "; ".join(parts)
     else:
-        causes = [error_text(ev.job_failure_data.error) for ev in result.all_events
-                  if ev.is_run_failure and ev.job_failure_data.error is not None]
+        causes = [
+            error_text(ev.job_failure_data.error)
+            for ev in result.all_events
+            if ev.is_run_failure and ev.job_failure_data.error is not None
+        ]
         detail = ": " + ("; ".join(causes) or "see the run in the Dagster UI")
     return f"curation: run {result.run_id} of {job_name} for {partition_key!r} failed{detail}"

@@ -95,8 +95,12 @@ def make_small_drop(folder: Path, n_distinct: int = 8) -> dict:
         "distinct": len(crops),
         "files": len(crops) + 7,
         "bad": {"zero.jpg": "empty", "truncated.jpg": "corrupt", "text.jpg": "unsupported"},
-        "duplicates": {"copy_of_00.jpg": "img_00.jpg", "copy_of_01.jpg": "img_01.jpg",
-                       "reencoded_02.jpg": "img_02.jpg", "reencoded_03.jpg": "img_03.jpg"},
+        "duplicates": {
+            "copy_of_00.jpg": "img_00.jpg",
+            "copy_of_01.jpg": "img_01.jpg",
+            "reencoded_02.jpg": "img_02.jpg",
+            "reencoded_03.jpg": "img_03.jpg",
+        },
     }
 
 

@@ -31,13 +31,23 @@ def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), \
+    assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), (
         "Debian chromium + chromium-driver are missing: `make test` installs them (apt-get)"
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1300,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1300,1000",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -76,12 +86,17 @@ def report(tmp_path_factory, pg_server_url):
     with dg.instance_for_test() as instance:
         Catalog(url).register_drop("web", str(folder))
         instance.add_dynamic_partitions("capture_drops", ["web"])
-        assert dg.materialize(ASSETS[:3], partition_key="web", instance=instance,
-                              resources=build_resources(database_url=url)).success
+        assert dg.materialize(
+            ASSETS[:3], partition_key="web", instance=instance, resources=build_resources(database_url=url)
+        ).success
         instance.add_dynamic_partitions("selections", ["web-pick"])
-        assert dg.materialize([ASSETS[3]], partition_key="web-pick", instance=instance,
-                              resources=build_resources(database_url=url),
-                              run_config={"ops": {"curated_subset": {"config": {"budget": 6}}}}).success
+        assert dg.materialize(
+            [ASSETS[3]],
+            partition_key="web-pick",
+            instance=instance,
+            resources=build_resources(database_url=url),
+            run_config={"ops": {"curated_subset": {"config": {"budget": 6}}}},
+        ).success
     out = write_report(Catalog(url), "web-pick", tmp / "report")
     return Path(out["path"]), out
 
@@ -90,18 +105,29 @@ def test_the_report_renders_every_section_with_working_images_and_map(browser, r
     path, out = report
     browser.get(path.as_uri())
     assert _severe(browser) == [], _severe(browser)
-    for section in ("counts", "map", "clusters", "outliers", "duplicates", "threshold", "versus-random", "subset",
-                    "quality", "failed"):
+    for section in (
+        "counts",
+        "map",
+        "clusters",
+        "outliers",
+        "duplicates",
+        "threshold",
+        "versus-random",
+        "subset",
+        "quality",
+        "failed",
+    ):
         assert browser.find_elements("id", section), f"section #{section} missing"
     svg = browser.find_element("id", "embedding-map")
     sample = int(svg.get_attribute("data-points"))
     drawn = browser.execute_script("return document.querySelectorAll('#embedding-map circle.pt').length")
-    assert sample == len(json.loads(browser.execute_script(
-        "return document.getElementById('map-data').textContent"))) == drawn > 0
+    assert (
+        sample == len(json.loads(browser.execute_script("return document.getElementById('map-data').textContent"))) == drawn > 0
+    )
     # every <img> in the page decoded (data: URIs), none broken
     broken = browser.execute_script(
-        "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0) && !i.hidden)"
-        ".map(i => i.alt)")
+        "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0) && !i.hidden).map(i => i.alt)"
+    )
     total = browser.execute_script("return document.images.length")
     assert total >= 10 and broken == [], broken
     # the hostile file name is text, not markup: no alert, no injected script element
@@ -110,8 +136,8 @@ def test_the_report_renders_every_section_with_working_images_and_map(browser, r
     # interactions: recolour by selection, zoom with the wheel, hover shows the thumbnail tip
     browser.find_element("css selector", "button.mapmode[data-mode=selected]").click()
     reds = browser.execute_script(
-        "return Array.from(document.querySelectorAll('circle.pt')).filter(c => c.getAttribute('fill') == '#d62728')"
-        ".length")
+        "return Array.from(document.querySelectorAll('circle.pt')).filter(c => c.getAttribute('fill') == '#d62728').length"
+    )
     assert reds == out["counts"]["subset_size"]
     before = browser.execute_script("return document.getElementById('embedding-map').viewBox.baseVal.width")
     browser.execute_script("""const s = document.getElementById('embedding-map'), r = s.getBoundingClientRect();
@@ -119,8 +145,10 @@ def test_the_report_renders_every_section_with_working_images_and_map(browser, r
                                                   bubbles: true, cancelable: true}));""")
     after = browser.execute_script("return document.getElementById('embedding-map').viewBox.baseVal.width")
     assert after < before
-    browser.execute_script("document.querySelector('circle.pt').dispatchEvent(new MouseEvent('mouseover', "
-                           "{bubbles: true, clientX: 10, clientY: 10}))")
+    browser.execute_script(
+        "document.querySelector('circle.pt').dispatchEvent(new MouseEvent('mouseover', "
+        "{bubbles: true, clientX: 10, clientY: 10}))"
+    )
     assert browser.find_element("id", "map-tip").is_displayed()
     browser.execute_script("document.getElementById('map').scrollIntoView()")
     png = browser.get_screenshot_as_png()
@@ -139,11 +167,14 @@ def test_the_dagster_webserver_lists_every_asset(browser, tmp_path, database_url
     port = _free_port()
     home = tmp_path / "dagster_home"
     home.mkdir()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "DATABASE_URL": database_url,
-           "CURATION_HOME": str(tmp_path / "curation")}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DATABASE_URL": database_url, "CURATION_HOME": str(tmp_path / "curation")}
     webserver = str(Path(sys.executable).parent / "dagster-webserver")
-    proc = subprocess.Popen([webserver, "-m", "curation_pipeline.definitions", "-h", "127.0.0.1", "-p", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [webserver, "-m", "curation_pipeline.definitions", "-h", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 180
@@ -153,8 +184,9 @@ def test_the_dagster_webserver_lists_every_asset(browser, tmp_path, database_url
                     break
             except OSError as exc:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(proc.stderr.read().decode()[-3000:] if proc.poll() is not None
-                                         else "webserver did not start in 180 s") from exc
+                    raise AssertionError(
+                        proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "webserver did not start in 180 s"
+                    ) from exc
                 time.sleep(1)
         query = json.dumps({"query": "{ assetNodes { assetKey { path } groupName kinds description } }"}).encode()
         req = urllib.request.Request(base + "/graphql", data=query, headers={"Content-Type": "application/json"})
@@ -167,8 +199,10 @@ def test_the_dagster_webserver_lists_every_asset(browser, tmp_path, database_url
         browser.set_window_size(1300, 2200)
         browser.get(base + "/assets")
         # the catalog shortens long names in the middle ("raw_ima…anifest"): read the rows' links
-        listed_js = ("return Array.from(document.querySelectorAll('a[href*=\"/assets/\"]'))"
-                     ".map(a => decodeURIComponent(new URL(a.href).pathname.split('/assets/')[1] || ''))")
+        listed_js = (
+            "return Array.from(document.querySelectorAll('a[href*=\"/assets/\"]'))"
+            ".map(a => decodeURIComponent(new URL(a.href).pathname.split('/assets/')[1] || ''))"
+        )
         deadline = time.time() + 90
         while time.time() < deadline:
             listed = set(browser.execute_script(listed_js))
@@ -185,5 +219,3 @@ def test_the_dagster_webserver_lists_every_asset(browser, tmp_path, database_url
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-

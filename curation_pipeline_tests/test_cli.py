@@ -34,8 +34,7 @@ def test_ingest_select_retrieve_and_json_outputs(tmp_path, env):
 
     dup = _run(["duplicates", "--json"], env)
     groups = json.loads(dup.stdout)  # stdout holds the JSON alone
-    assert sorted(sorted(Path(p).name for p in g) for g in groups) == sorted(
-        sorted(p) for p in info["duplicates"].items())
+    assert sorted(sorted(Path(p).name for p in g) for g in groups) == sorted(sorted(p) for p in info["duplicates"].items())
     for g in groups:
         assert all(Path(p).is_absolute() for p in g)
 
@@ -47,8 +46,9 @@ def test_ingest_select_retrieve_and_json_outputs(tmp_path, env):
     hits = json.loads(_run(["retrieve", "--query", str(drop / "img_03.jpg"), "--k", "2", "--json"], env).stdout)
     assert len(hits) == 2 and Path(hits[0]["path"]).name in {"img_03.jpg", "reencoded_03.jpg"}
 
-    exported = json.loads(_run(["export", "--name", "cli-pick", "--destination", str(tmp_path / "exports"), "--json"],
-                               env).stdout)
+    exported = json.loads(
+        _run(["export", "--name", "cli-pick", "--destination", str(tmp_path / "exports"), "--json"], env).stdout
+    )
     assert exported["images"] == 4 and exported["copied"] == 4
     assert len(list((tmp_path / "exports" / "cli-pick" / "images").rglob("*.jpg"))) == 4
     assert (tmp_path / "exports" / "cli-pick" / "_SUCCESS").is_file()
@@ -57,8 +57,23 @@ def test_ingest_select_retrieve_and_json_outputs(tmp_path, env):
     preds = tmp_path / "preds.csv"
     preds.write_text("object_key,uncertainty\nimg_05.jpg,0.99\nimg_01.jpg,0.5\nimg_02.jpg,0.1\n")
     _run(["annotate", str(preds), "--key-column", "object_key"], env)
-    picked = json.loads(_run(["select", "--budget", "3", "--name", "uncertain", "--strategy",
-                              "score:1,column=uncertainty", "--strategy", "diversity:0.2", "--json"], env).stdout)
+    picked = json.loads(
+        _run(
+            [
+                "select",
+                "--budget",
+                "3",
+                "--name",
+                "uncertain",
+                "--strategy",
+                "score:1,column=uncertainty",
+                "--strategy",
+                "diversity:0.2",
+                "--json",
+            ],
+            env,
+        ).stdout
+    )
     assert picked["curated_subset"]["strategy"] == "score+diversity"
     assert picked["comparison"]["subset"]["size"] == picked["comparison"]["random"]["size"] == 3
     ranked = json.loads(_run(["subset", "--name", "uncertain", "--json"], env).stdout)
@@ -67,8 +82,25 @@ def test_ingest_select_retrieve_and_json_outputs(tmp_path, env):
     qdir = tmp_path / "queries"
     qdir.mkdir()
     (qdir / "q.jpg").write_bytes((drop / "img_04.jpg").read_bytes())
-    near = json.loads(_run(["retrieve", "--query", str(qdir), "--where", "width>=1", "--k", "1", "--name", "folder",
-                            "--export-to", str(tmp_path / "found"), "--json"], env).stdout)
+    near = json.loads(
+        _run(
+            [
+                "retrieve",
+                "--query",
+                str(qdir),
+                "--where",
+                "width>=1",
+                "--k",
+                "1",
+                "--name",
+                "folder",
+                "--export-to",
+                str(tmp_path / "found"),
+                "--json",
+            ],
+            env,
+        ).stdout
+    )
     assert Path(near[0]["path"]).name == "img_04.jpg" and near[0]["similarity"] > 0.999
     found = (tmp_path / "found" / "folder" / "manifest.jsonl").read_text().splitlines()
     assert len(found) == 1 and json.loads(found[0])["reason"] == "retrieval"
@@ -83,13 +115,22 @@ def test_ingest_select_retrieve_and_json_outputs(tmp_path, env):
     _run(["ingest", str(tmp_path / "later"), "--drop", "later-drop"], env)
     leaks = json.loads(_run(["leaks", "--json"], env).stdout)
     assert [(Path(x["path"]).name, Path(x["duplicates"]).name, x["protected_drop"]) for x in leaks] == [
-        ("copied.jpg", "img_07.jpg", "cli-drop")]
+        ("copied.jpg", "img_07.jpg", "cli-drop")
+    ]
 
     # every CLI run was recorded on the persistent instance the UI reads
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         jobs = sorted(r.job_name for r in instance.get_runs())
-    assert jobs == ["export", "ingest_drop", "ingest_drop", "retrieve", "retrieve", "retrieve", "select_and_report",
-                    "select_and_report"]
+    assert jobs == [
+        "export",
+        "ingest_drop",
+        "ingest_drop",
+        "retrieve",
+        "retrieve",
+        "retrieve",
+        "select_and_report",
+        "select_and_report",
+    ]
 
 
 def test_clear_errors_for_bad_input(tmp_path, env):
@@ -123,8 +164,10 @@ def test_the_last_error_line_states_the_cause(tmp_path, env):
     nothing = _run(["ingest", str(empty), "--drop", "empty"], env, check=False)
     last = _last_line(nothing)
     assert nothing.returncode != 0
-    assert last.endswith("of ingest_drop for 'empty' failed at raw_image_manifest: check drop_not_empty failed: "
-                         "objects_listed 0, empty_drops empty"), last
+    assert last.endswith(
+        "of ingest_drop for 'empty' failed at raw_image_manifest: check drop_not_empty failed: "
+        "objects_listed 0, empty_drops empty"
+    ), last
 
 
 def test_error_text_is_the_innermost_cause_without_its_class():
@@ -143,9 +186,15 @@ def test_error_text_is_the_innermost_cause_without_its_class():
             try:
                 inner()
             except Exception as exc:
-                raise dg.DagsterExecutionStepExecutionError("Error occurred while executing op \"x\":",
-                                                            user_exception=exc, original_exc_info=sys.exc_info(),
-                                                            step_key="x", op_name="x", op_def_name="x") from exc
+                raise dg.DagsterExecutionStepExecutionError(
+                    'Error occurred while executing op "x":',
+                    user_exception=exc,
+                    original_exc_info=sys.exc_info(),
+                    step_key="x",
+                    op_name="x",
+                    op_def_name="x",
+                ) from exc
+
         return raiser
 
     def not_a_folder():

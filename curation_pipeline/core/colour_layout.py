@@ -35,8 +35,9 @@ _CELL_INDEX = ((_CELL[:, None] * 4 + _CELL[None, :]) * 8).astype(np.int64)  # (6
 def preprocess(image: Image.Image) -> np.ndarray:
     """(64, 64, 3) uint8. Squashed to a square: aspect changes from small crops move vectors less
     than letterboxing would."""
-    return np.asarray(image.convert("RGB").resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR,
-                                                  reducing_gap=2.0), dtype=np.uint8)
+    return np.asarray(
+        image.convert("RGB").resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR, reducing_gap=2.0), dtype=np.uint8
+    )
 
 
 def _centred_unit(block: np.ndarray) -> np.ndarray:
@@ -87,11 +88,14 @@ def descriptor_batch(pixels: np.ndarray) -> np.ndarray:
     colour = np.sqrt(np.bincount(colour_index, minlength=n * 64).reshape(n, 64) / float(INPUT_SIZE * INPUT_SIZE))
 
     w_layout, w_gradient, w_colour = _BLOCK_WEIGHTS
-    vector = np.concatenate([
-        w_layout * _centred_unit(layout.astype(np.float64)),
-        w_gradient * _centred_unit(gradient.astype(np.float64)),
-        w_colour * _centred_unit(colour.astype(np.float64)),
-    ], axis=1)
+    vector = np.concatenate(
+        [
+            w_layout * _centred_unit(layout.astype(np.float64)),
+            w_gradient * _centred_unit(gradient.astype(np.float64)),
+            w_colour * _centred_unit(colour.astype(np.float64)),
+        ],
+        axis=1,
+    )
     norm = np.linalg.norm(vector, axis=1, keepdims=True)
     return np.divide(vector, norm, out=np.zeros_like(vector), where=norm > 0).astype(np.float32)
 

@@ -86,8 +86,17 @@ def _parse_exif_datetime(value: object) -> datetime | None:
 _NOT_RECOGNISED = "not a recognised image file (content does not match any image format)"
 # Leading bytes of the supported formats (MPO is JPEG). A prefix that starts like one of these but
 # does not open is inconclusive (its header may reach past the prefix), never "unsupported".
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
-               b"II+\x00", b"MM\x00+")
+_SIGNATURES = (
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"II+\x00",
+    b"MM\x00+",
+)
 
 
 def _too_many_pixels(w: int, h: int, max_pixels: int) -> str:
@@ -189,13 +198,20 @@ def _reduce_to_rgb(img: Image.Image, factor: int) -> Image.Image:
     return out
 
 
-_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-              8: Image.Transpose.ROTATE_90}
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
-def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, draft_size: int | None = None,
-                 work_pixels: int = WORK_PIXELS) -> DecodedImage | DecodeFailure:
+def decode_image(
+    data: bytes, *, max_pixels: int = MAX_PIXELS, draft_size: int | None = None, work_pixels: int = WORK_PIXELS
+) -> DecodedImage | DecodeFailure:
     """Decode bytes into an RGB image. `draft_size`: for JPEG, let libjpeg decode at a reduced
     scale (1/2, 1/4, 1/8) that still covers draft_size x draft_size pixels, which is several
     times faster when the consumer (a model's input) is small. Images over `work_pixels` come back

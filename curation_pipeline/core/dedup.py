@@ -68,8 +68,9 @@ class Assignment:
     similarity: float  # similarity to the representative (1.0 for the representative)
 
 
-def representative_order(pixels: np.ndarray, sharpness: np.ndarray, drop_rank: np.ndarray,
-                         prior_leader: np.ndarray, keys: list[str]) -> np.ndarray:
+def representative_order(
+    pixels: np.ndarray, sharpness: np.ndarray, drop_rank: np.ndarray, prior_leader: np.ndarray, keys: list[str]
+) -> np.ndarray:
     """Candidate positions, most preferred representative first: already a representative of
     another drop, then largest resolution, then sharpest, then earliest drop, then key (stable)."""
     order = sorted(
@@ -100,9 +101,17 @@ def hamming_pairs(a: np.ndarray, b: np.ndarray | None, max_hamming: int, *, max_
     return np.concatenate(found).astype(np.int64)
 
 
-def cluster_duplicates(sha256: list[str], phash: np.ndarray, vectors: np.ndarray, has_vector: np.ndarray,
-                       order: np.ndarray, locked: np.ndarray, pairs: np.ndarray,
-                       thresholds: DedupThresholds, phash_mirror: np.ndarray | None = None) -> list[Assignment]:
+def cluster_duplicates(
+    sha256: list[str],
+    phash: np.ndarray,
+    vectors: np.ndarray,
+    has_vector: np.ndarray,
+    order: np.ndarray,
+    locked: np.ndarray,
+    pairs: np.ndarray,
+    thresholds: DedupThresholds,
+    phash_mirror: np.ndarray | None = None,
+) -> list[Assignment]:
     """Assign every candidate position to a representative.
 
     sha256 (n,), phash (n,) int64, vectors (n, d) unit rows (rows without a vector: has_vector
@@ -203,8 +212,7 @@ def hamming_pairs_indexed(hashes: np.ndarray, max_hamming: int, *, max_bucket: i
     return _unique_pairs(found)
 
 
-def hamming_cross_pairs(a: np.ndarray, b: np.ndarray, max_hamming: int, *, max_candidates: int = 1 << 22
-                        ) -> np.ndarray:
+def hamming_cross_pairs(a: np.ndarray, b: np.ndarray, max_hamming: int, *, max_candidates: int = 1 << 22) -> np.ndarray:
     """(m, 2) pairs (i into a, j into b) within `max_hamming` bits, by multi-index hashing: b's
     segment values are sorted once per segment and each hash of a looks up the hashes of b that
     share a segment value (pigeonhole: a pair within the radius shares at least one of the
@@ -251,8 +259,15 @@ def hamming_cross_pairs(a: np.ndarray, b: np.ndarray, max_hamming: int, *, max_c
     return _unique_pairs(found)
 
 
-def semdedup_pairs(vectors: np.ndarray, min_cosine: float, *, n_clusters: int | None = None,
-                   assignments: int = 2, seed: int = 0, max_cells: int = 1 << 22) -> np.ndarray:
+def semdedup_pairs(
+    vectors: np.ndarray,
+    min_cosine: float,
+    *,
+    n_clusters: int | None = None,
+    assignments: int = 2,
+    seed: int = 0,
+    max_cells: int = 1 << 22,
+) -> np.ndarray:
     """Bulk-mode semantic candidates (SemDeDup-style) for a very large first import: k-means the
     unit vectors into C clusters, put each vector in its `assignments` nearest clusters (so pairs
     straddling a border are still seen), then compute exact cosine similarities inside each
@@ -299,7 +314,7 @@ def _pairs_in_bucket(members: np.ndarray, rows: int, hit) -> list[np.ndarray]:
     """Pairs i < j of one bucket for which hit(block, members) is true, `rows` members at a time."""
     out = []
     for r0 in range(0, len(members), rows):
-        block = members[r0:r0 + rows]
+        block = members[r0 : r0 + rows]
         r, c = np.nonzero(hit(block, members))
         i, j = block[r], members[c]
         keep = i < j

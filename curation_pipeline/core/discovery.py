@@ -19,8 +19,9 @@ class Decision:
     waiting: dict[str, str]  # name -> why not yet
 
 
-def decide(states, *, known: set[str], now: datetime, completion: str = "marker_or_quiet",
-           quiet_seconds: float = 600.0) -> Decision:
+def decide(
+    states, *, known: set[str], now: datetime, completion: str = "marker_or_quiet", quiet_seconds: float = 600.0
+) -> Decision:
     """`states`: DropState-like objects (name, has_marker, objects, newest). A drop is ready when it
     is not known, holds at least one object, and its marker exists ('marker'), or its newest object
     is older than the quiet period ('quiet'), or either ('marker_or_quiet')."""
@@ -35,7 +36,7 @@ def decide(states, *, known: set[str], now: datetime, completion: str = "marker_
             waiting[st.name] = "no objects yet"
             continue
         marked = st.has_marker and completion in ("marker", "marker_or_quiet")
-        calm = (completion in ("quiet", "marker_or_quiet") and st.newest is not None and now - st.newest >= quiet)
+        calm = completion in ("quiet", "marker_or_quiet") and st.newest is not None and now - st.newest >= quiet
         if marked or calm:
             ready.append(st.name)
         elif completion == "marker":

@@ -42,8 +42,12 @@ def inspect_object(object_key: str, data: bytes) -> ManifestRecord:
     decoded = decode_image(data)
     if not isinstance(decoded, DecodedImage):
         return ManifestRecord(
-            object_key=object_key, bytes=len(data), sha256=digest,
-            status=decoded.status, error=decoded.error, format=decoded.format,
+            object_key=object_key,
+            bytes=len(data),
+            sha256=digest,
+            status=decoded.status,
+            error=decoded.error,
+            format=decoded.format,
         )
     q = quality_signals(decoded.image)
     phash, phash_mirror = perceptual_hashes(decoded.image)
@@ -79,5 +83,6 @@ def inspect_header(object_key: str, size: int, prefix: bytes, max_bytes: int) ->
         failure = DecodeFailure(STATUS_TOO_LARGE, f"object is {size} bytes, over the limit of {max_bytes} bytes")
     if failure is None:
         return None
-    return ManifestRecord(object_key=object_key, bytes=size, sha256="", status=failure.status, error=failure.error,
-                          format=failure.format)
+    return ManifestRecord(
+        object_key=object_key, bytes=size, sha256="", status=failure.status, error=failure.error, format=failure.format
+    )

@@ -32,8 +32,9 @@ def make_executor(kind: str, workers: int) -> Executor:
     raise ValueError(f"executor must be 'threads' or 'processes', got {kind!r}")
 
 
-def ordered_parallel_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, window: int, chunk: int = 1,
-                         executor: str = "threads") -> Iterator[tuple[T, R]]:
+def ordered_parallel_map(
+    fn: Callable[[T], R], items: Iterable[T], *, workers: int, window: int, chunk: int = 1, executor: str = "threads"
+) -> Iterator[tuple[T, R]]:
     """Yield (item, fn(item)) in input order, computing up to `window` items ahead on `workers`
     threads. Items go to the threads `chunk` at a time: one task per image costs more in
     scheduling and GIL hand-offs than decoding a small JPEG, so chunks of 8-16 roughly double

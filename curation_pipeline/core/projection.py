@@ -9,8 +9,7 @@ import numpy as np
 UMAP_MIN_POINTS = 60  # below this UMAP's neighbour graph is too thin to be better than PCA
 
 
-def coverage_sample(labels: np.ndarray, max_points: int, *, must: np.ndarray | None = None,
-                    seed: int = 0) -> np.ndarray:
+def coverage_sample(labels: np.ndarray, max_points: int, *, must: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
     """Sorted row indices of a sample of at most `max_points` rows in which every cluster (value of
     `labels`) is represented: one row per cluster first (largest clusters first if there are more
     clusters than points), then the rest shared in proportion to cluster size. Rows flagged in
@@ -80,8 +79,9 @@ def project_2d(vectors: np.ndarray, *, method: str = "auto", seed: int = 0) -> t
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                coords = UMAP(n_neighbors=min(15, len(x) - 1), min_dist=0.1, metric="cosine", random_state=seed,
-                              n_jobs=1).fit_transform(x)
+                coords = UMAP(
+                    n_neighbors=min(15, len(x) - 1), min_dist=0.1, metric="cosine", random_state=seed, n_jobs=1
+                ).fit_transform(x)
             used = "umap"
     if coords is None:
         coords = pca_2d(x)

@@ -73,16 +73,31 @@ class MapPoint:
     thumb: str | None = None  # small data: URI shown on hover
 
 
-_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-            "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
+_PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#393b79",
+    "#637939",
+    "#8c6d31",
+    "#843c39",
+    "#7b4173",
+    "#3182bd",
+)
 
 
 def _json_for_script(value) -> str:
     """JSON safe inside <script>: no way to close the tag or open a comment from data."""
     import json
 
-    return (json.dumps(value, ensure_ascii=True).replace("<", "\\u003c").replace(">", "\\u003e")
-            .replace("&", "\\u0026"))
+    return json.dumps(value, ensure_ascii=True).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def map_svg(points: list[MapPoint], method: str, pool: int) -> str:
@@ -97,9 +112,9 @@ def map_svg(points: list[MapPoint], method: str, pool: int) -> str:
         cy = pad + (1 - p.y) * (h - 2 * pad)
         circles.append(
             f'<circle class="pt" data-i="{i}" cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{_PALETTE[p.cluster % 16]}">'
-            f"<title>{html.escape(p.caption)}</title></circle>")
-    data = [{"c": p.cluster, "s": int(p.selected), "d": int(p.duplicate), "q": p.quality, "t": p.thumb or ""}
-            for p in points]
+            f"<title>{html.escape(p.caption)}</title></circle>"
+        )
+    data = [{"c": p.cluster, "s": int(p.selected), "d": int(p.duplicate), "q": p.quality, "t": p.thumb or ""} for p in points]
     return f"""<p class="muted">{len(points)} of {pool} images, sampled so that every cluster is represented
 (selected images first); {html.escape(method.upper())} of the embeddings. Colour by:
 <button type="button" class="mapmode" data-mode="cluster">cluster</button>
@@ -183,13 +198,17 @@ def bars_svg(rows: list[tuple[str, float | None, float | None]], *, better: str 
     parts = []
     for i, (label, a, b) in enumerate(rows):
         y = 10 + 34 * i
-        parts.append(f'<text x="0" y="{y + 11}" font-size="11">{html.escape(label)}</text>'
-                     f'<rect class="bar-subset" x="300" y="{y}" width="{400 * a / top:.1f}" height="12" fill="#2ca02c"/>'
-                     f'<text x="{305 + 400 * a / top:.1f}" y="{y + 10}" font-size="10">{a:.3f}</text>'
-                     f'<rect class="bar-random" x="300" y="{y + 14}" width="{400 * b / top:.1f}" height="12" '
-                     f'fill="#aaa"/><text x="{305 + 400 * b / top:.1f}" y="{y + 24}" font-size="10">{b:.3f}</text>')
-    return (f'<svg class="bars" viewBox="0 0 760 {h}" width="760" height="{h}" xmlns="http://www.w3.org/2000/svg">'
-            f'{"".join(parts)}</svg><p class="muted">green: subset, grey: random of equal size ({better} is better)</p>')
+        parts.append(
+            f'<text x="0" y="{y + 11}" font-size="11">{html.escape(label)}</text>'
+            f'<rect class="bar-subset" x="300" y="{y}" width="{400 * a / top:.1f}" height="12" fill="#2ca02c"/>'
+            f'<text x="{305 + 400 * a / top:.1f}" y="{y + 10}" font-size="10">{a:.3f}</text>'
+            f'<rect class="bar-random" x="300" y="{y + 14}" width="{400 * b / top:.1f}" height="12" '
+            f'fill="#aaa"/><text x="{305 + 400 * b / top:.1f}" y="{y + 24}" font-size="10">{b:.3f}</text>'
+        )
+    return (
+        f'<svg class="bars" viewBox="0 0 760 {h}" width="760" height="{h}" xmlns="http://www.w3.org/2000/svg">'
+        f'{"".join(parts)}</svg><p class="muted">green: subset, grey: random of equal size ({better} is better)</p>'
+    )
 
 
 _COMPARISON_ROWS = (
@@ -205,12 +224,18 @@ def comparison_charts(comparison: dict | None) -> str:
     if not comparison:
         return ""
     sub, rnd = comparison.get("subset", {}), comparison.get("random", {})
-    higher = [("fine clusters covered", sub.get("fine_clusters_covered"), rnd.get("fine_clusters_covered")),
-              ("mean NN distance in subset", sub.get("nn_distance_mean"), rnd.get("nn_distance_mean"))]
-    higher += [(f"{c} values covered", v, rnd.get("metadata_coverage", {}).get(c))
-               for c, v in sorted(sub.get("metadata_coverage", {}).items())]
-    lower = [("mean distance pool to subset", sub.get("coverage_distance_mean"), rnd.get("coverage_distance_mean")),
-             ("max distance pool to subset", sub.get("coverage_distance_max"), rnd.get("coverage_distance_max"))]
+    higher = [
+        ("fine clusters covered", sub.get("fine_clusters_covered"), rnd.get("fine_clusters_covered")),
+        ("mean NN distance in subset", sub.get("nn_distance_mean"), rnd.get("nn_distance_mean")),
+    ]
+    higher += [
+        (f"{c} values covered", v, rnd.get("metadata_coverage", {}).get(c))
+        for c, v in sorted(sub.get("metadata_coverage", {}).items())
+    ]
+    lower = [
+        ("mean distance pool to subset", sub.get("coverage_distance_mean"), rnd.get("coverage_distance_mean")),
+        ("max distance pool to subset", sub.get("coverage_distance_max"), rnd.get("coverage_distance_max")),
+    ]
     return bars_svg(higher, better="higher") + bars_svg(lower, better="lower")
 
 
@@ -221,13 +246,19 @@ def comparison_table(comparison: dict | None) -> str:
     sub, rnd = comparison.get("subset", {}), comparison.get("random", {})
     rows = [(label, sub.get(key), rnd.get(key), note) for label, key, note in _COMPARISON_ROWS]
     for column, value in sorted(sub.get("metadata_coverage", {}).items()):
-        rows.append((f"{column}: values covered (fraction)", value, rnd.get("metadata_coverage", {}).get(column),
-                     "higher is better"))
-    body = "".join(f"<tr><th>{html.escape(label)}</th><td>{html.escape(str(a))}</td><td>{html.escape(str(b))}</td>"
-                   f'<td class="muted">{html.escape(note)}</td></tr>' for label, a, b, note in rows)
-    return (f'<p class="muted">{html.escape(str(comparison.get("fine_clusters", "?")))} fine clusters from an '
-            f"independent k-means; random subset of {html.escape(str(rnd.get('size', '?')))} images, seeded.</p>"
-            f"<table><tr><th></th><th>subset</th><th>random</th><th></th></tr>{body}</table>")
+        rows.append(
+            (f"{column}: values covered (fraction)", value, rnd.get("metadata_coverage", {}).get(column), "higher is better")
+        )
+    body = "".join(
+        f"<tr><th>{html.escape(label)}</th><td>{html.escape(str(a))}</td><td>{html.escape(str(b))}</td>"
+        f'<td class="muted">{html.escape(note)}</td></tr>'
+        for label, a, b, note in rows
+    )
+    return (
+        f'<p class="muted">{html.escape(str(comparison.get("fine_clusters", "?")))} fine clusters from an '
+        f"independent k-means; random subset of {html.escape(str(rnd.get('size', '?')))} images, seeded.</p>"
+        f"<table><tr><th></th><th>subset</th><th>random</th><th></th></tr>{body}</table>"
+    )
 
 
 _CSS = """
@@ -249,8 +280,11 @@ button{margin:0 2px} .bars{display:block;margin:8px 0}
 
 
 def _tile(t: Tile, extra_class: str = "") -> str:
-    img = (f'<img src="{html.escape(t.thumb, quote=True)}" alt="{html.escape(t.caption, quote=True)}" >'
-           if t.thumb else '<div class="missing">no preview</div>')
+    img = (
+        f'<img src="{html.escape(t.thumb, quote=True)}" alt="{html.escape(t.caption, quote=True)}" >'
+        if t.thumb
+        else '<div class="missing">no preview</div>'
+    )
     detail = f'<div class="muted">{html.escape(t.detail)}</div>' if t.detail else ""
     return f'<div class="tile {extra_class}">{img}<div>{html.escape(t.caption)}</div>{detail}</div>'
 
@@ -260,8 +294,16 @@ def _table(rows: dict[str, object]) -> str:
     return f"<table>{body}</table>"
 
 
-def histogram_svg(values: list[float], threshold: float | None, *, lo: float = 0.0, hi: float = 1.0,
-                  bins: int = 50, width: int = 640, height: int = 160) -> str:
+def histogram_svg(
+    values: list[float],
+    threshold: float | None,
+    *,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    bins: int = 50,
+    width: int = 640,
+    height: int = 160,
+) -> str:
     """Inline SVG histogram of similarities with the threshold drawn as a red line."""
     if not values:
         return '<p class="muted">No embeddings to sample.</p>'
@@ -273,52 +315,81 @@ def histogram_svg(values: list[float], threshold: float | None, *, lo: float = 0
         f'height="{(c / top) * (height - 30):.1f}" fill="#58a"><title>{edges[i]:.2f}-{edges[i + 1]:.2f}: {c}</title></rect>'
         for i, c in enumerate(counts.tolist())
     )
-    axis = "".join(f'<text x="{(t - lo) / (hi - lo) * width:.1f}" y="{height - 4}" font-size="10">{t:.1f}</text>'
-                   for t in np.linspace(lo, hi, 6))
+    axis = "".join(
+        f'<text x="{(t - lo) / (hi - lo) * width:.1f}" y="{height - 4}" font-size="10">{t:.1f}</text>'
+        for t in np.linspace(lo, hi, 6)
+    )
     line = ""
     if threshold is not None:
         x = (threshold - lo) / (hi - lo) * width
-        line = (f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height - 16}" stroke="#c22" stroke-width="2"/>'
-                f'<text x="{x + 3:.1f}" y="12" font-size="11" fill="#c22">threshold {threshold:.2f}</text>')
-    return (f'<svg width="{width}" height="{height}" role="img" aria-label="nearest-neighbour similarity histogram">'
-            f"{bars}{line}{axis}</svg>")
+        line = (
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height - 16}" stroke="#c22" stroke-width="2"/>'
+            f'<text x="{x + 3:.1f}" y="12" font-size="11" fill="#c22">threshold {threshold:.2f}</text>'
+        )
+    return (
+        f'<svg width="{width}" height="{height}" role="img" aria-label="nearest-neighbour similarity histogram">'
+        f"{bars}{line}{axis}</svg>"
+    )
 
 
 def _pairs(pairs: list[tuple[Tile, Tile, float]]) -> str:
     if not pairs:
         return '<p class="muted">None in the sample.</p>'
-    return "".join(f'<div class="group">{_tile(a)}{_tile(b)}<div class="muted">cosine {sim:.3f}</div></div>'
-                   for a, b, sim in pairs)
+    return "".join(
+        f'<div class="group">{_tile(a)}{_tile(b)}<div class="muted">cosine {sim:.3f}</div></div>' for a, b, sim in pairs
+    )
 
 
 def render_html(data: ReportData) -> str:
-    groups = "".join(
-        '<div class="group">' + "".join(_tile(t, "rep" if i == 0 else "") for i, t in enumerate(g)) + "</div>"
-        for g in data.duplicate_groups
-    ) or '<p class="muted">No duplicates found.</p>'
-    shown = (f'<p class="muted">Showing {len(data.duplicate_groups)} of {data.groups_total} groups; '
-             "the representative is outlined and first.</p>")
+    groups = (
+        "".join(
+            '<div class="group">' + "".join(_tile(t, "rep" if i == 0 else "") for i, t in enumerate(g)) + "</div>"
+            for g in data.duplicate_groups
+        )
+        or '<p class="muted">No duplicates found.</p>'
+    )
+    shown = (
+        f'<p class="muted">Showing {len(data.duplicate_groups)} of {data.groups_total} groups; '
+        "the representative is outlined and first.</p>"
+    )
     subset = '<div class="grid">' + "".join(_tile(t) for t in data.subset) + "</div>"
-    leaks = "".join(f'<div class="group">{_tile(a)}{_tile(b, "rep")}</div>' for a, b in data.leaks) or \
-        '<p class="muted">No image of another drop duplicates an image of a protected drop.</p>'
-    failed = ('<div class="grid">' + "".join(_tile(t) for t in data.failed) + "</div>") if data.failed else \
-        '<p class="muted">No failed objects.</p>'
+    leaks = (
+        "".join(f'<div class="group">{_tile(a)}{_tile(b, "rep")}</div>' for a, b in data.leaks)
+        or '<p class="muted">No image of another drop duplicates an image of a protected drop.</p>'
+    )
+    failed = (
+        ('<div class="grid">' + "".join(_tile(t) for t in data.failed) + "</div>")
+        if data.failed
+        else '<p class="muted">No failed objects.</p>'
+    )
     galleries = "".join(
-        f'<h3 id="{gid}">{html.escape(title)}</h3>' + ("".join(
-            '<div class="group">' + "".join(_tile(t) for t in tiles) + "</div>" for tiles in clusters)
-            or '<p class="muted">None.</p>')
-        for gid, title, clusters in data.galleries)
-    outliers = ('<div class="grid">' + "".join(_tile(t) for t in data.outliers) + "</div>") if data.outliers else \
-        '<p class="muted">None.</p>'
+        f'<h3 id="{gid}">{html.escape(title)}</h3>'
+        + (
+            "".join('<div class="group">' + "".join(_tile(t) for t in tiles) + "</div>" for tiles in clusters)
+            or '<p class="muted">None.</p>'
+        )
+        for gid, title, clusters in data.galleries
+    )
+    outliers = (
+        ('<div class="grid">' + "".join(_tile(t) for t in data.outliers) + "</div>")
+        if data.outliers
+        else '<p class="muted">None.</p>'
+    )
     quality = "".join(
-        f'<h3>{html.escape(flag)} ({data.quality_counts.get(flag, len(tiles))})</h3>'
+        f"<h3>{html.escape(flag)} ({data.quality_counts.get(flag, len(tiles))})</h3>"
         + ('<div class="grid">' + "".join(_tile(t) for t in tiles) + "</div>" if tiles else '<p class="muted">None.</p>')
-        for flag, tiles in data.quality.items())
+        for flag, tiles in data.quality.items()
+    )
     missing = (
-        f'<p>{len(data.missing_sources)} source file(s) could not be read when this report was written; their '
-        'tiles say "no preview". Re-ingest their drops (or restore the files) to bring them back.</p><table>'
-        + "".join(f"<tr><td>{html.escape(uri)}</td><td>{html.escape(why)}</td></tr>" for uri, why in data.missing_sources)
-        + "</table>") if data.missing_sources else '<p class="muted">Every source file could be read.</p>'
+        (
+            f"<p>{len(data.missing_sources)} source file(s) could not be read when this report was written; their "
+            'tiles say "no preview". Re-ingest their drops (or restore the files) to bring them back.</p><table>'
+            + "".join(f"<tr><td>{html.escape(uri)}</td><td>{html.escape(why)}</td></tr>" for uri, why in data.missing_sources)
+            + "</table>"
+        )
+        if data.missing_sources
+        else '<p class="muted">Every source file could be read.</p>'
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(data.title)}</title>
 <style>{_CSS}</style></head><body>
@@ -359,14 +430,21 @@ def render_markdown(data: ReportData, report_path: str, max_thumbs: int = 12) ->
     return "\n".join(lines)
 
 
-def render_retrieval_html(title: str, generated_at: str, settings: dict[str, object], queries: list[Tile],
-                          results: list[Tile]) -> str:
+def render_retrieval_html(
+    title: str, generated_at: str, settings: dict[str, object], queries: list[Tile], results: list[Tile]
+) -> str:
     """A retrieval set's page: its settings, the query images (or prompts) and the results in rank
     order with their similarity. Self-contained like the curation report."""
-    q = '<div class="grid">' + "".join(_tile(t) for t in queries) + "</div>" if queries else \
-        '<p class="muted">No query images.</p>'
-    r = '<div class="grid">' + "".join(_tile(t) for t in results) + "</div>" if results else \
-        '<p class="muted">No results (nothing above the threshold, or nothing passed the filters).</p>'
+    q = (
+        '<div class="grid">' + "".join(_tile(t) for t in queries) + "</div>"
+        if queries
+        else '<p class="muted">No query images.</p>'
+    )
+    r = (
+        '<div class="grid">' + "".join(_tile(t) for t in results) + "</div>"
+        if results
+        else '<p class="muted">No results (nothing above the threshold, or nothing passed the filters).</p>'
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_CSS}</style></head><body>

@@ -36,9 +36,15 @@ class GreedyResult:
     reason: list[str]  # (k,) the term that contributed most to each pick
 
 
-def k_center_greedy(vectors: np.ndarray, budget: int, *, min_distance: float = 0.0,
-                    chunk_rows: int = 1 << 22, first: int | None = None,
-                    progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+def k_center_greedy(
+    vectors: np.ndarray,
+    budget: int,
+    *,
+    min_distance: float = 0.0,
+    chunk_rows: int = 1 << 22,
+    first: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Pick up to `budget` row indices of unit-norm `vectors` (n, d) farthest-first.
 
     Distance is cosine distance 1 - <a, b>. The first pick is `first` if given, else the point
@@ -50,16 +56,27 @@ def k_center_greedy(vectors: np.ndarray, budget: int, *, min_distance: float = 0
 
     Returns (indices (k,) int64, distance_at_pick (k,) float32); the first pick's distance is +inf
     (nothing was chosen before it)."""
-    res = greedy_select(vectors, budget, diversity_weight=1.0, min_distance=min_distance, chunk_rows=chunk_rows,
-                        first=first, progress=progress)
+    res = greedy_select(
+        vectors, budget, diversity_weight=1.0, min_distance=min_distance, chunk_rows=chunk_rows, first=first, progress=progress
+    )
     return res.indices, res.distance_at_pick
 
 
-def greedy_select(vectors: np.ndarray, budget: int, *, scores: Mapping[str, np.ndarray] | None = None,
-                  weights: Mapping[str, float] | None = None, diversity_weight: float = 0.0,
-                  groups: np.ndarray | None = None, quotas: np.ndarray | None = None, min_distance: float = 0.0,
-                  chunk_rows: int = 1 << 22, first: int | None = None, progress: Progress | None = None,
-                  progress_every_s: float = 10.0) -> GreedyResult:
+def greedy_select(
+    vectors: np.ndarray,
+    budget: int,
+    *,
+    scores: Mapping[str, np.ndarray] | None = None,
+    weights: Mapping[str, float] | None = None,
+    diversity_weight: float = 0.0,
+    groups: np.ndarray | None = None,
+    quotas: np.ndarray | None = None,
+    min_distance: float = 0.0,
+    chunk_rows: int = 1 << 22,
+    first: int | None = None,
+    progress: Progress | None = None,
+    progress_every_s: float = 10.0,
+) -> GreedyResult:
     """Greedy selection of up to `budget` rows of unit-norm `vectors` (n, d), float32 or float16.
 
     scores: name -> (n,) float array in [0, 1] (higher = more wanted); weights: name -> weight.
@@ -148,8 +165,12 @@ def greedy_select(vectors: np.ndarray, budget: int, *, scores: Mapping[str, np.n
             progress(len(picked), k, last_report - started)
     if progress is not None:
         progress(len(picked), k, time.perf_counter() - started)
-    return GreedyResult(np.asarray(picked, dtype=np.int64), np.asarray(objective, dtype=np.float32),
-                        np.asarray(dist_at_pick, dtype=np.float32), reason)
+    return GreedyResult(
+        np.asarray(picked, dtype=np.int64),
+        np.asarray(objective, dtype=np.float32),
+        np.asarray(dist_at_pick, dtype=np.float32),
+        reason,
+    )
 
 
 def _chunked_dot(x: np.ndarray, q: np.ndarray, chunk_rows: int) -> np.ndarray:
@@ -167,7 +188,7 @@ def _chunked_dot(x: np.ndarray, q: np.ndarray, chunk_rows: int) -> np.ndarray:
         out = np.empty(x.shape[0], dtype=np.float32)
         step = max(chunk_rows, 1 << 20)
         for start in range(0, x.shape[0], step):
-            out[start:start + step] = (xt[start:start + step] @ qt).float().numpy()
+            out[start : start + step] = (xt[start : start + step] @ qt).float().numpy()
         return out
     out = np.empty(x.shape[0], dtype=np.float32)
     for start in range(0, x.shape[0], chunk_rows):
@@ -177,6 +198,7 @@ def _chunked_dot(x: np.ndarray, q: np.ndarray, chunk_rows: int) -> np.ndarray:
 
 
 # ---- scores ------------------------------------------------------------------------------------
+
 
 def rank_scores(values: np.ndarray) -> np.ndarray:
     """(n,) values -> (n,) float32 in [0, 1] by rank (ties share their mean rank; NaN -> 0).
@@ -198,8 +220,9 @@ def rank_scores(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def knn_similarity(vectors: np.ndarray, k: int = 20, *, buckets: np.ndarray | None = None,
-                   chunk_rows: int = 2048) -> np.ndarray:
+def knn_similarity(
+    vectors: np.ndarray, k: int = 20, *, buckets: np.ndarray | None = None, chunk_rows: int = 2048
+) -> np.ndarray:
     """(n,) mean cosine similarity of each row to its k nearest other rows: local density.
     High = typical (many close neighbours), low = outlier / edge case. Exact over all rows, in
     chunks of `chunk_rows` x n products; with `buckets` ((n,) ints, e.g. coarse k-means clusters)
@@ -216,11 +239,11 @@ def knn_similarity(vectors: np.ndarray, k: int = 20, *, buckets: np.ndarray | No
         kk = min(k, len(members) - 1)
         xm = x[members]
         for start in range(0, len(members), chunk_rows):
-            block = xm[start:start + chunk_rows]
+            block = xm[start : start + chunk_rows]
             sims = block @ xm.T
             sims[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf  # not itself
             top = np.partition(sims, len(members) - kk, axis=1)[:, -kk:]
-            out[members[start:start + len(block)]] = top.mean(axis=1)
+            out[members[start : start + len(block)]] = top.mean(axis=1)
     return out
 
 
@@ -232,14 +255,16 @@ def max_similarity(vectors: np.ndarray, queries: np.ndarray, *, chunk_rows: int 
     if len(q) == 0:
         return out
     for start in range(0, len(x), chunk_rows):
-        out[start:start + chunk_rows] = (x[start:start + chunk_rows] @ q.T).max(axis=1)
+        out[start : start + chunk_rows] = (x[start : start + chunk_rows] @ q.T).max(axis=1)
     return out
 
 
 # ---- clusters and quotas -------------------------------------------------------------------------
 
-def spherical_kmeans(vectors: np.ndarray, n_clusters: int, *, seed: int = 0, fit_sample: int = 100_000,
-                     chunk_rows: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+
+def spherical_kmeans(
+    vectors: np.ndarray, n_clusters: int, *, seed: int = 0, fit_sample: int = 100_000, chunk_rows: int = 65_536
+) -> tuple[np.ndarray, np.ndarray]:
     """k-means on unit vectors: (labels (n,) int64, unit centres (C, d) float32). Full Lloyd with
     3 inits up to 50k rows, mini-batch on a `fit_sample` sample beyond; labels are then assigned
     to the nearest centre by cosine in chunks, so memory stays O(n + C d)."""
@@ -258,7 +283,7 @@ def spherical_kmeans(vectors: np.ndarray, n_clusters: int, *, seed: int = 0, fit
     centres /= np.linalg.norm(centres, axis=1, keepdims=True) + 1e-12
     labels = np.empty(n, dtype=np.int64)
     for start in range(0, n, chunk_rows):
-        labels[start:start + chunk_rows] = np.argmax(x[start:start + chunk_rows] @ centres.T, axis=1)
+        labels[start : start + chunk_rows] = np.argmax(x[start : start + chunk_rows] @ centres.T, axis=1)
     return labels, centres
 
 
@@ -307,16 +332,24 @@ def centrality(vectors: np.ndarray, labels: np.ndarray, centres: np.ndarray, *, 
     x = np.asarray(vectors, dtype=np.float32)
     out = np.empty(len(x), dtype=np.float32)
     for start in range(0, len(x), chunk_rows):
-        block = x[start:start + chunk_rows]
-        out[start:start + len(block)] = np.einsum("ij,ij->i", block, centres[labels[start:start + len(block)]])
+        block = x[start : start + chunk_rows]
+        out[start : start + len(block)] = np.einsum("ij,ij->i", block, centres[labels[start : start + len(block)]])
     return out
 
 
 # ---- comparison with a random subset ------------------------------------------------------------
 
-def subset_quality(vectors: np.ndarray, chosen: np.ndarray, fine_labels: np.ndarray, *,
-                   metadata: Mapping[str, np.ndarray] | None = None, chunk_rows: int = 16_384,
-                   sample: int = 20_000, seed: int = 0) -> dict:
+
+def subset_quality(
+    vectors: np.ndarray,
+    chosen: np.ndarray,
+    fine_labels: np.ndarray,
+    *,
+    metadata: Mapping[str, np.ndarray] | None = None,
+    chunk_rows: int = 16_384,
+    sample: int = 20_000,
+    seed: int = 0,
+) -> dict:
     """How well `chosen` row indices cover the pool. Returns:
     fine_clusters_covered: fraction of fine clusters (by `fine_labels`) holding a chosen row;
     nn_distance_mean / nn_distance_min: cosine distance from each chosen row to its nearest other
@@ -332,9 +365,9 @@ def subset_quality(vectors: np.ndarray, chosen: np.ndarray, fine_labels: np.ndar
     if len(c) >= 2:
         nn = np.full(len(c), np.inf, dtype=np.float32)
         for start in range(0, len(c), chunk_rows):
-            d = 1.0 - c[start:start + chunk_rows] @ c.T
+            d = 1.0 - c[start : start + chunk_rows] @ c.T
             d[np.arange(len(d)), np.arange(start, start + len(d))] = np.inf
-            nn[start:start + len(d)] = d.min(axis=1)
+            nn[start : start + len(d)] = d.min(axis=1)
         out["nn_distance_mean"] = round(float(nn.mean()), 4)
         out["nn_distance_min"] = round(float(nn.min()), 4)
     if len(c):

@@ -1,6 +1,5 @@
 """dedup_clusters: per capture drop, against itself and every earlier drop."""
 
-
 from typing import Optional
 
 import dagster as dg
@@ -36,54 +35,104 @@ class DedupConfig(dg.Config):
     kinds={"pgvector"},
     owners=["team:curation"],
     description="Exact (sha256), perceptual (pHash) and semantic (HNSW + exact cosine) duplicates of the drop, "
-                "within it and against every drop deduplicated before it; star clusters with one representative each.",
+    "within it and against every drop deduplicated before it; star clusters with one representative each.",
     check_specs=[
-        dg.AssetCheckSpec("every_image_assigned", asset="dedup_clusters", blocking=True,
-                          description="Each embedded valid image has exactly one cluster row."),
-        dg.AssetCheckSpec("no_leaks_across_protected_drops", asset="dedup_clusters",
-                          description="No image of this drop duplicates an image of a protected drop (or, for a "
-                                      "protected drop, no other drop duplicates it). WARN: the leaks are listed."),
-        dg.AssetCheckSpec("members_close_to_representative", asset="dedup_clusters", blocking=True,
-                          description="Recomputed from stored hashes and vectors: every member is within its tier's threshold "
-                                      "of a representative that still is one."),
+        dg.AssetCheckSpec(
+            "every_image_assigned",
+            asset="dedup_clusters",
+            blocking=True,
+            description="Each embedded valid image has exactly one cluster row.",
+        ),
+        dg.AssetCheckSpec(
+            "no_leaks_across_protected_drops",
+            asset="dedup_clusters",
+            description="No image of this drop duplicates an image of a protected drop (or, for a "
+            "protected drop, no other drop duplicates it). WARN: the leaks are listed.",
+        ),
+        dg.AssetCheckSpec(
+            "members_close_to_representative",
+            asset="dedup_clusters",
+            blocking=True,
+            description="Recomputed from stored hashes and vectors: every member is within its tier's threshold "
+            "of a representative that still is one.",
+        ),
     ],
 )
-def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig, database: DatabaseResource,
-                   image_embeddings: EmbeddingSet) -> dg.MaterializeResult:
+def dedup_clusters(
+    context: dg.AssetExecutionContext, config: DedupConfig, database: DatabaseResource, image_embeddings: EmbeddingSet
+) -> dg.MaterializeResult:
     min_cosine = config.min_cosine if config.min_cosine is not None else default_min_cosine(image_embeddings.model)
     thresholds = DedupThresholds(max_hamming=config.max_hamming, min_cosine=min_cosine)
     catalog = database.catalog()
     all_stats, violations = [], []
     # Earlier drops first: each drop is compared with the ones that arrived before it.
     for drop_key in catalog.drops_in_order(context.partition_keys):
-        stats = dedup_drop(catalog, drop_key, image_embeddings.for_drop(drop_key), thresholds,
-                           neighbours=config.neighbours, bulk_from=config.bulk_from,
-                           ef_search=config.hnsw_ef_search, logger=context.log)
+        stats = dedup_drop(
+            catalog,
+            drop_key,
+            image_embeddings.for_drop(drop_key),
+            thresholds,
+            neighbours=config.neighbours,
+            bulk_from=config.bulk_from,
+            ef_search=config.hnsw_ef_search,
+            logger=context.log,
+        )
         all_stats.append(stats)
-        violations.append(catalog.dedup_violations(drop_key, image_embeddings.model, thresholds.min_cosine,
-                                                   thresholds.max_hamming))
+        violations.append(
+            catalog.dedup_violations(drop_key, image_embeddings.model, thresholds.min_cosine, thresholds.max_hamming)
+        )
     total = {k: sum(v[k] for v in violations) for k in violations[0]}
     leaks = [leak for key in context.partition_keys for leak in catalog.leaks(key)]
-    metadata = all_stats[0] if len(all_stats) == 1 else {
-        "drops": len(all_stats), "model": image_embeddings.model,
-        **{k: sum(s[k] for s in all_stats) for k in ("images", "kept", "duplicates", "exact_duplicates",
-                                                      "perceptual_duplicates", "semantic_duplicates",
-                                                      "duplicates_of_other_drops")},
-        "max_hamming": thresholds.max_hamming, "min_cosine": thresholds.min_cosine}
+    metadata = (
+        all_stats[0]
+        if len(all_stats) == 1
+        else {
+            "drops": len(all_stats),
+            "model": image_embeddings.model,
+            **{
+                k: sum(s[k] for s in all_stats)
+                for k in (
+                    "images",
+                    "kept",
+                    "duplicates",
+                    "exact_duplicates",
+                    "perceptual_duplicates",
+                    "semantic_duplicates",
+                    "duplicates_of_other_drops",
+                )
+            },
+            "max_hamming": thresholds.max_hamming,
+            "min_cosine": thresholds.min_cosine,
+        }
+    )
     return dg.MaterializeResult(
         metadata=metadata,
         check_results=[
             dg.AssetCheckResult(
-                check_name="no_leaks_across_protected_drops", passed=not leaks, severity=dg.AssetCheckSeverity.WARN,
-                metadata={"leaks": len(leaks), "examples": dg.MetadataValue.json([
-                    {k: leak[k] for k in ("drop_key", "object_key", "protected_drop", "protected_key")}
-                    for leak in leaks[:20]])}),
-            dg.AssetCheckResult(check_name="every_image_assigned", passed=total["unassigned"] == 0,
-                                metadata={"unassigned": total["unassigned"],
-                                          "images": sum(s["images"] for s in all_stats)}),
-            dg.AssetCheckResult(check_name="members_close_to_representative",
-                                passed=(total["below_threshold"] == 0 and total["orphaned_members"] == 0
-                                        and total["malformed_representatives"] == 0),
-                                metadata=total),
+                check_name="no_leaks_across_protected_drops",
+                passed=not leaks,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "leaks": len(leaks),
+                    "examples": dg.MetadataValue.json(
+                        [
+                            {k: leak[k] for k in ("drop_key", "object_key", "protected_drop", "protected_key")}
+                            for leak in leaks[:20]
+                        ]
+                    ),
+                },
+            ),
+            dg.AssetCheckResult(
+                check_name="every_image_assigned",
+                passed=total["unassigned"] == 0,
+                metadata={"unassigned": total["unassigned"], "images": sum(s["images"] for s in all_stats)},
+            ),
+            dg.AssetCheckResult(
+                check_name="members_close_to_representative",
+                passed=(
+                    total["below_threshold"] == 0 and total["orphaned_members"] == 0 and total["malformed_representatives"] == 0
+                ),
+                metadata=total,
+            ),
         ],
     )

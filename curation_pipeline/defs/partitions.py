@@ -12,5 +12,6 @@ INGEST_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=8)
 
 # Subsets and reports follow new dedup results, once every dependency's blocking checks passed
 # and no drop is still being ingested (a half-ingested corpus is not selected from).
-FOLLOW_DEDUP = (dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
-                ).with_label("eager after dedup, blocking checks passed")
+FOLLOW_DEDUP = (dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()).with_label(
+    "eager after dedup, blocking checks passed"
+)

@@ -1,6 +1,5 @@
 """curation_report: a static HTML page per named selection, summary in Dagster metadata."""
 
-
 from pathlib import Path
 
 import dagster as dg
@@ -29,21 +28,34 @@ class ReportConfig(dg.Config):
     deps=[curated_subset, dg.AssetDep(dedup_clusters, partition_mapping=dg.AllPartitionMapping())],
     automation_condition=FOLLOW_DEDUP,
     description="Static HTML report: counts, duplicate groups as thumbnails (representative first), the "
-                "subset as thumbnails, failed objects with their errors.",
+    "subset as thumbnails, failed objects with their errors.",
     check_specs=[
-        dg.AssetCheckSpec("report_written", asset="curation_report", blocking=True,
-                          description="The page exists, is non-empty, and every thumbnail either rendered or "
-                                      "its source is listed under 'Missing sources'."),
-        dg.AssetCheckSpec("sources_readable", asset="curation_report",
-                          description="Every source image shown in the report could be read (WARN: the missing "
-                                      "ones are listed)."),
+        dg.AssetCheckSpec(
+            "report_written",
+            asset="curation_report",
+            blocking=True,
+            description="The page exists, is non-empty, and every thumbnail either rendered or "
+            "its source is listed under 'Missing sources'.",
+        ),
+        dg.AssetCheckSpec(
+            "sources_readable",
+            asset="curation_report",
+            description="Every source image shown in the report could be read (WARN: the missing ones are listed).",
+        ),
     ],
 )
-def curation_report(context: dg.AssetExecutionContext, config: ReportConfig,
-                    database: DatabaseResource) -> dg.MaterializeResult:
+def curation_report(
+    context: dg.AssetExecutionContext, config: ReportConfig, database: DatabaseResource
+) -> dg.MaterializeResult:
     root = config.output_dir or str(curation_home() / "reports")
-    out = write_report(database.catalog(), context.partition_key, Path(root) / context.partition_key,
-                       max_groups=config.max_groups, max_subset=config.max_subset, logger=context.log)
+    out = write_report(
+        database.catalog(),
+        context.partition_key,
+        Path(root) / context.partition_key,
+        max_groups=config.max_groups,
+        max_subset=config.max_subset,
+        logger=context.log,
+    )
     missing = out["missing_sources"]
     return dg.MaterializeResult(
         metadata={
@@ -58,13 +70,23 @@ def curation_report(context: dg.AssetExecutionContext, config: ReportConfig,
         check_results=[
             # A thumbnail can only be absent because its source could not be read, and each such
             # source is listed in the page: an unreadable source is a warning, not a failed report.
-            dg.AssetCheckResult(check_name="report_written",
-                                passed=out["bytes"] > 0 and (out["thumbnails_missing"] == 0 or bool(missing)),
-                                metadata={"bytes": out["bytes"], "thumbnails_missing": out["thumbnails_missing"],
-                                          "missing_sources": len(missing)}),
-            dg.AssetCheckResult(check_name="sources_readable", passed=not missing,
-                                severity=dg.AssetCheckSeverity.WARN,
-                                metadata={"missing_sources": len(missing),
-                                          "first_missing": dg.MetadataValue.json(dict(list(missing.items())[:20]))}),
+            dg.AssetCheckResult(
+                check_name="report_written",
+                passed=out["bytes"] > 0 and (out["thumbnails_missing"] == 0 or bool(missing)),
+                metadata={
+                    "bytes": out["bytes"],
+                    "thumbnails_missing": out["thumbnails_missing"],
+                    "missing_sources": len(missing),
+                },
+            ),
+            dg.AssetCheckResult(
+                check_name="sources_readable",
+                passed=not missing,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "missing_sources": len(missing),
+                    "first_missing": dg.MetadataValue.json(dict(list(missing.items())[:20])),
+                },
+            ),
         ],
     )

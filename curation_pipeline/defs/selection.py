@@ -1,6 +1,5 @@
 """curated_subset and retrieval_set: one partition per named selection / named query."""
 
-
 from typing import Optional
 
 import dagster as dg
@@ -82,25 +81,28 @@ class SelectionConfig(dg.Config):
     deps=[dg.AssetDep(dedup_clusters, partition_mapping=dg.AllPartitionMapping())],
     automation_condition=FOLLOW_DEDUP,
     description="The subset a labeling budget should buy: valid, non-duplicate images chosen by weighted "
-                "strategies (diversity, typicality, cluster coverage, outliers, query similarity, metadata balance, "
-                "user scores) after filters; rows keep rank, score and the strategy that chose them, and the subset "
-                "is compared with a random one of equal size.",
+    "strategies (diversity, typicality, cluster coverage, outliers, query similarity, metadata balance, "
+    "user scores) after filters; rows keep rank, score and the strategy that chose them, and the subset "
+    "is compared with a random one of equal size.",
     check_specs=[
-        dg.AssetCheckSpec("no_duplicates_selected", asset="curated_subset", blocking=True,
-                          description="No selected image is a duplicate of another image."),
-        dg.AssetCheckSpec("within_budget", asset="curated_subset", blocking=True,
-                          description="1 <= selected <= budget."),
+        dg.AssetCheckSpec(
+            "no_duplicates_selected",
+            asset="curated_subset",
+            blocking=True,
+            description="No selected image is a duplicate of another image.",
+        ),
+        dg.AssetCheckSpec("within_budget", asset="curated_subset", blocking=True, description="1 <= selected <= budget."),
     ],
 )
-def curated_subset(context: dg.AssetExecutionContext, config: SelectionConfig, database: DatabaseResource,
-                   embedder: EmbedderResource) -> dg.MaterializeResult:
+def curated_subset(
+    context: dg.AssetExecutionContext, config: SelectionConfig, database: DatabaseResource, embedder: EmbedderResource
+) -> dg.MaterializeResult:
     catalog = database.catalog()
     loaded = embedder.load()
     options = embedder.embed_options()
     model = config.model or model_id_for(loaded, options)
     if config.annotations_file:
-        load_annotations(catalog, config.annotations_file, key_column=config.annotations_key_column,
-                         logger=context.log)
+        load_annotations(catalog, config.annotations_file, key_column=config.annotations_key_column, logger=context.log)
 
     def embed_files(paths: list[str]):
         blobs = []
@@ -113,8 +115,7 @@ def curated_subset(context: dg.AssetExecutionContext, config: SelectionConfig, d
 
     stored = (catalog.selection_info(context.partition_key) or {}).get("config")
     spec = config.spec(stored)
-    stats = select_subset(catalog, context.partition_key, spec, model=model, query_embedder=embed_files,
-                          logger=context.log)
+    stats = select_subset(catalog, context.partition_key, spec, model=model, query_embedder=embed_files, logger=context.log)
     dupes = catalog.selected_duplicates(context.partition_key)
     comparison = (catalog.selection_info(context.partition_key) or {}).get("comparison")
     metadata = {k: v for k, v in stats.items() if v is not None and not isinstance(v, dict)}
@@ -124,10 +125,14 @@ def curated_subset(context: dg.AssetExecutionContext, config: SelectionConfig, d
     return dg.MaterializeResult(
         metadata=metadata,
         check_results=[
-            dg.AssetCheckResult(check_name="no_duplicates_selected", passed=dupes == 0,
-                                metadata={"selected_duplicates": dupes}),
-            dg.AssetCheckResult(check_name="within_budget", passed=1 <= stats["selected"] <= spec.budget,
-                                metadata={"selected": stats["selected"], "budget": spec.budget}),
+            dg.AssetCheckResult(
+                check_name="no_duplicates_selected", passed=dupes == 0, metadata={"selected_duplicates": dupes}
+            ),
+            dg.AssetCheckResult(
+                check_name="within_budget",
+                passed=1 <= stats["selected"] <= spec.budget,
+                metadata={"selected": stats["selected"], "budget": spec.budget},
+            ),
         ],
     )
 
@@ -166,9 +171,13 @@ class RetrievalConfig(dg.Config):
 def comparison_markdown(comparison: dict) -> str:
     """The subset-vs-random table for Dagster metadata."""
     sub, rnd = comparison["subset"], comparison["random"]
-    rows = [("fine clusters covered", "fine_clusters_covered"), ("mean NN distance in subset", "nn_distance_mean"),
-            ("min NN distance in subset", "nn_distance_min"), ("mean distance pool -> subset", "coverage_distance_mean"),
-            ("max distance pool -> subset", "coverage_distance_max")]
+    rows = [
+        ("fine clusters covered", "fine_clusters_covered"),
+        ("mean NN distance in subset", "nn_distance_mean"),
+        ("min NN distance in subset", "nn_distance_min"),
+        ("mean distance pool -> subset", "coverage_distance_mean"),
+        ("max distance pool -> subset", "coverage_distance_max"),
+    ]
     lines = ["| | subset | random |", "|---|---|---|"]
     lines += [f"| {label} | {sub.get(key, '-')} | {rnd.get(key, '-')} |" for label, key in rows]
     for column, value in sub.get("metadata_coverage", {}).items():
@@ -183,32 +192,49 @@ def comparison_markdown(comparison: dict) -> str:
     owners=["team:curation"],
     deps=[dg.AssetDep(image_embeddings, partition_mapping=dg.AllPartitionMapping())],
     description="The images nearest to a query (image files, a folder, an S3 prefix, corpus images or a text "
-                "prompt), top-k or above a similarity threshold, filtered by drop and metadata, through the model's "
-                "pgvector HNSW index; rows keep rank, similarity and the query they matched.",
+    "prompt), top-k or above a similarity threshold, filtered by drop and metadata, through the model's "
+    "pgvector HNSW index; rows keep rank, similarity and the query they matched.",
     check_specs=[
-        dg.AssetCheckSpec("results_ranked", asset="retrieval_set", blocking=True,
-                          description="Between 1 and k results, similarity non-increasing with rank."),
+        dg.AssetCheckSpec(
+            "results_ranked",
+            asset="retrieval_set",
+            blocking=True,
+            description="Between 1 and k results, similarity non-increasing with rank.",
+        ),
     ],
 )
-def retrieval_set(context: dg.AssetExecutionContext, config: RetrievalConfig, database: DatabaseResource,
-                  embedder: EmbedderResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+def retrieval_set(
+    context: dg.AssetExecutionContext,
+    config: RetrievalConfig,
+    database: DatabaseResource,
+    embedder: EmbedderResource,
+    image_store: ImageStoreResource,
+) -> dg.MaterializeResult:
     catalog = database.catalog()
-    stats = retrieve_similar(catalog, embedder.load(), context.partition_key, config.spec(),
-                             options=embedder.embed_options(), logger=context.log)
-    page = write_retrieval_page(catalog, context.partition_key,
-                                curation_home() / "reports" / "retrievals" / context.partition_key)
+    stats = retrieve_similar(
+        catalog, embedder.load(), context.partition_key, config.spec(), options=embedder.embed_options(), logger=context.log
+    )
+    page = write_retrieval_page(
+        catalog, context.partition_key, curation_home() / "reports" / "retrievals" / context.partition_key
+    )
     if config.export_to and stats["results"]:
-        exported = export_selection(catalog, context.partition_key,
-                                    export_target_for(config.export_to, image_store.s3.settings()),
-                                    kind="retrieval", logger=context.log)
+        exported = export_selection(
+            catalog,
+            context.partition_key,
+            export_target_for(config.export_to, image_store.s3.settings()),
+            kind="retrieval",
+            logger=context.log,
+        )
         stats["exported_manifest"] = exported["manifest_parquet"]
     sims = [it["similarity"] for it in catalog.retrieval_items(context.partition_key)]
     ranked = all(a >= b - 1e-9 for a, b in zip(sims, sims[1:]))
     return dg.MaterializeResult(
         metadata={**{k: v for k, v in stats.items() if v is not None}, "page": dg.MetadataValue.path(page["path"])},
         check_results=[
-            dg.AssetCheckResult(check_name="results_ranked",
-                                passed=ranked and (1 if config.min_similarity is None else 0) <= len(sims) <= config.k,
-                                metadata={"results": len(sims), "k": config.k, "ranked": ranked}),
+            dg.AssetCheckResult(
+                check_name="results_ranked",
+                passed=ranked and (1 if config.min_similarity is None else 0) <= len(sims) <= config.k,
+                metadata={"results": len(sims), "k": config.k, "ranked": ranked},
+            ),
         ],
     )

@@ -43,9 +43,13 @@ class WatchSettings:
         completion = os.environ.get("CURATION_DROP_COMPLETION", "marker_or_quiet")
         if completion not in COMPLETION_RULES:
             raise ValueError(f"CURATION_DROP_COMPLETION={completion!r}: use one of {COMPLETION_RULES}")
-        return cls(roots=tuple(roots), marker=os.environ.get("CURATION_DROP_MARKER", "_SUCCESS"),
-                   completion=completion, quiet_seconds=float(os.environ.get("CURATION_DROP_QUIET_SECONDS", "600")),
-                   default_running=os.environ.get("CURATION_SENSOR_RUNNING") == "1")
+        return cls(
+            roots=tuple(roots),
+            marker=os.environ.get("CURATION_DROP_MARKER", "_SUCCESS"),
+            completion=completion,
+            quiet_seconds=float(os.environ.get("CURATION_DROP_QUIET_SECONDS", "600")),
+            default_running=os.environ.get("CURATION_SENSOR_RUNNING") == "1",
+        )
 
 
 def build_drop_sensor(settings: WatchSettings) -> dg.SensorDefinition:
@@ -54,19 +58,27 @@ def build_drop_sensor(settings: WatchSettings) -> dg.SensorDefinition:
         job=ingest_drop_job,
         minimum_interval_seconds=settings.interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING if settings.default_running else dg.DefaultSensorStatus.STOPPED,
-        description=(f"Adds a capture_drops partition and runs ingest_drop for every completed drop under "
-                     f"{', '.join(settings.roots) or '(no root configured: set CURATION_WATCH)'}; complete = "
-                     f"{settings.completion} (marker {settings.marker!r}, quiet {settings.quiet_seconds:g} s)."),
+        description=(
+            f"Adds a capture_drops partition and runs ingest_drop for every completed drop under "
+            f"{', '.join(settings.roots) or '(no root configured: set CURATION_WATCH)'}; complete = "
+            f"{settings.completion} (marker {settings.marker!r}, quiet {settings.quiet_seconds:g} s)."
+        ),
     )
-    def capture_drop_sensor(context: dg.SensorEvaluationContext, image_store: ImageStoreResource,
-                            database: DatabaseResource) -> dg.SensorResult:
+    def capture_drop_sensor(
+        context: dg.SensorEvaluationContext, image_store: ImageStoreResource, database: DatabaseResource
+    ) -> dg.SensorResult:
         return evaluate_drops(context, settings, image_store, database)
 
     return capture_drop_sensor
 
 
-def evaluate_drops(context: dg.SensorEvaluationContext, settings: WatchSettings, image_store: ImageStoreResource,
-                   database: DatabaseResource, now: datetime | None = None) -> dg.SensorResult:
+def evaluate_drops(
+    context: dg.SensorEvaluationContext,
+    settings: WatchSettings,
+    image_store: ImageStoreResource,
+    database: DatabaseResource,
+    now: datetime | None = None,
+) -> dg.SensorResult:
     now = now or datetime.now(timezone.utc)
     state = json.loads(context.cursor) if context.cursor else {}
     known = set(context.instance.get_dynamic_partitions(capture_drops.name))
@@ -92,22 +104,27 @@ def evaluate_drops(context: dg.SensorEvaluationContext, settings: WatchSettings,
     names = sorted(candidates)
     after = state.get("after", "")
     start = next((i for i, n in enumerate(names) if n > after), 0)
-    batch = (names[start:] + names[:start])[:settings.max_checks_per_tick]
+    batch = (names[start:] + names[:start])[: settings.max_checks_per_tick]
     states = [image_store.store(candidates[n]).drop_state(n, candidates[n], settings.marker) for n in batch]
-    decision = decide(states, known=known, now=now, completion=settings.completion,
-                      quiet_seconds=settings.quiet_seconds)
+    decision = decide(states, known=known, now=now, completion=settings.completion, quiet_seconds=settings.quiet_seconds)
     catalog = database.catalog() if decision.ready else None
     for name in decision.ready:
         catalog.register_drop(name, candidates[name])
     if decision.waiting:
-        context.log.info(f"{len(decision.waiting)} drops not complete yet: "
-                         + ", ".join(f"{k} ({v})" for k, v in list(decision.waiting.items())[:10]))
-    cursor = {"after": batch[-1] if batch and len(batch) < len(names) else "", "waiting": decision.waiting,
-              "invalid": sorted(invalid), "ticked_at": now.isoformat(timespec="seconds"),
-              "known": len(known), "unknown": len(names)}
+        context.log.info(
+            f"{len(decision.waiting)} drops not complete yet: "
+            + ", ".join(f"{k} ({v})" for k, v in list(decision.waiting.items())[:10])
+        )
+    cursor = {
+        "after": batch[-1] if batch and len(batch) < len(names) else "",
+        "waiting": decision.waiting,
+        "invalid": sorted(invalid),
+        "ticked_at": now.isoformat(timespec="seconds"),
+        "known": len(known),
+        "unknown": len(names),
+    }
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=k, run_key=f"drop:{k}", tags={"curation/drop": k})
-                      for k in decision.ready],
+        run_requests=[dg.RunRequest(partition_key=k, run_key=f"drop:{k}", tags={"curation/drop": k}) for k in decision.ready],
         dynamic_partitions_requests=[capture_drops.build_add_request(decision.ready)] if decision.ready else [],
         cursor=json.dumps(cursor),
     )

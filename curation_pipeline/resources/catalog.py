@@ -26,9 +26,29 @@ if TYPE_CHECKING:
     from curation_pipeline.resources.filters import Predicate
 
 _IMAGE_COLUMNS = (
-    "image_id", "drop_key", "object_key", "source_uri", "bytes", "etag", "sha256", "status", "error",
-    "format", "width", "height", "mode", "exif_datetime", "camera_make", "camera_model", "phash", "phash_mirror",
-    "blur_variance", "brightness", "contrast", "entropy", "aspect_ratio",
+    "image_id",
+    "drop_key",
+    "object_key",
+    "source_uri",
+    "bytes",
+    "etag",
+    "sha256",
+    "status",
+    "error",
+    "format",
+    "width",
+    "height",
+    "mode",
+    "exif_datetime",
+    "camera_make",
+    "camera_model",
+    "phash",
+    "phash_mirror",
+    "blur_variance",
+    "brightness",
+    "contrast",
+    "entropy",
+    "aspect_ratio",
 )
 
 
@@ -52,13 +72,15 @@ class ShrinkGuard:
         if removed < known and removed / known <= self.max_removed_fraction:
             return None
         where = f" from {source}" if source else ""
-        return (f"drop {drop_key!r}: refusing to re-ingest{where}: the listing would remove {removed} of its "
-                f"{known} known objects ({removed / known:.0%}, more than the allowed "
-                f"{self.max_removed_fraction:.0%}), with their embeddings, duplicate links, selection and "
-                "retrieval items. Nothing was changed. If the folder is empty or unmounted, fix the source and "
-                "re-run; if the objects were deleted on purpose, re-run with --allow-shrink (run config "
-                "raw_image_manifest.allow_shrink: true); to delete the whole drop, run `curation drop remove "
-                f"{drop_key}`.")
+        return (
+            f"drop {drop_key!r}: refusing to re-ingest{where}: the listing would remove {removed} of its "
+            f"{known} known objects ({removed / known:.0%}, more than the allowed "
+            f"{self.max_removed_fraction:.0%}), with their embeddings, duplicate links, selection and "
+            "retrieval items. Nothing was changed. If the folder is empty or unmounted, fix the source and "
+            "re-run; if the objects were deleted on purpose, re-run with --allow-shrink (run config "
+            "raw_image_manifest.allow_shrink: true); to delete the whole drop, run `curation drop remove "
+            f"{drop_key}`."
+        )
 
 
 DEFAULT_SHRINK_GUARD = ShrinkGuard()
@@ -89,12 +111,12 @@ class EmbeddingSet:
     def __len__(self) -> int:
         return len(self.image_ids)
 
-
     def for_drop(self, drop_key: str) -> "EmbeddingSet":
         mask = np.asarray([d == drop_key for d in self.drop_keys], dtype=bool)
         idx = np.nonzero(mask)[0]
-        return EmbeddingSet(self.model, self.image_ids[idx], [self.sha256[i] for i in idx], self.vectors[idx],
-                            [drop_key] * len(idx))
+        return EmbeddingSet(
+            self.model, self.image_ids[idx], [self.sha256[i] for i in idx], self.vectors[idx], [drop_key] * len(idx)
+        )
 
 
 @dataclass(frozen=True)
@@ -138,7 +160,8 @@ class ManifestWriter:
         f"INSERT INTO images ({', '.join(_IMAGE_COLUMNS)}, ingested_at)"
         f" VALUES ({', '.join(['%s'] * len(_IMAGE_COLUMNS))}, now())"
         f" ON CONFLICT (image_id) DO UPDATE SET "
-        + ", ".join(f"{c} = EXCLUDED.{c}" for c in _IMAGE_COLUMNS if c != "image_id") + ", ingested_at = now()"
+        + ", ".join(f"{c} = EXCLUDED.{c}" for c in _IMAGE_COLUMNS if c != "image_id")
+        + ", ingested_at = now()"
     )
 
     def __init__(self, conn, drop_key: str, chunk: int = 500) -> None:
@@ -152,11 +175,33 @@ class ManifestWriter:
         self.lost_items: dict[str, dict[str, int]] = {}
 
     def add(self, image_id: int, source_uri: str, r: ManifestRecord, etag: str | None) -> None:
-        self.buffer.append((
-            image_id, self.drop_key, r.object_key, source_uri, r.bytes, etag, r.sha256, r.status, r.error,
-            r.format, r.width, r.height, r.mode, r.exif_datetime, r.camera_make, r.camera_model, r.phash,
-            r.phash_mirror, r.blur_variance, r.brightness, r.contrast, r.entropy, r.aspect_ratio,
-        ))
+        self.buffer.append(
+            (
+                image_id,
+                self.drop_key,
+                r.object_key,
+                source_uri,
+                r.bytes,
+                etag,
+                r.sha256,
+                r.status,
+                r.error,
+                r.format,
+                r.width,
+                r.height,
+                r.mode,
+                r.exif_datetime,
+                r.camera_make,
+                r.camera_model,
+                r.phash,
+                r.phash_mirror,
+                r.blur_variance,
+                r.brightness,
+                r.contrast,
+                r.entropy,
+                r.aspect_ratio,
+            )
+        )
         if len(self.buffer) >= self.chunk:
             self.flush()
 
@@ -165,8 +210,9 @@ class ManifestWriter:
             return
         with self.conn.cursor() as cur:
             cur.executemany(self._INSERT, self.buffer)
-            cur.executemany("INSERT INTO manifest_seen (image_id) VALUES (%s) ON CONFLICT DO NOTHING",
-                            [(row[0],) for row in self.buffer])
+            cur.executemany(
+                "INSERT INTO manifest_seen (image_id) VALUES (%s) ON CONFLICT DO NOTHING", [(row[0],) for row in self.buffer]
+            )
         self.upserted += len(self.buffer)
         self.buffer.clear()
 
@@ -182,9 +228,11 @@ class CacheWriter:
         self.storage = storage
         self.column, self.sqltype = STORAGE_TYPES[storage]
         self.rows_written = 0
-        conn.execute(sql.SQL(
-            "CREATE TEMP TABLE IF NOT EXISTS cache_stage (sha256 text NOT NULL, vec {} NOT NULL)"
-        ).format(sql.SQL(self.sqltype)))
+        conn.execute(
+            sql.SQL("CREATE TEMP TABLE IF NOT EXISTS cache_stage (sha256 text NOT NULL, vec {} NOT NULL)").format(
+                sql.SQL(self.sqltype)
+            )
+        )
 
     def write(self, sha256s: Sequence[str], vectors: np.ndarray) -> int:
         with self.conn.transaction():
@@ -194,8 +242,10 @@ class CacheWriter:
                 for h, vec in zip(sha256s, vectors):
                     copy.write_row((h, wire_vector(vec, self.storage)))
             inserted = self.conn.execute(
-                sql.SQL("INSERT INTO embedding_cache (model, sha256, {}) SELECT %s, sha256, vec FROM cache_stage"
-                        " ON CONFLICT (model, sha256) DO NOTHING").format(sql.Identifier(self.column)),
+                sql.SQL(
+                    "INSERT INTO embedding_cache (model, sha256, {}) SELECT %s, sha256, vec FROM cache_stage"
+                    " ON CONFLICT (model, sha256) DO NOTHING"
+                ).format(sql.Identifier(self.column)),
                 (self.model,),
             ).rowcount
         self.rows_written += inserted
@@ -226,9 +276,12 @@ def _record_lost_items(conn, drop_key: str, reason: str, *, all_of_drop: bool = 
         rows = conn.execute(
             "INSERT INTO lost_items (kind, name, rank, image_id, drop_key, source_uri, reason)"
             f" SELECT %s, s.name, s.rank, s.image_id, i.drop_key, i.source_uri, %s FROM {table} s"
-            " JOIN images i ON i.image_id = s.image_id WHERE i.drop_key = %s" + unseen +
-            " ON CONFLICT (kind, name, image_id) DO UPDATE SET reason = EXCLUDED.reason, lost_at = now()"
-            " RETURNING name", (kind, reason, drop_key)).fetchall()
+            " JOIN images i ON i.image_id = s.image_id WHERE i.drop_key = %s"
+            + unseen
+            + " ON CONFLICT (kind, name, image_id) DO UPDATE SET reason = EXCLUDED.reason, lost_at = now()"
+            " RETURNING name",
+            (kind, reason, drop_key),
+        ).fetchall()
         counts: dict[str, int] = {}
         for (name,) in rows:
             counts[name] = counts.get(name, 0) + 1
@@ -312,14 +365,16 @@ class Catalog:
     def drop_sources(self) -> dict[str, str]:
         """{drop_key: source URI} of every registered drop that has a source."""
         with self.connection() as conn:
-            rows = conn.execute("SELECT drop_key, source_uri FROM drops WHERE source_uri IS NOT NULL"
-                                " ORDER BY ordinal").fetchall()
+            rows = conn.execute(
+                "SELECT drop_key, source_uri FROM drops WHERE source_uri IS NOT NULL ORDER BY ordinal"
+            ).fetchall()
         return dict(rows)
 
     # ---- manifest ----------------------------------------------------------------------------
     @contextmanager
-    def manifest_writer(self, drop_key: str, *, source_uri: str | None = None,
-                        shrink: ShrinkGuard = DEFAULT_SHRINK_GUARD) -> Iterator["ManifestWriter"]:
+    def manifest_writer(
+        self, drop_key: str, *, source_uri: str | None = None, shrink: ShrinkGuard = DEFAULT_SHRINK_GUARD
+    ) -> Iterator["ManifestWriter"]:
         """One transaction for a drop's whole manifest, written in chunks as objects are inspected
         (memory bounded by the chunk, not the drop). On exit: if the listing would remove more of the
         drop's known objects than `shrink` allows, DropShrinkRefused is raised and nothing is written;
@@ -330,8 +385,9 @@ class Catalog:
         with self.connection() as conn, conn.transaction():
             # two runs of the same partition at once take turns here instead of interleaving rows
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('manifest:' || %s))", (drop_key,))
-            conn.execute("INSERT INTO drops (drop_key, source_uri) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                         (drop_key, source_uri))
+            conn.execute(
+                "INSERT INTO drops (drop_key, source_uri) VALUES (%s, %s) ON CONFLICT DO NOTHING", (drop_key, source_uri)
+            )
             known = conn.execute("SELECT count(*) FROM images WHERE drop_key = %s", (drop_key,)).fetchone()[0]
             conn.execute("CREATE TEMP TABLE manifest_seen (image_id bigint PRIMARY KEY) ON COMMIT DROP")
             writer = ManifestWriter(conn, drop_key)
@@ -340,12 +396,16 @@ class Catalog:
             removed = conn.execute(
                 "SELECT count(*) FROM images i WHERE i.drop_key = %s"
                 " AND NOT EXISTS (SELECT 1 FROM manifest_seen s WHERE s.image_id = i.image_id)",
-                (drop_key,)).fetchone()[0]
+                (drop_key,),
+            ).fetchone()[0]
             refusal = shrink.refusal(drop_key, known, removed, source_uri)
             if refusal:
                 raise DropShrinkRefused(refusal)
-            writer.lost_items = _record_lost_items(
-                conn, drop_key, f"object no longer in drop {drop_key} when it was re-ingested") if removed else {}
+            writer.lost_items = (
+                _record_lost_items(conn, drop_key, f"object no longer in drop {drop_key} when it was re-ingested")
+                if removed
+                else {}
+            )
             if source_uri is not None:
                 conn.execute("UPDATE drops SET source_uri = %s WHERE drop_key = %s", (source_uri, drop_key))
             writer.deleted_vanished = conn.execute(
@@ -360,8 +420,11 @@ class Catalog:
         with self.manifest_writer(drop_key) as writer:
             for row in rows:
                 writer.add(*row)
-        return {"upserted": writer.upserted, "deleted_vanished": writer.deleted_vanished,
-                "repaired_members": writer.repaired_members}
+        return {
+            "upserted": writer.upserted,
+            "deleted_vanished": writer.deleted_vanished,
+            "repaired_members": writer.repaired_members,
+        }
 
     def manifest_summary(self, drop_key: str) -> dict:
         with self.connection() as conn:
@@ -394,8 +457,9 @@ class Catalog:
             return _dict_rows(cur)
 
     # ---- embedding models --------------------------------------------------------------------
-    def register_model(self, model: str, backend: str, dim: int, description: str, *, preprocess: str = "",
-                       storage: str = "vector") -> None:
+    def register_model(
+        self, model: str, backend: str, dim: int, description: str, *, preprocess: str = "", storage: str = "vector"
+    ) -> None:
         """Record the model and create its partial HNSW index (cosine) on first use. A model id that
         exists with another dimension, preprocessing or storage is a configuration error, reported
         as such: cached vectors are only valid for the exact model + preprocessing that made them."""
@@ -404,8 +468,7 @@ class Catalog:
         index_name = hnsw_index_name(model)
         with self.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (model,))
-            row = conn.execute("SELECT dim, preprocess, storage FROM embedding_models WHERE model = %s",
-                               (model,)).fetchone()
+            row = conn.execute("SELECT dim, preprocess, storage FROM embedding_models WHERE model = %s", (model,)).fetchone()
             if row is not None:
                 if row[0] != dim:
                     raise ValueError(
@@ -435,8 +498,14 @@ class Catalog:
                 sql.SQL(
                     "CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw (({column}::{sqltype}({dim})) {ops})"
                     " WHERE model = {model}"
-                ).format(name=sql.Identifier(index_name), column=sql.Identifier(column), sqltype=sql.SQL(sqltype),
-                         dim=sql.Literal(int(dim)), ops=sql.SQL(f"{sqltype}_cosine_ops"), model=sql.Literal(model))
+                ).format(
+                    name=sql.Identifier(index_name),
+                    column=sql.Identifier(column),
+                    sqltype=sql.SQL(sqltype),
+                    dim=sql.Literal(int(dim)),
+                    ops=sql.SQL(f"{sqltype}_cosine_ops"),
+                    model=sql.Literal(model),
+                )
             )
 
     def model_info(self, model: str) -> tuple[int, str]:
@@ -473,8 +542,9 @@ class Catalog:
 
     def valid_image_count(self, drop_key: str) -> int:
         with self.connection() as conn:
-            return int(conn.execute("SELECT count(*) FROM images WHERE drop_key = %s AND status = 'ok'",
-                                    (drop_key,)).fetchone()[0])
+            return int(
+                conn.execute("SELECT count(*) FROM images WHERE drop_key = %s AND status = 'ok'", (drop_key,)).fetchone()[0]
+            )
 
     @contextmanager
     def cache_writer(self, model: str, storage: str = "vector") -> Iterator["CacheWriter"]:
@@ -504,8 +574,11 @@ class Catalog:
                 " AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.image_id = i.image_id AND e.model = %s)",
                 (model, drop_key, model),
             )
-            count = int(conn.execute("SELECT count(*) FROM embeddings WHERE drop_key = %s AND model = %s",
-                                     (drop_key, model)).fetchone()[0])
+            count = int(
+                conn.execute(
+                    "SELECT count(*) FROM embeddings WHERE drop_key = %s AND model = %s", (drop_key, model)
+                ).fetchone()[0]
+            )
         self.refresh_statistics("embeddings")
         return count
 
@@ -518,8 +591,11 @@ class Catalog:
         if table not in ("embeddings", "images", "embedding_cache"):
             raise ValueError(f"refresh_statistics: unknown table {table!r}")
         with self.connection() as conn:
-            row = conn.execute("SELECT n_live_tup, n_mod_since_analyze, last_analyze, last_autoanalyze"
-                               " FROM pg_stat_user_tables WHERE relname = %s", (table,)).fetchone()
+            row = conn.execute(
+                "SELECT n_live_tup, n_mod_since_analyze, last_analyze, last_autoanalyze"
+                " FROM pg_stat_user_tables WHERE relname = %s",
+                (table,),
+            ).fetchone()
             if row is None:
                 return False
             live, modified, manual, auto = row
@@ -542,14 +618,22 @@ class Catalog:
             failures = conn.execute(
                 "SELECT count(*) FROM embedding_failures WHERE drop_key = %s AND model = %s", (drop_key, model)
             ).fetchone()[0]
-        return {"rows": int(row[0]), "min_dim": row[1], "max_dim": row[2], "max_norm_error": float(row[3]),
-                "duplicate_rows": int(row[4]), "failures": int(failures), "valid_images": self.valid_image_count(drop_key)}
+        return {
+            "rows": int(row[0]),
+            "min_dim": row[1],
+            "max_dim": row[2],
+            "max_norm_error": float(row[3]),
+            "duplicate_rows": int(row[4]),
+            "failures": int(failures),
+            "valid_images": self.valid_image_count(drop_key),
+        }
 
     def drops_in_order(self, drop_keys: Sequence[str]) -> list[str]:
         """The given drops sorted by arrival (unregistered ones last, by key)."""
         with self.connection() as conn:
-            order = dict(conn.execute("SELECT drop_key, ordinal FROM drops WHERE drop_key = ANY(%s)",
-                                      (list(drop_keys),)).fetchall())
+            order = dict(
+                conn.execute("SELECT drop_key, ordinal FROM drops WHERE drop_key = ANY(%s)", (list(drop_keys),)).fetchall()
+            )
         return sorted(drop_keys, key=lambda k: (order.get(k) is None, order.get(k, 0), k))
 
     def replace_embedding_failures(self, drop_key: str, model: str, failures: Sequence[tuple[int, str]]) -> None:
@@ -577,10 +661,14 @@ class Catalog:
         column, sqltype = STORAGE_TYPES[storage]
         with self.connection() as conn, conn.transaction():
             conn.execute("DELETE FROM embeddings WHERE drop_key = %s AND model = %s", (drop_key, emb.model))
-            with conn.cursor() as cur, cur.copy(
-                sql.SQL("COPY embeddings (image_id, model, drop_key, sha256, {}) FROM STDIN WITH (FORMAT BINARY)").format(
-                    sql.Identifier(column))
-            ) as copy:
+            with (
+                conn.cursor() as cur,
+                cur.copy(
+                    sql.SQL("COPY embeddings (image_id, model, drop_key, sha256, {}) FROM STDIN WITH (FORMAT BINARY)").format(
+                        sql.Identifier(column)
+                    )
+                ) as copy,
+            ):
                 copy.set_types(["int8", "text", "text", "text", sqltype])
                 for image_id, h, vec in zip(emb.image_ids.tolist(), emb.sha256, emb.vectors):
                     copy.write_row((image_id, emb.model, drop_key, h, wire_vector(vec, storage)))
@@ -605,8 +693,9 @@ class Catalog:
             ).fetchall()
         dim = self.model_dim(model) if not rows else len(rows[0][3].to_numpy())
         vectors = np.stack([r[3].to_numpy() for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
-        return EmbeddingSet(model, np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows], vectors,
-                            [r[2] for r in rows])
+        return EmbeddingSet(
+            model, np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows], vectors, [r[2] for r in rows]
+        )
 
     def nearest_statement(self, model: str):
         """(statement, dim, storage) of the top-k query for `model`. Parameters: query vector, drop
@@ -624,8 +713,16 @@ class Catalog:
         ).format(col=sql.Identifier(column), t=sql.SQL(sqltype), dim=sql.Literal(dim), model=sql.Literal(model))
         return stmt, dim, storage
 
-    def nearest(self, model: str, queries: np.ndarray, k: int, *, drop_keys: Sequence[str] | None = None,
-                ef_search: int = 100, parallel: int | None = None) -> list[list[tuple[int, float]]]:
+    def nearest(
+        self,
+        model: str,
+        queries: np.ndarray,
+        k: int,
+        *,
+        drop_keys: Sequence[str] | None = None,
+        ef_search: int = 100,
+        parallel: int | None = None,
+    ) -> list[list[tuple[int, float]]]:
         """For each query row of (m, dim), the top-k (image_id, cosine similarity) through the
         model's HNSW index. A drop filter is applied with pgvector's iterative index scan, so
         filtered queries still return k rows when k exist. Large batches are split over `parallel`
@@ -641,8 +738,7 @@ class Catalog:
 
             parts = np.array_split(np.arange(len(q)), parallel)
             with ThreadPoolExecutor(parallel) as pool:
-                chunks = list(pool.map(lambda idx: self._nearest_batch(stmt, storage, q[idx], keys, k, ef_search),
-                                       parts))
+                chunks = list(pool.map(lambda idx: self._nearest_batch(stmt, storage, q[idx], keys, k, ef_search), parts))
             return [hits for chunk in chunks for hits in chunk]
         return self._nearest_batch(stmt, storage, q, keys, k, ef_search)
 
@@ -662,9 +758,18 @@ class Catalog:
                 results.append(sorted(((int(i), float(s)) for i, s in cur.fetchall()), key=lambda t: -t[1]))
         return results
 
-    def search(self, model: str, queries: np.ndarray, k: int, *, drop_keys: Sequence[str] | None = None,
-               predicates: Sequence["Predicate"] = (), exclude_flags: Sequence[str] = (),
-               min_similarity: float | None = None, ef_search: int = 100) -> list[list[tuple[int, float]]]:
+    def search(
+        self,
+        model: str,
+        queries: np.ndarray,
+        k: int,
+        *,
+        drop_keys: Sequence[str] | None = None,
+        predicates: Sequence["Predicate"] = (),
+        exclude_flags: Sequence[str] = (),
+        min_similarity: float | None = None,
+        ef_search: int = 100,
+    ) -> list[list[tuple[int, float]]]:
         """Top-k (image_id, cosine) per query row, restricted to valid images that pass the metadata
         filters, optionally only those at or above `min_similarity`. The filters run inside the
         HNSW scan (pgvector iterative scan keeps walking the graph until k rows pass), and a query
@@ -690,8 +795,14 @@ class Catalog:
                 " FROM embeddings e WHERE e.model = {model} AND (%s::text[] IS NULL OR e.drop_key = ANY(%s::text[]))"
                 " AND EXISTS (SELECT 1 FROM images i {joins} WHERE i.image_id = e.image_id AND i.status = 'ok'{where})"
                 " ORDER BY " + order + " LIMIT %s"
-            ).format(col=sql.Identifier(column), t=sql.SQL(sqltype), dim=sql.Literal(dim), model=sql.Literal(model),
-                     joins=join_sql, where=where_sql)
+            ).format(
+                col=sql.Identifier(column),
+                t=sql.SQL(sqltype),
+                dim=sql.Literal(dim),
+                model=sql.Literal(model),
+                joins=join_sql,
+                where=where_sql,
+            )
 
         approx, exact = statement(False), statement(True)
         out: list[list[tuple[int, float]]] = []
@@ -723,11 +834,14 @@ class Catalog:
     def deduplicated_drops(self, exclude: str) -> list[str]:
         """Drops whose dedup has run (whatever their arrival order), except `exclude`."""
         with self.connection() as conn:
-            return [r[0] for r in conn.execute(
-                "SELECT d.drop_key FROM drops d WHERE d.drop_key <> %s"
-                " AND EXISTS (SELECT 1 FROM dedup_members m WHERE m.drop_key = d.drop_key) ORDER BY d.ordinal",
-                (exclude,),
-            ).fetchall()]
+            return [
+                r[0]
+                for r in conn.execute(
+                    "SELECT d.drop_key FROM drops d WHERE d.drop_key <> %s"
+                    " AND EXISTS (SELECT 1 FROM dedup_members m WHERE m.drop_key = d.drop_key) ORDER BY d.ordinal",
+                    (exclude,),
+                ).fetchall()
+            ]
 
     def dedup_candidates(self, drop_key: str, model: str) -> list[KeptImage]:
         """The drop's own valid images that have a vector for `model`."""
@@ -788,8 +902,12 @@ class Catalog:
                 " FROM images i JOIN drops d ON d.drop_key = i.drop_key " + where + " ORDER BY i.image_id",
                 params,
             ).fetchall()
-        return [KeptImage(int(r[0]), r[1], int(r[2]), r[3], int(r[4]), int(r[5]), float(r[6]) / (float(r[6]) + 100.0),
-                          r[7], int(r[8])) for r in rows]
+        return [
+            KeptImage(
+                int(r[0]), r[1], int(r[2]), r[3], int(r[4]), int(r[5]), float(r[6]) / (float(r[6]) + 100.0), r[7], int(r[8])
+            )
+            for r in rows
+        ]
 
     def replace_dedup(self, drop_key: str, model: str, rows: Sequence[tuple[int, int, bool, str | None, float]]) -> dict:
         """rows: (image_id, representative_id, is_representative, tier, similarity). Replaces the
@@ -821,13 +939,22 @@ class Catalog:
             rep_rows = conn.execute(
                 "SELECT image_id, source_uri, object_key, drop_key FROM images WHERE image_id = ANY(%s)", (list(reps),)
             ).fetchall()
-        rep_info = {int(r[0]): {"image_id": int(r[0]), "source_uri": r[1], "object_key": r[2], "drop_key": r[3]}
-                    for r in rep_rows}
+        rep_info = {
+            int(r[0]): {"image_id": int(r[0]), "source_uri": r[1], "object_key": r[2], "drop_key": r[3]} for r in rep_rows
+        }
         groups: dict[int, dict] = {}
         for rep, image_id, tier, sim, uri, key, drop in rows:
             group = groups.setdefault(int(rep), {"representative": rep_info[int(rep)], "members": []})
-            group["members"].append({"image_id": int(image_id), "tier": tier, "similarity": float(sim),
-                                     "source_uri": uri, "object_key": key, "drop_key": drop})
+            group["members"].append(
+                {
+                    "image_id": int(image_id),
+                    "tier": tier,
+                    "similarity": float(sim),
+                    "source_uri": uri,
+                    "object_key": key,
+                    "drop_key": drop,
+                }
+            )
         return sorted(groups.values(), key=lambda g: (-len(g["members"]), g["representative"]["source_uri"]))
 
     def dedup_summary(self, drop_key: str) -> dict:
@@ -879,27 +1006,33 @@ class Catalog:
             ).fetchone()
             self_reps = conn.execute(
                 "SELECT count(*) FROM dedup_members WHERE drop_key = %s AND is_representative"
-                " AND representative_id <> image_id", (drop_key,),
+                " AND representative_id <> image_id",
+                (drop_key,),
             ).fetchone()[0]
-        return {"unassigned": int(unassigned), "orphaned_members": int(orphaned), "below_threshold": int(weak),
-                "malformed_representatives": int(self_reps)}
+        return {
+            "unassigned": int(unassigned),
+            "orphaned_members": int(orphaned),
+            "below_threshold": int(weak),
+            "malformed_representatives": int(self_reps),
+        }
 
     def selected_duplicates(self, name: str) -> int:
         """Selected images that are duplicates of another image (should be 0)."""
         with self.connection() as conn:
-            return int(conn.execute(
-                "SELECT count(*) FROM selection_items s JOIN dedup_members m ON m.image_id = s.image_id"
-                " WHERE s.name = %s AND NOT m.is_representative",
-                (name,),
-            ).fetchone()[0])
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM selection_items s JOIN dedup_members m ON m.image_id = s.image_id"
+                    " WHERE s.name = %s AND NOT m.is_representative",
+                    (name,),
+                ).fetchone()[0]
+            )
 
     def nearest_neighbour_sample(self, model: str, limit: int = 2000) -> list[tuple[int, int, float]]:
         """(image_id, nearest other image_id, cosine) for a deterministic sample of up to `limit`
         images of `model` (hash order, not the first rows), through the HNSW index."""
         with self.connection() as conn:
             rows = conn.execute(
-                "SELECT image_id, " + _READ_VECTOR + " FROM embeddings WHERE model = %s"
-                " ORDER BY md5(image_id::text) LIMIT %s",
+                "SELECT image_id, " + _READ_VECTOR + " FROM embeddings WHERE model = %s ORDER BY md5(image_id::text) LIMIT %s",
                 (model, int(limit)),
             ).fetchall()
         if not rows:
@@ -944,9 +1077,15 @@ class Catalog:
             return _dict_rows(cur)
 
     # ---- selection ---------------------------------------------------------------------------
-    def selection_pool(self, model: str, drop_keys: Sequence[str] | None = None, *,
-                       predicates: Sequence["Predicate"] = (), exclude_flags: Sequence[str] = (),
-                       columns: Sequence[str] = ()) -> tuple[EmbeddingSet, dict[str, np.ndarray]]:
+    def selection_pool(
+        self,
+        model: str,
+        drop_keys: Sequence[str] | None = None,
+        *,
+        predicates: Sequence["Predicate"] = (),
+        exclude_flags: Sequence[str] = (),
+        columns: Sequence[str] = (),
+    ) -> tuple[EmbeddingSet, dict[str, np.ndarray]]:
         """Valid, embedded images that are not duplicates of another image and pass the filters,
         with the requested metadata `columns` (manifest columns or annotation names) as object
         arrays aligned with the vectors. Ordered by image id, so selections are reproducible."""
@@ -971,8 +1110,9 @@ class Catalog:
             rows = conn.execute(query, [*join_params, *extra_params, model, keys, keys, *where_params]).fetchall()
         dim = self.model_dim(model)
         vectors = np.stack([r[3].to_numpy() for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
-        pool = EmbeddingSet(model, np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows], vectors,
-                            [r[2] for r in rows])
+        pool = EmbeddingSet(
+            model, np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows], vectors, [r[2] for r in rows]
+        )
         meta = {c: np.asarray([r[4 + j] for r in rows], dtype=object) for j, c in enumerate(columns)}
         return pool, meta
 
@@ -983,11 +1123,16 @@ class Catalog:
     def annotation_values(self, name: str, image_ids: Sequence[int]) -> np.ndarray:
         """(n,) float64 of annotation `name` for `image_ids` (NaN where missing or not numeric)."""
         with self.connection() as conn:
-            rows = dict(conn.execute("SELECT image_id, value_num FROM image_annotations WHERE name = %s"
-                                     " AND image_id = ANY(%s)", (name, list(map(int, image_ids)))).fetchall())
+            rows = dict(
+                conn.execute(
+                    "SELECT image_id, value_num FROM image_annotations WHERE name = %s AND image_id = ANY(%s)",
+                    (name, list(map(int, image_ids))),
+                ).fetchall()
+            )
             if not rows and conn.execute("SELECT 1 FROM image_annotations WHERE name = %s LIMIT 1", (name,)).fetchone() is None:
-                raise ValueError(f"no annotation named {name!r}: load a CSV/Parquet file with that column first "
-                                 "(curation annotate FILE)")
+                raise ValueError(
+                    f"no annotation named {name!r}: load a CSV/Parquet file with that column first (curation annotate FILE)"
+                )
         return np.asarray([np.nan if rows.get(int(i)) is None else rows[int(i)] for i in image_ids], dtype=np.float64)
 
     def replace_annotations(self, rows: Sequence[tuple[int, str, str | None, float | None]], source: str) -> int:
@@ -1026,10 +1171,21 @@ class Catalog:
             raise ValueError(f"{len(missing)} query images have no {model} vector (first: image id {missing[0]})")
         return np.stack([got[i] for i in image_ids]) if image_ids else np.zeros((0, self.model_dim(model)), np.float32)
 
-    def replace_selection(self, name: str, model: str, strategy: str, config: dict, pool_size: int,
-                          image_ids: Sequence[int], distances: Sequence[float], *, scores: Sequence[float] | None = None,
-                          reasons: Sequence[str] | None = None, groups: Sequence[str | None] | None = None,
-                          comparison: dict | None = None) -> int:
+    def replace_selection(
+        self,
+        name: str,
+        model: str,
+        strategy: str,
+        config: dict,
+        pool_size: int,
+        image_ids: Sequence[int],
+        distances: Sequence[float],
+        *,
+        scores: Sequence[float] | None = None,
+        reasons: Sequence[str] | None = None,
+        groups: Sequence[str | None] | None = None,
+        comparison: dict | None = None,
+    ) -> int:
         n = len(image_ids)
         scores = list(scores) if scores is not None else [None] * n
         reasons = list(reasons) if reasons is not None else [strategy] * n
@@ -1038,18 +1194,24 @@ class Catalog:
             conn.execute("DELETE FROM selections WHERE name = %s", (name,))
             conn.execute("DELETE FROM lost_items WHERE kind = 'selection' AND name = %s", (name,))
             conn.execute(
-                "INSERT INTO selections (name, model, strategy, config, pool_size, comparison)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (name, model, strategy, json.dumps(config), pool_size,
-                 json.dumps(comparison) if comparison is not None else None),
+                "INSERT INTO selections (name, model, strategy, config, pool_size, comparison) VALUES (%s, %s, %s, %s, %s, %s)",
+                (
+                    name,
+                    model,
+                    strategy,
+                    json.dumps(config),
+                    pool_size,
+                    json.dumps(comparison) if comparison is not None else None,
+                ),
             )
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO selection_items (name, rank, image_id, distance_at_pick, score, reason, group_key)"
                     " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    [(name, rank, int(i), None if not np.isfinite(d) else float(d),
-                      None if s is None else float(s), r, g)
-                     for rank, (i, d, s, r, g) in enumerate(zip(image_ids, distances, scores, reasons, groups), start=1)],
+                    [
+                        (name, rank, int(i), None if not np.isfinite(d) else float(d), None if s is None else float(s), r, g)
+                        for rank, (i, d, s, r, g) in enumerate(zip(image_ids, distances, scores, reasons, groups), start=1)
+                    ],
                 )
         return n
 
@@ -1068,10 +1230,12 @@ class Catalog:
         "retrieval", a retrieval set), in rank order: source, content hash, duplicate cluster (its
         representative's id), rank, scores and metadata."""
         if kind == "selection":
-            source = ("SELECT name, rank, image_id, score, reason, group_key, distance_at_pick FROM selection_items")
+            source = "SELECT name, rank, image_id, score, reason, group_key, distance_at_pick FROM selection_items"
         elif kind == "retrieval":
-            source = ("SELECT name, rank, image_id, similarity AS score, 'retrieval' AS reason, query_ref AS group_key,"
-                      " 1 - similarity AS distance_at_pick FROM retrieval_items")
+            source = (
+                "SELECT name, rank, image_id, similarity AS score, 'retrieval' AS reason, query_ref AS group_key,"
+                " 1 - similarity AS distance_at_pick FROM retrieval_items"
+            )
         else:
             raise ValueError(f"export kind must be selection or retrieval, got {kind!r}")
         with self.connection() as conn:
@@ -1091,29 +1255,37 @@ class Catalog:
     def selection_info(self, name: str) -> dict | None:
         with self.connection() as conn:
             row = conn.execute(
-                "SELECT model, strategy, config, pool_size, created_at, comparison FROM selections WHERE name = %s",
-                (name,)).fetchone()
+                "SELECT model, strategy, config, pool_size, created_at, comparison FROM selections WHERE name = %s", (name,)
+            ).fetchone()
         if row is None:
             return None
-        return {"model": row[0], "strategy": row[1], "config": row[2], "pool_size": row[3], "created_at": row[4],
-                "comparison": row[5], "lost": self.lost_items("selection", name)}
+        return {
+            "model": row[0],
+            "strategy": row[1],
+            "config": row[2],
+            "pool_size": row[3],
+            "created_at": row[4],
+            "comparison": row[5],
+            "lost": self.lost_items("selection", name),
+        }
 
     def lost_items(self, kind: str, name: str) -> list[dict]:
         """Items of a selection / retrieval set lost since it was last materialized (their image was
         removed), in rank order: rank, image_id, drop_key, source_uri, reason, lost_at."""
         with self.connection() as conn:
-            cur = conn.execute("SELECT rank, image_id, drop_key, source_uri, reason, lost_at FROM lost_items"
-                               " WHERE kind = %s AND name = %s ORDER BY rank", (kind, name))
+            cur = conn.execute(
+                "SELECT rank, image_id, drop_key, source_uri, reason, lost_at FROM lost_items"
+                " WHERE kind = %s AND name = %s ORDER BY rank",
+                (kind, name),
+            )
             return _dict_rows(cur)
 
     # ---- retrieval ---------------------------------------------------------------------------
-    def replace_retrieval(self, name: str, model: str, config: dict,
-                          results: Sequence[tuple[int, float, str]]) -> int:
+    def replace_retrieval(self, name: str, model: str, config: dict, results: Sequence[tuple[int, float, str]]) -> int:
         with self.connection() as conn, conn.transaction():
             conn.execute("DELETE FROM retrievals WHERE name = %s", (name,))
             conn.execute("DELETE FROM lost_items WHERE kind = 'retrieval' AND name = %s", (name,))
-            conn.execute("INSERT INTO retrievals (name, model, config) VALUES (%s, %s, %s)",
-                         (name, model, json.dumps(config)))
+            conn.execute("INSERT INTO retrievals (name, model, config) VALUES (%s, %s, %s)", (name, model, json.dumps(config)))
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO retrieval_items (name, rank, image_id, similarity, query_ref) VALUES (%s, %s, %s, %s, %s)",
@@ -1153,14 +1325,22 @@ class Catalog:
             ).fetchall()
         dim = self.model_dim(model)
         vectors = np.stack([r[3].to_numpy() for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
-        return (EmbeddingSet(model, np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows], vectors,
-                             [r[2] for r in rows]), np.asarray([bool(r[4]) for r in rows]))
+        return (
+            EmbeddingSet(
+                model, np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows], vectors, [r[2] for r in rows]
+            ),
+            np.asarray([bool(r[4]) for r in rows]),
+        )
 
     def kept_count(self, model: str) -> int:
         with self.connection() as conn:
-            return int(conn.execute(
-                "SELECT count(*) FROM embeddings e LEFT JOIN dedup_members m ON m.image_id = e.image_id"
-                " WHERE e.model = %s AND (m.image_id IS NULL OR m.is_representative)", (model,)).fetchone()[0])
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM embeddings e LEFT JOIN dedup_members m ON m.image_id = e.image_id"
+                    " WHERE e.model = %s AND (m.image_id IS NULL OR m.is_representative)",
+                    (model,),
+                ).fetchone()[0]
+            )
 
     def quality_flagged(self, flag: str, limit: int) -> tuple[int, list[dict]]:
         """(how many valid images raise quality `flag`, up to `limit` of them with their signals)."""
@@ -1168,14 +1348,18 @@ class Catalog:
 
         flagged, params = flag_condition(flag)
         with self.connection() as conn:
-            count = conn.execute(sql.SQL("SELECT count(*) FROM images i WHERE i.status = 'ok' AND {}")
-                                 .format(flagged), params).fetchone()[0]
-            cur = conn.execute(sql.SQL(
-                "SELECT i.image_id, i.drop_key, i.object_key, i.source_uri, i.width, i.height, i.blur_variance,"
-                " i.brightness, i.contrast, i.aspect_ratio FROM images i WHERE i.status = 'ok' AND {}"
-                " ORDER BY i.drop_key, i.object_key LIMIT %s").format(flagged), [*params, int(limit)])
+            count = conn.execute(
+                sql.SQL("SELECT count(*) FROM images i WHERE i.status = 'ok' AND {}").format(flagged), params
+            ).fetchone()[0]
+            cur = conn.execute(
+                sql.SQL(
+                    "SELECT i.image_id, i.drop_key, i.object_key, i.source_uri, i.width, i.height, i.blur_variance,"
+                    " i.brightness, i.contrast, i.aspect_ratio FROM images i WHERE i.status = 'ok' AND {}"
+                    " ORDER BY i.drop_key, i.object_key LIMIT %s"
+                ).format(flagged),
+                [*params, int(limit)],
+            )
             return int(count), _dict_rows(cur)
-
 
     def corpus_counts(self) -> dict:
         with self.connection() as conn:
@@ -1187,6 +1371,5 @@ class Catalog:
                 " (SELECT count(*) FROM dedup_members WHERE tier = 'semantic'),"
                 " (SELECT count(*) FROM embeddings)"
             ).fetchone()
-        keys = ["drops", "images", "failed", "exact_duplicates", "perceptual_duplicates", "semantic_duplicates",
-                "embeddings"]
+        keys = ["drops", "images", "failed", "exact_duplicates", "perceptual_duplicates", "semantic_duplicates", "embeddings"]
         return dict(zip(keys, map(int, row)))

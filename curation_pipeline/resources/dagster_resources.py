@@ -36,11 +36,16 @@ class CurationS3Resource(S3Resource):
     """botocore retry mode: adaptive | standard | legacy."""
 
     def settings(self) -> S3Settings:
-        return S3Settings(endpoint_url=self.endpoint_url or os.environ.get("CURATION_S3_ENDPOINT_URL") or None,
-                          region_name=self.region_name, profile_name=self.profile_name,
-                          max_attempts=self.max_attempts, retry_mode=self.retry_mode,
-                          aws_access_key_id=self.aws_access_key_id, aws_secret_access_key=self.aws_secret_access_key,
-                          aws_session_token=self.aws_session_token)
+        return S3Settings(
+            endpoint_url=self.endpoint_url or os.environ.get("CURATION_S3_ENDPOINT_URL") or None,
+            region_name=self.region_name,
+            profile_name=self.profile_name,
+            max_attempts=self.max_attempts,
+            retry_mode=self.retry_mode,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+        )
 
     def get_client(self):
         return self.settings().client()
@@ -75,16 +80,22 @@ OPEN_CLIP_DEFAULT = ("ViT-B-32", "laion2b_s34b_b79k")
 
 
 @lru_cache(maxsize=4)
-def _load_embedder(backend: str, model_name: str, pretrained: str, model_config_path: str, device: str,
-                   precision: str, channels_last: bool, compile_model: bool) -> Embedder:
+def _load_embedder(
+    backend: str,
+    model_name: str,
+    pretrained: str,
+    model_config_path: str,
+    device: str,
+    precision: str,
+    channels_last: bool,
+    compile_model: bool,
+) -> Embedder:
     """One model per process and configuration: a multi-partition backfill run loads it once."""
     if backend == "offline":
         return OfflineEmbedder()
-    torch_options = {"device": device, "precision": precision, "channels_last": channels_last,
-                     "compile_model": compile_model}
+    torch_options = {"device": device, "precision": precision, "channels_last": channels_last, "compile_model": compile_model}
     if backend == "open_clip":
-        return OpenClipEmbedder(model_name, pretrained or None, model_config_path=model_config_path or None,
-                                **torch_options)
+        return OpenClipEmbedder(model_name, pretrained or None, model_config_path=model_config_path or None, **torch_options)
     if backend == "transformers":
         return TransformersEmbedder(model_name, **torch_options)
     raise ValueError(f"unknown embedder backend {backend!r}: use offline, open_clip or transformers")
@@ -128,15 +139,30 @@ class EmbedderResource(dg.ConfigurableResource):
     def load(self) -> Embedder:
         model_name, pretrained = self.resolved_model()
         if self.backend == "transformers" and not model_name:
-            raise ValueError("embedder backend 'transformers' needs model_name (a hub id such as "
-                             "facebook/dinov2-small, or a local directory saved with save_pretrained)")
+            raise ValueError(
+                "embedder backend 'transformers' needs model_name (a hub id such as "
+                "facebook/dinov2-small, or a local directory saved with save_pretrained)"
+            )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        return _load_embedder(self.backend, model_name, pretrained, self.model_config_path, self.device,
-                              self.precision, self.channels_last, self.compile_model)
+        return _load_embedder(
+            self.backend,
+            model_name,
+            pretrained,
+            self.model_config_path,
+            self.device,
+            self.precision,
+            self.channels_last,
+            self.compile_model,
+        )
 
     def embed_options(self):
         from curation_pipeline.steps.embed import EmbedOptions
 
-        return EmbedOptions(batch_size=self.batch_size, workers=self.workers if self.workers > 0 else (os.cpu_count() or 1),
-                            draft=self.draft, storage=self.storage, loader=self.loader)
+        return EmbedOptions(
+            batch_size=self.batch_size,
+            workers=self.workers if self.workers > 0 else (os.cpu_count() or 1),
+            draft=self.draft,
+            storage=self.storage,
+            loader=self.loader,
+        )

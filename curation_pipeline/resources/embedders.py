@@ -179,17 +179,24 @@ class _TorchEmbedder(Embedder):
 class OpenClipEmbedder(_TorchEmbedder):
     backend = "open_clip"
 
-    def __init__(self, model_name: str, pretrained: str | None = None, *, model_config_path: str | None = None,
-                 device: str = "auto", precision: str = "auto", channels_last: bool = False,
-                 compile_model: bool = False) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: str | None = None,
+        *,
+        model_config_path: str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        channels_last: bool = False,
+        compile_model: bool = False,
+    ) -> None:
         super().__init__()
         import open_clip
 
         self._setup_torch(device, precision, channels_last, compile_model)
         if model_config_path:
             open_clip.add_model_config(model_config_path)
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained or None,
-                                                                     device="cpu")
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained or None, device="cpu")
         self.model = self._prepare_module(model)
         self._encode_image = self.model.encode_image
         if compile_model:
@@ -280,8 +287,15 @@ def _split_clip_transform(transform):
 class TransformersEmbedder(_TorchEmbedder):
     backend = "transformers"
 
-    def __init__(self, model_name_or_path: str, *, device: str = "auto", precision: str = "auto",
-                 channels_last: bool = False, compile_model: bool = False) -> None:
+    def __init__(
+        self,
+        model_name_or_path: str,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        channels_last: bool = False,
+        compile_model: bool = False,
+    ) -> None:
         super().__init__()
         from transformers import AutoImageProcessor, AutoModel
 

@@ -48,7 +48,7 @@ def location_within(inner: str, outer: str) -> bool:
     but not `s3://b/drops/d10/`; `/data/d1` holds `/data/link-to-d1/x` when the link points there."""
     i_scheme, i_host, i_parts = _location_parts(inner)
     o_scheme, o_host, o_parts = _location_parts(outer)
-    return (i_scheme, i_host) == (o_scheme, o_host) and i_parts[:len(o_parts)] == o_parts
+    return (i_scheme, i_host) == (o_scheme, o_host) and i_parts[: len(o_parts)] == o_parts
 
 
 class ExportTarget(ABC):
@@ -148,11 +148,17 @@ class S3ExportTarget(ExportTarget):
     def copy_from(self, source_uri: str, rel: str, sha256: str, store: ImageStore) -> None:
         if urlparse(source_uri).scheme == "s3":
             bucket, key = split_s3_uri(source_uri)
-            self.client.copy_object(Bucket=self.bucket, Key=self._key(rel), CopySource={"Bucket": bucket, "Key": key},
-                                    Metadata={"sha256": sha256}, MetadataDirective="REPLACE")
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=self._key(rel),
+                CopySource={"Bucket": bucket, "Key": key},
+                Metadata={"sha256": sha256},
+                MetadataDirective="REPLACE",
+            )
         else:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(rel), Body=store.read_uri(source_uri),
-                                   Metadata={"sha256": sha256})
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(rel), Body=store.read_uri(source_uri), Metadata={"sha256": sha256}
+            )
 
     def put_bytes(self, rel: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data)
@@ -161,8 +167,9 @@ class S3ExportTarget(ExportTarget):
         self.client.delete_object(Bucket=self.bucket, Key=self._key(rel))
 
     def presign(self, rel: str, seconds: int) -> str | None:
-        return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._key(rel)},
-                                                  ExpiresIn=int(seconds))
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(rel)}, ExpiresIn=int(seconds)
+        )
 
 
 def export_target_for(root: str, settings: S3Settings | None = None) -> ExportTarget:
@@ -174,5 +181,12 @@ def export_target_for(root: str, settings: S3Settings | None = None) -> ExportTa
     raise ValueError(f"no export target for {root!r}: use a local folder or s3://bucket/prefix/")
 
 
-__all__ = ["ExportTarget", "LocalExportTarget", "S3ExportTarget", "export_target_for", "location_within",
-           "safe_relative", "store_for"]
+__all__ = [
+    "ExportTarget",
+    "LocalExportTarget",
+    "S3ExportTarget",
+    "export_target_for",
+    "location_within",
+    "safe_relative",
+    "store_for",
+]

@@ -31,13 +31,14 @@ IMAGE_COLUMNS: dict[str, str] = {
     "entropy": "i.entropy",
     "aspect_ratio": "i.aspect_ratio",
     "exif_datetime": "i.exif_datetime",
-    "time_of_day": ("CASE WHEN i.exif_datetime IS NULL THEN NULL"
-                    " WHEN extract(hour FROM i.exif_datetime) < 6 THEN 'night'"
-                    " WHEN extract(hour FROM i.exif_datetime) < 12 THEN 'morning'"
-                    " WHEN extract(hour FROM i.exif_datetime) < 18 THEN 'afternoon' ELSE 'evening' END"),
+    "time_of_day": (
+        "CASE WHEN i.exif_datetime IS NULL THEN NULL"
+        " WHEN extract(hour FROM i.exif_datetime) < 6 THEN 'night'"
+        " WHEN extract(hour FROM i.exif_datetime) < 12 THEN 'morning'"
+        " WHEN extract(hour FROM i.exif_datetime) < 18 THEN 'afternoon' ELSE 'evening' END"
+    ),
 }
-NUMERIC_COLUMNS = {"width", "height", "min_side", "bytes", "blur_variance", "brightness", "contrast", "entropy",
-                   "aspect_ratio"}
+NUMERIC_COLUMNS = {"width", "height", "min_side", "bytes", "blur_variance", "brightness", "contrast", "entropy", "aspect_ratio"}
 OPERATORS = {"=", "!=", "<", "<=", ">", ">=", "in", "not in", "is null", "is not null"}
 
 
@@ -62,8 +63,7 @@ class Predicate:
             if op in t:
                 col, _, rest = t.partition(op)
                 return cls(col.strip(), op, rest.strip())
-        raise ValueError(f"cannot read filter {text!r}: write column OP value, e.g. 'brightness>=0.2' or "
-                         "'label in car,truck'")
+        raise ValueError(f"cannot read filter {text!r}: write column OP value, e.g. 'brightness>=0.2' or 'label in car,truck'")
 
 
 def check_columns(columns: Sequence[str], annotation_names: Sequence[str], what: str) -> None:
@@ -73,18 +73,22 @@ def check_columns(columns: Sequence[str], annotation_names: Sequence[str], what:
         if column not in IMAGE_COLUMNS and column not in annotation_names:
             raise ValueError(
                 f"{what}: unknown column {column!r}: use a manifest column ({', '.join(IMAGE_COLUMNS)}) or an "
-                f"annotation loaded with `curation annotate` ({', '.join(annotation_names) or 'none loaded yet'})")
+                f"annotation loaded with `curation annotate` ({', '.join(annotation_names) or 'none loaded yet'})"
+            )
 
 
 def check_annotations(names: Sequence[str], annotation_names: Sequence[str], what: str) -> None:
     for name in names:
         if name not in annotation_names:
-            raise ValueError(f"{what}: no annotation named {name!r}: load a CSV/Parquet file with that column "
-                             f"first (curation annotate FILE); loaded: {', '.join(annotation_names) or 'none'}")
+            raise ValueError(
+                f"{what}: no annotation named {name!r}: load a CSV/Parquet file with that column "
+                f"first (curation annotate FILE); loaded: {', '.join(annotation_names) or 'none'}"
+            )
 
 
-def column_expression(column: str, joins: dict[str, tuple[str, sql.Composable]], params: list, *,
-                      prefix: str = "a") -> tuple[sql.Composable, bool]:
+def column_expression(
+    column: str, joins: dict[str, tuple[str, sql.Composable]], params: list, *, prefix: str = "a"
+) -> tuple[sql.Composable, bool]:
     """(SQL expression, is_numeric) for `column`. Annotation columns add a LEFT JOIN to `joins`
     (alias -> (annotation name, join clause); the name is a bound parameter appended to `params`
     in join order). Aliases are `prefix` + a counter, so two join sets with different prefixes
@@ -95,16 +99,21 @@ def column_expression(column: str, joins: dict[str, tuple[str, sql.Composable]],
         raise ValueError(f"unknown column {column!r}")
     alias = f"{prefix}{len(joins)}"
     if column not in [k for k, _ in joins.values()]:
-        joins[alias] = (column, sql.SQL("LEFT JOIN image_annotations {a} ON {a}.image_id = i.image_id AND {a}.name = %s")
-                        .format(a=sql.Identifier(alias)))
+        joins[alias] = (
+            column,
+            sql.SQL("LEFT JOIN image_annotations {a} ON {a}.image_id = i.image_id AND {a}.name = %s").format(
+                a=sql.Identifier(alias)
+            ),
+        )
         params.append(column)
     else:
         alias = next(a for a, (k, _) in joins.items() if k == column)
     return sql.SQL("coalesce({a}.value_num::text, {a}.value_text)").format(a=sql.Identifier(alias)), False
 
 
-def compile_filters(predicates: Sequence[Predicate],
-                    exclude_flags: Sequence[str]) -> tuple[sql.Composable, sql.Composable, list, list]:
+def compile_filters(
+    predicates: Sequence[Predicate], exclude_flags: Sequence[str]
+) -> tuple[sql.Composable, sql.Composable, list, list]:
     """(joins SQL, where SQL starting with ' AND ...' or empty, join params, where params)."""
     joins: dict[str, tuple[str, sql.Composable]] = {}
     join_params: list = []
@@ -144,8 +153,9 @@ def flag_condition(flag: str) -> tuple[sql.Composable, list]:
     """(SQL that is true when an image (alias `i`) raises quality `flag`, its parameters)."""
     if flag not in QUALITY_FLAGS:
         raise ValueError(f"unknown quality flag {flag!r}: use any of {sorted(QUALITY_FLAGS)}")
-    tests = [sql.SQL("coalesce({e} " + op + " %s, false)").format(e=sql.SQL(IMAGE_COLUMNS[c]))
-             for c, op, _ in QUALITY_FLAGS[flag]]
+    tests = [
+        sql.SQL("coalesce({e} " + op + " %s, false)").format(e=sql.SQL(IMAGE_COLUMNS[c])) for c, op, _ in QUALITY_FLAGS[flag]
+    ]
     return sql.SQL("({})").format(sql.SQL(" OR ").join(tests)), [t for _, _, t in QUALITY_FLAGS[flag]]
 
 

@@ -59,8 +59,11 @@ class ObjectTooLarge(OSError):
     """Raised instead of reading an object of more than `limit` bytes into memory."""
 
     def __init__(self, size: int | None, limit: int) -> None:
-        super().__init__(f"object is larger than the limit of {limit} bytes" if size is None
-                         else f"object is {size} bytes, over the limit of {limit} bytes")
+        super().__init__(
+            f"object is larger than the limit of {limit} bytes"
+            if size is None
+            else f"object is {size} bytes, over the limit of {limit} bytes"
+        )
         self.size = size
         self.limit = limit
 
@@ -148,8 +151,7 @@ def _unescape_name(text: str) -> bytes | None:
     if "\\x" not in text:
         return None
     parts = _ESCAPE.split(text)  # text, hex, text, hex, ..., text
-    raw = b"".join(p.encode("utf-8", "surrogateescape") if i % 2 == 0 else bytes([int(p, 16)])
-                   for i, p in enumerate(parts))
+    raw = b"".join(p.encode("utf-8", "surrogateescape") if i % 2 == 0 else bytes([int(p, 16)]) for i, p in enumerate(parts))
     return raw if _escape_name(raw) == text else None
 
 
@@ -184,15 +186,22 @@ def _fs_path(base: bytes, rel: str) -> bytes:
 
 
 def _kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symlink")):
+    for test, kind in (
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISLNK, "symlink"),
+    ):
         if test(mode):
             return kind
     return "special file"
 
 
-def read_local_file(path: str | bytes | os.PathLike, n: int | None = None, *,
-                    max_bytes: int = MAX_OBJECT_BYTES, follow_symlinks: bool = True) -> bytes:
+def read_local_file(
+    path: str | bytes | os.PathLike, n: int | None = None, *, max_bytes: int = MAX_OBJECT_BYTES, follow_symlinks: bool = True
+) -> bytes:
     """The bytes of a regular local file (its first `n` bytes if n is given), race-proof: anything
     that is not a regular file is refused by stat before opening, and again after opening (the
     entry may have been swapped in between), and the open never blocks (O_NONBLOCK: a FIFO opens
@@ -247,8 +256,10 @@ def _entry(root: bytes, path: bytes):
             target = os.stat(path)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                return st, (STATUS_UNREADABLE, "symlink loop: the link never resolves to a file "
-                                               "(too many levels of symbolic links)")
+                return st, (
+                    STATUS_UNREADABLE,
+                    "symlink loop: the link never resolves to a file (too many levels of symbolic links)",
+                )
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 return st, (STATUS_UNREADABLE, "dangling symlink: its target does not exist")
             return st, (STATUS_UNREADABLE, f"cannot follow symlink: {exc.strerror}")
@@ -336,9 +347,18 @@ class LocalImageStore(ImageStore):
                     n += 1
                 unique = f"{key} (non-UTF-8 name {n})"
                 keys.add(unique)
-                out.append((unique, item[1], item[2],
-                            (STATUS_UNREADABLE, f"file name is not valid UTF-8 and its escaped form {key!r} is "
-                                                "also another file's name: rename one of them")))
+                out.append(
+                    (
+                        unique,
+                        item[1],
+                        item[2],
+                        (
+                            STATUS_UNREADABLE,
+                            f"file name is not valid UTF-8 and its escaped form {key!r} is "
+                            "also another file's name: rename one of them",
+                        ),
+                    )
+                )
         return out
 
     def _path(self, location: str, key: str) -> bytes:
@@ -384,21 +404,26 @@ class S3Settings:
 
     @classmethod
     def from_env(cls) -> "S3Settings":
-        return cls(endpoint_url=os.environ.get("CURATION_S3_ENDPOINT_URL") or None,
-                   region_name=os.environ.get("CURATION_S3_REGION") or None,
-                   profile_name=os.environ.get("CURATION_S3_PROFILE") or None)
+        return cls(
+            endpoint_url=os.environ.get("CURATION_S3_ENDPOINT_URL") or None,
+            region_name=os.environ.get("CURATION_S3_REGION") or None,
+            profile_name=os.environ.get("CURATION_S3_PROFILE") or None,
+        )
 
     def client(self):
         import boto3
         from botocore.config import Config
 
         session = boto3.session.Session(profile_name=self.profile_name)
-        return session.client("s3", region_name=self.region_name, endpoint_url=self.endpoint_url,
-                              aws_access_key_id=self.aws_access_key_id,
-                              aws_secret_access_key=self.aws_secret_access_key,
-                              aws_session_token=self.aws_session_token,
-                              config=Config(retries={"max_attempts": self.max_attempts, "mode": self.retry_mode},
-                                            signature_version="s3v4"))
+        return session.client(
+            "s3",
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            config=Config(retries={"max_attempts": self.max_attempts, "mode": self.retry_mode}, signature_version="s3v4"),
+        )
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -415,8 +440,7 @@ class S3ImageStore(ImageStore):
     passed to boto3 as-is, never built into URLs by hand. Throttling (503 SlowDown) and 5xx are
     retried by botocore in adaptive mode."""
 
-    def __init__(self, settings: S3Settings | None = None, client=None,
-                 max_object_bytes: int = MAX_OBJECT_BYTES) -> None:
+    def __init__(self, settings: S3Settings | None = None, client=None, max_object_bytes: int = MAX_OBJECT_BYTES) -> None:
         self.settings = settings or S3Settings.from_env()
         self._client = client
         self.max_object_bytes = max_object_bytes
@@ -442,7 +466,7 @@ class S3ImageStore(ImageStore):
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):  # 1 request per 1,000 drops
             for common in page.get("CommonPrefixes", []):
-                name = common["Prefix"][len(prefix):].rstrip("/")
+                name = common["Prefix"][len(prefix) :].rstrip("/")
                 if name and not name.startswith("."):
                     yield name, f"s3://{bucket}/{common['Prefix']}"
 
@@ -451,14 +475,14 @@ class S3ImageStore(ImageStore):
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):  # keys come back in UTF-8 binary order
             for obj in page.get("Contents", []):
-                key = obj["Key"][len(prefix):]
-                if not key or key.endswith("/") or any(p.startswith(".") and p not in (".", "..")
-                                                       for p in key.split("/")):
+                key = obj["Key"][len(prefix) :]
+                if not key or key.endswith("/") or any(p.startswith(".") and p not in (".", "..") for p in key.split("/")):
                     # folder markers and hidden objects (.DS_Store, .write_access probes) are not
                     # images; keys with `..` segments are legal in S3 and kept (exports make them safe)
                     continue
-                yield ObjectInfo(key=key, size=int(obj["Size"]), etag=str(obj.get("ETag", "")).strip('"'),
-                                 last_modified=obj["LastModified"])
+                yield ObjectInfo(
+                    key=key, size=int(obj["Size"]), etag=str(obj.get("ETag", "")).strip('"'), last_modified=obj["LastModified"]
+                )
 
     def read_bytes(self, location: str, key: str) -> bytes:
         bucket, prefix = self._prefix(location)

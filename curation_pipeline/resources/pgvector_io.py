@@ -31,8 +31,9 @@ class PgVectorIOManager(dg.ConfigurableIOManager):
         if isinstance(obj, CachedEmbeddings):
             keys = list(context.asset_partition_keys)
             written = {key: catalog.publish_embeddings(key, obj.model) for key in keys}
-            context.add_output_metadata({"rows_written": sum(written.values()), "model": obj.model,
-                                         "partitions_published": len(written)})
+            context.add_output_metadata(
+                {"rows_written": sum(written.values()), "model": obj.model, "partitions_published": len(written)}
+            )
         elif isinstance(obj, EmbeddingSet):
             written = catalog.replace_embeddings(context.asset_partition_key, obj)
             context.add_output_metadata({"rows_written": written, "model": obj.model, "dim": obj.dim})
@@ -46,14 +47,17 @@ class PgVectorIOManager(dg.ConfigurableIOManager):
         models = set()
         for key in context.asset_partition_keys:
             result = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[key]), limit=1)
+                dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[key]), limit=1
+            )
             for record in result.records:
                 entry = record.asset_materialization.metadata.get("model") if record.asset_materialization else None
                 if entry is not None:
                     models.add(entry.value)
         if len(models) > 1:
-            raise ValueError(f"partitions {list(context.asset_partition_keys)} were last embedded with different "
-                             f"models {sorted(models)}: re-materialize them with one model")
+            raise ValueError(
+                f"partitions {list(context.asset_partition_keys)} were last embedded with different "
+                f"models {sorted(models)}: re-materialize them with one model"
+            )
         return models.pop() if models else None
 
     def load_input(self, context: dg.InputContext) -> EmbeddingSet:

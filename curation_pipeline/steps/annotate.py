@@ -31,8 +31,14 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict]]:
     raise ValueError(f"annotations file {str(path)!r}: use .csv, .tsv or .parquet")
 
 
-def load_annotations(catalog: Catalog, path: str | Path, *, key_column: str = "uri",
-                     columns: list[str] | None = None, logger: logging.Logger = log) -> dict:
+def load_annotations(
+    catalog: Catalog,
+    path: str | Path,
+    *,
+    key_column: str = "uri",
+    columns: list[str] | None = None,
+    logger: logging.Logger = log,
+) -> dict:
     """Each row names an image in `key_column` (its source URI, `drop/object_key`, or an object
     key unique in the corpus); every other column (or just `columns`) becomes an annotation of
     that name. Numbers are stored as numbers too. Rows naming no known image are counted, not
@@ -57,8 +63,13 @@ def load_annotations(catalog: Catalog, path: str | Path, *, key_column: str = "u
                 continue
             out.append((image_id, c, str(value), _as_number(value)))
     catalog.replace_annotations(out, source=str(path))
-    stats = {"rows": len(rows), "matched_images": len({i for i, *_ in out}), "unmatched_rows": len(rows) - len(
-        [r for r in rows if str(r.get(key_column)) in ids]), "columns": wanted, "values": len(out)}
+    stats = {
+        "rows": len(rows),
+        "matched_images": len({i for i, *_ in out}),
+        "unmatched_rows": len(rows) - len([r for r in rows if str(r.get(key_column)) in ids]),
+        "columns": wanted,
+        "values": len(out),
+    }
     logger.info("annotations from %s: %s", path, stats)
     return stats
 

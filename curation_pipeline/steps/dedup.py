@@ -44,9 +44,17 @@ def ef_search_for(corpus_rows: int) -> int:
     return 400
 
 
-def dedup_drop(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thresholds: DedupThresholds, *,
-               neighbours: int = 16, bulk_from: int = BULK_FROM, ef_search: int | None = None,
-               logger: logging.Logger = log) -> dict:
+def dedup_drop(
+    catalog: Catalog,
+    drop_key: str,
+    embeddings: EmbeddingSet,
+    thresholds: DedupThresholds,
+    *,
+    neighbours: int = 16,
+    bulk_from: int = BULK_FROM,
+    ef_search: int | None = None,
+    logger: logging.Logger = log,
+) -> dict:
     """Incremental mode: within-drop and cross-drop semantic candidates from the HNSW index.
     Bulk mode (drops of `bulk_from` images or more, e.g. the first import of a large corpus):
     within-drop semantic candidates from SemDeDup-style k-means buckets with exact similarities
@@ -64,8 +72,15 @@ def dedup_drop(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thresh
     return stats
 
 
-def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thresholds: DedupThresholds,
-                  neighbours: int, bulk_from: int, ef_search: int | None) -> dict:
+def _dedup_locked(
+    catalog: Catalog,
+    drop_key: str,
+    embeddings: EmbeddingSet,
+    thresholds: DedupThresholds,
+    neighbours: int,
+    bulk_from: int,
+    ef_search: int | None,
+) -> dict:
     model = embeddings.model
     own = catalog.dedup_candidates(drop_key, model)
     own_pos = {c.image_id: p for p, c in enumerate(own)}
@@ -90,8 +105,11 @@ def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thr
     # true duplicates at 100k, and 100 missed 2.6% at 300k.
     ef = ef_search or ef_search_for(catalog.embedding_count(model))
     catalog.refresh_statistics("embeddings")  # stale statistics turn HNSW lookups into full sorts
-    ann = (catalog.nearest(model, own_vectors, neighbours + 1, drop_keys=search, ef_search=max(ef, neighbours + 1))
-           if own and search else [])
+    ann = (
+        catalog.nearest(model, own_vectors, neighbours + 1, drop_keys=search, ef_search=max(ef, neighbours + 1))
+        if own and search
+        else []
+    )
     # pgvector computes each hit's cosine exactly on the stored vector, so hits clearly below the
     # threshold cannot become semantic links and are dropped before anything is fetched for them
     # (the margin covers halfvec rounding; survivors are re-checked in float32 below).
@@ -149,9 +167,17 @@ def _dedup_locked(catalog: Catalog, drop_key: str, embeddings: EmbeddingSet, thr
         prior_leader=np.arange(len(candidates)) >= n_own,
         keys=[f"{c.drop_key}/{c.object_key}" for c in candidates],
     )
-    assignments = cluster_duplicates([c.sha256 for c in candidates], np.asarray([c.phash for c in candidates]),
-                                     vectors, has_vector, order, np.arange(len(candidates)) >= n_own, pair_array,
-                                     thresholds, phash_mirror=np.asarray([c.phash_mirror for c in candidates]))
+    assignments = cluster_duplicates(
+        [c.sha256 for c in candidates],
+        np.asarray([c.phash for c in candidates]),
+        vectors,
+        has_vector,
+        order,
+        np.arange(len(candidates)) >= n_own,
+        pair_array,
+        thresholds,
+        phash_mirror=np.asarray([c.phash_mirror for c in candidates]),
+    )
     rows = []
     tiers = {"exact": 0, "perceptual": 0, "semantic": 0}
     cross = 0

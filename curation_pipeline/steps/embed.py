@@ -110,15 +110,26 @@ class ImageLoader:
             return None, f"{key!r}: preprocessing failed: {type(exc).__name__}: {exc}"
 
 
-def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: EmbedOptions = DEFAULT_OPTIONS, *,
-               logger: logging.Logger = log) -> dict:
+def embed_drop(
+    catalog: Catalog,
+    embedder: Embedder,
+    drop_key: str,
+    options: EmbedOptions = DEFAULT_OPTIONS,
+    *,
+    logger: logging.Logger = log,
+) -> dict:
     """Fill the cache for the drop's valid images. Returns figures; publishing the partition's
     rows is a separate, atomic step (Catalog.publish_embeddings, done by the IO manager)."""
     started = time.perf_counter()
     model = model_id_for(embedder, options)
-    catalog.register_model(model, embedder.backend, embedder.dim, embedder.description,
-                           preprocess=embedder.preprocess_version + ("" if options.draft else "-nodraft"),
-                           storage=options.storage)
+    catalog.register_model(
+        model,
+        embedder.backend,
+        embedder.dim,
+        embedder.description,
+        preprocess=embedder.preprocess_version + ("" if options.draft else "-nodraft"),
+        storage=options.storage,
+    )
     draft_size = embedder.decode_draft_size if options.draft else None
     load = ImageLoader(embedder.preprocessor, draft_size)
     kind = options.loader
@@ -129,8 +140,14 @@ def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: Emb
     batches = 0
     to_embed = catalog.valid_image_count(drop_key)  # an upper bound: cached contents are skipped
     with catalog.cache_writer(model, options.storage) as writer, BackgroundWriter(writer.write) as background:
-        loaded = ordered_parallel_map(load, catalog.uncached_items(drop_key, model), workers=options.workers,
-                                      window=window, chunk=options.loader_chunk, executor=kind)
+        loaded = ordered_parallel_map(
+            load,
+            catalog.uncached_items(drop_key, model),
+            workers=options.workers,
+            window=window,
+            chunk=options.loader_chunk,
+            executor=kind,
+        )
         for chunk in batched(loaded, options.batch_size):
             ok = [(item, pre) for item, (pre, err) in chunk if err is None]
             failures.extend((item[0], err) for item, (_, err) in chunk if err is not None)
@@ -170,8 +187,7 @@ def embed_drop(catalog: Catalog, embedder: Embedder, drop_key: str, options: Emb
     }
 
 
-def embed_query_images(embedder: Embedder, images_bytes: list[tuple[str, bytes]], options: EmbedOptions
-                       ) -> np.ndarray:
+def embed_query_images(embedder: Embedder, images_bytes: list[tuple[str, bytes]], options: EmbedOptions) -> np.ndarray:
     """Embed query images exactly as drop images are embedded (same decode scale and
     preprocessing), so a query identical to a stored image scores 1.0."""
     draft_size = embedder.decode_draft_size if options.draft else None
@@ -182,4 +198,3 @@ def embed_query_images(embedder: Embedder, images_bytes: list[tuple[str, bytes]]
             raise ValueError(f"query image {name!r} is unusable: {decoded.error}")
         items.append(embedder.preprocessor(decoded.image))
     return embedder.forward(items)
-

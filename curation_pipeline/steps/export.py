@@ -29,9 +29,31 @@ from curation_pipeline.resources.image_store import store_for
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ("rank", "uri", "exported_uri", "presigned_url", "sha256", "cluster", "score", "reason", "group",
-                    "distance_at_pick", "drop_key", "object_key", "bytes", "format", "width", "height", "camera_make",
-                    "camera_model", "exif_datetime", "blur_variance", "brightness", "contrast", "annotations")
+MANIFEST_COLUMNS = (
+    "rank",
+    "uri",
+    "exported_uri",
+    "presigned_url",
+    "sha256",
+    "cluster",
+    "score",
+    "reason",
+    "group",
+    "distance_at_pick",
+    "drop_key",
+    "object_key",
+    "bytes",
+    "format",
+    "width",
+    "height",
+    "camera_make",
+    "camera_model",
+    "exif_datetime",
+    "blur_variance",
+    "brightness",
+    "contrast",
+    "annotations",
+)
 
 
 def export_paths(rows: Iterable[dict]) -> dict[tuple[str, str], str]:
@@ -85,12 +107,21 @@ def check_destination(catalog: Catalog, name: str, destination: str, protected_r
                 f"export {name!r}: the destination {destination} is inside {what}; the exported copies would "
                 f"become part of that drop at its next ingest. Nothing was written. Choose a destination outside "
                 f"the drops and watched roots, e.g. $CURATION_EXPORT_ROOT or --destination /exports or "
-                f"s3://bucket/exports/.")
+                f"s3://bucket/exports/."
+            )
 
 
-def export_selection(catalog: Catalog, name: str, target: ExportTarget, *, copy_images: bool = True,
-                     presign_seconds: int | None = None, kind: str = "selection",
-                     protected_roots: Sequence[str] = (), logger: logging.Logger = log) -> dict:
+def export_selection(
+    catalog: Catalog,
+    name: str,
+    target: ExportTarget,
+    *,
+    copy_images: bool = True,
+    presign_seconds: int | None = None,
+    kind: str = "selection",
+    protected_roots: Sequence[str] = (),
+    logger: logging.Logger = log,
+) -> dict:
     """Export a selection (kind "selection") or a retrieval set (kind "retrieval": score is the
     similarity and group the query it matched) to `target`. A destination inside a registered
     drop's source or one of `protected_roots` (the watched drop roots) is refused first."""
@@ -118,12 +149,32 @@ def export_selection(catalog: Catalog, name: str, target: ExportTarget, *, copy_
             if (copied + skipped) % 200 == 0:
                 logger.info("export %s: %d / %d images", name, copied + skipped, len(rows))
         entry = {
-            "rank": r["rank"], "uri": r["source_uri"], "exported_uri": target.uri(rel) if copy_images else None,
+            "rank": r["rank"],
+            "uri": r["source_uri"],
+            "exported_uri": target.uri(rel) if copy_images else None,
             "presigned_url": target.presign(rel, presign_seconds) if copy_images and presign_seconds else None,
-            "sha256": r["sha256"], "cluster": r["cluster"], "score": r["score"], "reason": r["reason"],
-            "group": r["group_key"], "distance_at_pick": r["distance_at_pick"],
-            **{k: r[k] for k in ("drop_key", "object_key", "bytes", "format", "width", "height", "camera_make",
-                                 "camera_model", "blur_variance", "brightness", "contrast")},
+            "sha256": r["sha256"],
+            "cluster": r["cluster"],
+            "score": r["score"],
+            "reason": r["reason"],
+            "group": r["group_key"],
+            "distance_at_pick": r["distance_at_pick"],
+            **{
+                k: r[k]
+                for k in (
+                    "drop_key",
+                    "object_key",
+                    "bytes",
+                    "format",
+                    "width",
+                    "height",
+                    "camera_make",
+                    "camera_model",
+                    "blur_variance",
+                    "brightness",
+                    "contrast",
+                )
+            },
             "exif_datetime": r["exif_datetime"].isoformat() if r["exif_datetime"] else None,
             "annotations": r["annotations"] or {},
         }
@@ -131,11 +182,16 @@ def export_selection(catalog: Catalog, name: str, target: ExportTarget, *, copy_
     jsonl = "".join(json.dumps(e, ensure_ascii=False, default=str) + "\n" for e in entries).encode("utf-8")
     target.put_bytes(f"{base}/manifest.jsonl", jsonl)
     target.put_bytes(f"{base}/manifest.parquet", _parquet(entries))
-    summary = {kind: name, "images": len(entries), "copied": copied, "already_there": skipped,
-               "manifest_jsonl": target.uri(f"{base}/manifest.jsonl"),
-               "manifest_parquet": target.uri(f"{base}/manifest.parquet"),
-               "presigned_expiry_seconds": presign_seconds,
-               "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    summary = {
+        kind: name,
+        "images": len(entries),
+        "copied": copied,
+        "already_there": skipped,
+        "manifest_jsonl": target.uri(f"{base}/manifest.jsonl"),
+        "manifest_parquet": target.uri(f"{base}/manifest.parquet"),
+        "presigned_expiry_seconds": presign_seconds,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     target.put_bytes(f"{base}/_SUCCESS", json.dumps(summary).encode())
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["complete_marker"] = target.uri(f"{base}/_SUCCESS")

@@ -33,6 +33,7 @@ def inspect_listed(store: ImageStore, location: str, info: ObjectInfo) -> Manife
     An object larger than SNIFF_BYTES is identified from its first SNIFF_BYTES first: non-images,
     headers over the pixel limit and objects over the byte cap are recorded without reading the
     rest, so memory never depends on what a file claims or weighs."""
+
     def failed(status: str, error: str) -> ManifestRecord:
         return ManifestRecord(object_key=info.key, bytes=info.size, sha256="", status=status, error=error)
 
@@ -57,10 +58,18 @@ def inspect_listed(store: ImageStore, location: str, info: ObjectInfo) -> Manife
         return failed(STATUS_UNREADABLE, f"cannot read object: {exc}")
 
 
-def build_manifest(catalog: Catalog, store: ImageStore, location: str, drop_key: str,
-                   logger: logging.Logger = log, progress_every: int = 200,
-                   control_objects: frozenset[str] = frozenset({"_SUCCESS"}), *, source_uri: str | None = None,
-                   shrink: ShrinkGuard = DEFAULT_SHRINK_GUARD) -> dict:
+def build_manifest(
+    catalog: Catalog,
+    store: ImageStore,
+    location: str,
+    drop_key: str,
+    logger: logging.Logger = log,
+    progress_every: int = 200,
+    control_objects: frozenset[str] = frozenset({"_SUCCESS"}),
+    *,
+    source_uri: str | None = None,
+    shrink: ShrinkGuard = DEFAULT_SHRINK_GUARD,
+) -> dict:
     """`control_objects`: keys at the top of the drop that signal completion (the sensor's marker),
     not images: they are left out of the manifest instead of being recorded as failed objects.
     `source_uri`: recorded as the drop's source in the same transaction as its manifest (a refused

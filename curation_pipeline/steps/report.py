@@ -39,7 +39,6 @@ class Thumbnails:
         return thumb
 
 
-
 def _quality_detail(flag: str, r: dict) -> str:
     if flag == "blurry":
         return f"Laplacian variance {r['blur_variance']:.1f}"
@@ -55,16 +54,29 @@ def _quality_detail(flag: str, r: dict) -> str:
 def _describe(value) -> object:
     """Config values for the report's table: strategies as `name:weight (options)`."""
     if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
-        return ", ".join(f"{v['name']}:{v.get('weight', 1)}" + "".join(
-            f" {k}={v[k]}" for k in ("clusters", "allocation", "column", "k") if v.get(k) not in (None, 20, "proportional"))
-            for v in value)
+        return ", ".join(
+            f"{v['name']}:{v.get('weight', 1)}"
+            + "".join(
+                f" {k}={v[k]}" for k in ("clusters", "allocation", "column", "k") if v.get(k) not in (None, 20, "proportional")
+            )
+            for v in value
+        )
     return value
 
 
-def embedding_overview(catalog: Catalog, model: str, selection_name: str, groups: list[dict], *,
-                       map_points: int = 1500,
-                       map_thumbs: int = 300, pool_sample: int = 20_000, thumb_side: int = 128,
-                       thumbs: Thumbnails | None = None, logger: logging.Logger = log) -> dict:
+def embedding_overview(
+    catalog: Catalog,
+    model: str,
+    selection_name: str,
+    groups: list[dict],
+    *,
+    map_points: int = 1500,
+    map_thumbs: int = 300,
+    pool_sample: int = 20_000,
+    thumb_side: int = 128,
+    thumbs: Thumbnails | None = None,
+    logger: logging.Logger = log,
+) -> dict:
     """The map, cluster galleries and outliers, from a bounded sample of kept images."""
     import numpy as np
 
@@ -75,8 +87,7 @@ def embedding_overview(catalog: Catalog, model: str, selection_name: str, groups
     thumbs = thumbs or Thumbnails()
     pool, selected = catalog.report_sample(model, pool_sample, selection_name)
     n = len(pool)
-    out: dict = {"map_points": [], "map_method": "", "map_pool": catalog.kept_count(model), "galleries": [],
-                 "outliers": []}
+    out: dict = {"map_points": [], "map_method": "", "map_pool": catalog.kept_count(model), "galleries": [], "outliers": []}
     if n == 0:
         return out
     c = max(1, min(24, n // 5))
@@ -90,12 +101,25 @@ def embedding_overview(catalog: Catalog, model: str, selection_name: str, groups
     points = []
     for (x, y), r in zip(coords.tolist(), rows.tolist()):
         m = meta[int(pool.image_ids[r])]
-        flags = quality_flags({"blur_variance": m.get("blur_variance"), "brightness": m.get("brightness"),
-                               "min_side": min(m["width"] or 0, m["height"] or 0) if m.get("width") else None})
-        points.append(MapPoint(x=x, y=y, caption=f"{m['drop_key']}/{m['object_key']}", cluster=int(labels[r]),
-                               selected=bool(selected[r]), duplicate=int(pool.image_ids[r]) in representatives,
-                               quality=flags[0] if flags else "",
-                               thumb=thumbs(m["source_uri"], 64) if r in thumbs_for else None))
+        flags = quality_flags(
+            {
+                "blur_variance": m.get("blur_variance"),
+                "brightness": m.get("brightness"),
+                "min_side": min(m["width"] or 0, m["height"] or 0) if m.get("width") else None,
+            }
+        )
+        points.append(
+            MapPoint(
+                x=x,
+                y=y,
+                caption=f"{m['drop_key']}/{m['object_key']}",
+                cluster=int(labels[r]),
+                selected=bool(selected[r]),
+                duplicate=int(pool.image_ids[r]) in representatives,
+                quality=flags[0] if flags else "",
+                thumb=thumbs(m["source_uri"], 64) if r in thumbs_for else None,
+            )
+        )
     out.update(map_points=points, map_method=method)
 
     # cluster galleries: tightness = mean cosine of members to their centre
@@ -127,18 +151,30 @@ def embedding_overview(catalog: Catalog, model: str, selection_name: str, groups
         return Tile(f"{m['drop_key']}/{m['object_key']}", detail, thumbs(m["source_uri"], thumb_side))
 
     def gallery(rows_):
-        return [[tile(ids[0], f"cluster {k}: {size} images, tightness {tight:.2f}")] + [tile(i) for i in ids[1:]]
-                for k, size, tight, ids in rows_]
+        return [
+            [tile(ids[0], f"cluster {k}: {size} images, tightness {tight:.2f}")] + [tile(i) for i in ids[1:]]
+            for k, size, tight, ids in rows_
+        ]
 
-    out["galleries"] = [("dense-clusters", "Densest clusters (largest and tightest)", gallery(g_dense)),
-                        ("sparse-clusters", "Sparsest clusters (loosest)", gallery(g_sparse))]
+    out["galleries"] = [
+        ("dense-clusters", "Densest clusters (largest and tightest)", gallery(g_dense)),
+        ("sparse-clusters", "Sparsest clusters (loosest)", gallery(g_sparse)),
+    ]
     out["outliers"] = [tile(int(pool.image_ids[r]), f"neighbour similarity {density[r]:.2f}") for r in outlier_rows]
     return out
 
 
-def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_groups: int = 50,
-                 max_subset: int = 200, thumb_side: int = 128, nn_sample: int = 2000,
-                 logger: logging.Logger = log) -> dict:
+def write_report(
+    catalog: Catalog,
+    selection_name: str,
+    out_dir: Path,
+    *,
+    max_groups: int = 50,
+    max_subset: int = 200,
+    thumb_side: int = 128,
+    nn_sample: int = 2000,
+    logger: logging.Logger = log,
+) -> dict:
     info = catalog.selection_info(selection_name)
     if info is None:
         raise LookupError(f"selection {selection_name!r} does not exist: materialize curated_subset first")
@@ -152,15 +188,21 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
     for g in groups[:max_groups]:
         rep = g["representative"]
         tiles = [Tile(f"{rep['drop_key']}/{rep['object_key']}", "representative", thumbs(rep["source_uri"], thumb_side))]
-        tiles += [Tile(f"{m['drop_key']}/{m['object_key']}", f"{m['tier']} {m['similarity']:.3f}",
-                       thumbs(m["source_uri"], thumb_side)) for m in g["members"]]
+        tiles += [
+            Tile(
+                f"{m['drop_key']}/{m['object_key']}", f"{m['tier']} {m['similarity']:.3f}", thumbs(m["source_uri"], thumb_side)
+            )
+            for m in g["members"]
+        ]
         dup_tiles.append(tiles)
     subset_tiles = [
-        Tile(f"#{it['rank']} {it['drop_key']}/{it['object_key']}",
-             (f"{it['reason']}" if it.get("reason") else "")
-             + ("" if it["distance_at_pick"] is None else f" dist {it['distance_at_pick']:.3f}")
-             + (f" [{it['group_key']}]" if it.get("group_key") else ""),
-             thumbs(it["source_uri"], thumb_side))
+        Tile(
+            f"#{it['rank']} {it['drop_key']}/{it['object_key']}",
+            (f"{it['reason']}" if it.get("reason") else "")
+            + ("" if it["distance_at_pick"] is None else f" dist {it['distance_at_pick']:.3f}")
+            + (f" [{it['group_key']}]" if it.get("group_key") else ""),
+            thumbs(it["source_uri"], thumb_side),
+        )
         for it in items[:max_subset]
     ]
     failed_tiles = [Tile(f"{f['drop_key']}/{f['object_key']}", f"{f['status']}: {f['error']}") for f in failed]
@@ -181,26 +223,38 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
         return Tile(f"{m['drop_key']}/{m['object_key']}", "", thumbs(m["source_uri"], thumb_side))
 
     leaks = catalog.leaks()
-    leak_tiles = [(Tile(f"{x['drop_key']}/{x['object_key']}", f"leaks: {x['tier'] or 'representative'}",
-                        thumbs(x["source_uri"], thumb_side)),
-                   Tile(f"{x['protected_drop']}/{x['protected_key']} (protected)", "",
-                        thumbs(x["protected_uri"], thumb_side))) for x in leaks[:max_groups]]
+    leak_tiles = [
+        (
+            Tile(
+                f"{x['drop_key']}/{x['object_key']}",
+                f"leaks: {x['tier'] or 'representative'}",
+                thumbs(x["source_uri"], thumb_side),
+            ),
+            Tile(f"{x['protected_drop']}/{x['protected_key']} (protected)", "", thumbs(x["protected_uri"], thumb_side)),
+        )
+        for x in leaks[:max_groups]
+    ]
 
-    overview = embedding_overview(catalog, model, selection_name, groups, thumb_side=thumb_side, thumbs=thumbs,
-                                  logger=logger)
+    overview = embedding_overview(catalog, model, selection_name, groups, thumb_side=thumb_side, thumbs=thumbs, logger=logger)
     quality, quality_counts = {}, {}
     for flag in QUALITY_FLAGS:
         count, rows_ = catalog.quality_flagged(flag, 12)
         quality_counts[flag] = count
-        quality[flag] = [Tile(f"{r['drop_key']}/{r['object_key']}", _quality_detail(flag, r),
-                              thumbs(r["source_uri"], thumb_side)) for r in rows_]
+        quality[flag] = [
+            Tile(f"{r['drop_key']}/{r['object_key']}", _quality_detail(flag, r), thumbs(r["source_uri"], thumb_side))
+            for r in rows_
+        ]
     data = ReportData(
         title=f"Curation report: {selection_name}",
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         counts={**counts, "duplicate_groups": len(groups), "subset_size": len(items)},
-        selection={"name": selection_name, "strategy": info["strategy"], "model": info["model"],
-                   "pool_size": info["pool_size"],
-                   **{k: _describe(v) for k, v in info["config"].items() if k not in ("model", "strategies_given")}},
+        selection={
+            "name": selection_name,
+            "strategy": info["strategy"],
+            "model": info["model"],
+            "pool_size": info["pool_size"],
+            **{k: _describe(v) for k, v in info["config"].items() if k not in ("model", "strategies_given")},
+        },
         duplicate_groups=dup_tiles,
         subset=subset_tiles,
         failed=failed_tiles,
@@ -217,8 +271,12 @@ def write_report(catalog: Catalog, selection_name: str, out_dir: Path, *, max_gr
         missing_sources=sorted(thumbs.missing.items()),
     )
     if thumbs.missing:
-        logger.warning("report %s: %d source file(s) could not be shown: %s", selection_name, len(thumbs.missing),
-                       "; ".join(f"{uri} ({why})" for uri, why in sorted(thumbs.missing.items())[:20]))
+        logger.warning(
+            "report %s: %d source file(s) could not be shown: %s",
+            selection_name,
+            len(thumbs.missing),
+            "; ".join(f"{uri} ({why})" for uri, why in sorted(thumbs.missing.items())[:20]),
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
     tmp = path.with_suffix(".html.tmp")
@@ -251,17 +309,26 @@ def write_retrieval_page(catalog: Catalog, name: str, out_dir: Path, *, thumb_si
     config = catalog.retrieval_config(name) or {}
     thumbs = Thumbnails()
     refs = sorted({it["query_ref"] for it in items})
-    queries = [Tile(ref, "text prompt") if ref.startswith("text:") else Tile(ref, "", thumbs(ref, thumb_side))
-               for ref in refs[:50]]
-    results = [Tile(f"#{it['rank']} {it['drop_key']}/{it['object_key']}",
-                    f"cosine {it['similarity']:.3f} (query {it['query_ref']})", thumbs(it["source_uri"], thumb_side))
-               for it in items]
+    queries = [
+        Tile(ref, "text prompt") if ref.startswith("text:") else Tile(ref, "", thumbs(ref, thumb_side)) for ref in refs[:50]
+    ]
+    results = [
+        Tile(
+            f"#{it['rank']} {it['drop_key']}/{it['object_key']}",
+            f"cosine {it['similarity']:.3f} (query {it['query_ref']})",
+            thumbs(it["source_uri"], thumb_side),
+        )
+        for it in items
+    ]
     settings = {k: v for k, v in config.items() if v not in (None, [], ())}
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
     tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(render_retrieval_html(f"Retrieval: {name}", datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                         settings, queries, results), encoding="utf-8")
+    tmp.write_text(
+        render_retrieval_html(
+            f"Retrieval: {name}", datetime.now(timezone.utc).isoformat(timespec="seconds"), settings, queries, results
+        ),
+        encoding="utf-8",
+    )
     tmp.replace(path)
-    return {"path": str(path), "results": len(results),
-            "thumbnails_missing": sum(1 for t in results if t.thumb is None)}
+    return {"path": str(path), "results": len(results), "thumbnails_missing": sum(1 for t in results if t.thumb is None)}

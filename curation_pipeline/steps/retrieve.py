@@ -52,34 +52,52 @@ class RetrievalSpec:
             raise ValueError(f"retrieval {name!r}: min_similarity must be in [-1, 1], got {self.min_similarity}")
 
 
-def retrieve_similar(catalog: Catalog, embedder: Embedder, name: str, spec: RetrievalSpec, *,
-                     options: EmbedOptions = DEFAULT_OPTIONS, logger: logging.Logger = log) -> dict:
+def retrieve_similar(
+    catalog: Catalog,
+    embedder: Embedder,
+    name: str,
+    spec: RetrievalSpec,
+    *,
+    options: EmbedOptions = DEFAULT_OPTIONS,
+    logger: logging.Logger = log,
+) -> dict:
     spec.validate(name)
     started = time.perf_counter()
     model = model_id_for(embedder, options)
     catalog.model_dim(model)  # clear error if nothing was embedded with this model yet
     unknown = catalog.unknown_drops(spec.drop_keys or ())
     if unknown:
-        raise ValueError(f"retrieval {name!r}: unknown drop {unknown[0]!r} (known drops: "
-                         f"{', '.join(catalog.known_drops()) or 'none'}); nothing was changed")
+        raise ValueError(
+            f"retrieval {name!r}: unknown drop {unknown[0]!r} (known drops: "
+            f"{', '.join(catalog.known_drops()) or 'none'}); nothing was changed"
+        )
     predicates = [Predicate.parse(w) for w in spec.where]
     check_columns([p.column for p in predicates], catalog.annotation_names(), f"retrieval {name!r}")
     refs, queries = query_vectors(catalog, embedder, model, spec, options, name, logger=logger)
-    hits_per_query = catalog.search(model, queries, spec.k, drop_keys=spec.drop_keys, predicates=predicates,
-                                    exclude_flags=spec.exclude, min_similarity=spec.min_similarity)
+    hits_per_query = catalog.search(
+        model,
+        queries,
+        spec.k,
+        drop_keys=spec.drop_keys,
+        predicates=predicates,
+        exclude_flags=spec.exclude,
+        min_similarity=spec.min_similarity,
+    )
     best: dict[int, tuple[float, str]] = {}
     for ref, hits in zip(refs, hits_per_query):
         for image_id, sim in hits:
             if image_id not in best or sim > best[image_id][0]:
                 best[image_id] = (sim, ref)
-    ranked = sorted(best.items(), key=lambda t: (-t[1][0], t[0]))[:spec.k]
+    ranked = sorted(best.items(), key=lambda t: (-t[1][0], t[0]))[: spec.k]
     results = [(image_id, sim, ref) for image_id, (sim, ref) in ranked]
     config = {**asdict(spec), "model": model, "resolved_queries": len(refs)}
     previous = len(catalog.retrieval_items(name))
     if not results and previous:
-        raise ValueError(f"retrieval {name!r}: no image matched (min_similarity {spec.min_similarity}, filters "
-                         f"{list(spec.where) + [f'not {f}' for f in spec.exclude] or 'none'}); the previous "
-                         f"{previous} results were kept")
+        raise ValueError(
+            f"retrieval {name!r}: no image matched (min_similarity {spec.min_similarity}, filters "
+            f"{list(spec.where) + [f'not {f}' for f in spec.exclude] or 'none'}); the previous "
+            f"{previous} results were kept"
+        )
     catalog.replace_retrieval(name, model, config, results)
     stats = {
         "retrieval": name,
@@ -96,8 +114,16 @@ def retrieve_similar(catalog: Catalog, embedder: Embedder, name: str, spec: Retr
     return stats
 
 
-def query_vectors(catalog: Catalog, embedder: Embedder, model: str, spec: RetrievalSpec, options: EmbedOptions,
-                  name: str, *, logger: logging.Logger = log) -> tuple[list[str], np.ndarray]:
+def query_vectors(
+    catalog: Catalog,
+    embedder: Embedder,
+    model: str,
+    spec: RetrievalSpec,
+    options: EmbedOptions,
+    name: str,
+    *,
+    logger: logging.Logger = log,
+) -> tuple[list[str], np.ndarray]:
     """(query references, (q, dim) unit vectors) for every kind of query in the spec.
 
     A query image that cannot be used (unreadable, not a regular file, not an image, corrupt, too
@@ -145,8 +171,9 @@ def query_vectors(catalog: Catalog, embedder: Embedder, model: str, spec: Retrie
         found = catalog.image_ids_for_refs(spec.query_images)
         unknown = [r for r in spec.query_images if r not in found]
         if unknown:
-            raise ValueError(f"retrieval {name!r}: {unknown[0]!r} is not an image of the corpus (give its source URI "
-                             "or drop/object_key)")
+            raise ValueError(
+                f"retrieval {name!r}: {unknown[0]!r} is not an image of the corpus (give its source URI or drop/object_key)"
+            )
         parts.append(catalog.vectors_for_images([found[r] for r in spec.query_images], model))
         refs += list(spec.query_images)
     perm = embedder.mirror_permutation() if spec.include_mirrored else None
@@ -158,15 +185,18 @@ def query_vectors(catalog: Catalog, embedder: Embedder, model: str, spec: Retrie
         refs += list(refs)  # a result matched by the mirrored query names the same query image
     if spec.text:
         if not embedder.supports_text:
-            raise ValueError(f"retrieval {name!r}: text queries need a CLIP-family model (open_clip or a transformers "
-                             f"CLIP); model {model!r} embeds images only")
+            raise ValueError(
+                f"retrieval {name!r}: text queries need a CLIP-family model (open_clip or a transformers "
+                f"CLIP); model {model!r} embeds images only"
+            )
         parts.append(embedder.embed_texts(list(spec.text)))
         refs += [f"text:{t}" for t in spec.text]
     return refs, np.concatenate(parts).astype(np.float32)
 
 
-def _usable_query_images(sources: list[tuple[str, Callable[[], bytes]]], embedder: Embedder, options: EmbedOptions
-                         ) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
+def _usable_query_images(
+    sources: list[tuple[str, Callable[[], bytes]]], embedder: Embedder, options: EmbedOptions
+) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
     """([(reference, bytes)] of the query images that read and decode, [(reference, why not)] of
     the others. Decoded as embed_query_images will decode them, so what passes here embeds."""
     draft_size = embedder.decode_draft_size if options.draft else None

@@ -142,21 +142,34 @@ class SelectionSpec:
 
 def spec_from_mapping(config: Mapping[str, Any]) -> SelectionSpec:
     """A SelectionSpec from run config / YAML (strategies as a list of mappings)."""
-    strategies = tuple(StrategySpec(**{k: (tuple(v) if k == "queries" else v) for k, v in dict(s).items()
-                                       if v is not None}) for s in config.get("strategies") or ())
+    strategies = tuple(
+        StrategySpec(**{k: (tuple(v) if k == "queries" else v) for k, v in dict(s).items() if v is not None})
+        for s in config.get("strategies") or ()
+    )
     keys = config.get("drop_keys")
     return SelectionSpec(
-        budget=int(config["budget"]), strategies=strategies, min_distance=float(config.get("min_distance", 0.0)),
-        drop_keys=tuple(keys) if keys else None, where=tuple(config.get("where") or ()),
-        exclude=tuple(config.get("exclude") or ()), seed=int(config.get("seed", 0)),
+        budget=int(config["budget"]),
+        strategies=strategies,
+        min_distance=float(config.get("min_distance", 0.0)),
+        drop_keys=tuple(keys) if keys else None,
+        where=tuple(config.get("where") or ()),
+        exclude=tuple(config.get("exclude") or ()),
+        seed=int(config.get("seed", 0)),
         candidate_pool_cap=config.get("candidate_pool_cap"),
         compare_with_random=bool(config.get("compare_with_random", True)),
         compare_columns=tuple(config.get("compare_columns") or DEFAULT_COMPARE_COLUMNS),
     )
 
 
-def select_subset(catalog: Catalog, name: str, spec: SelectionSpec, *, model: str,
-                  query_embedder: QueryEmbedder | None = None, logger: logging.Logger = log) -> dict:
+def select_subset(
+    catalog: Catalog,
+    name: str,
+    spec: SelectionSpec,
+    *,
+    model: str,
+    query_embedder: QueryEmbedder | None = None,
+    logger: logging.Logger = log,
+) -> dict:
     spec.validate(name)
     started = time.perf_counter()
     strategies = spec.resolved_strategies()
@@ -165,24 +178,32 @@ def select_subset(catalog: Catalog, name: str, spec: SelectionSpec, *, model: st
     predicates = [Predicate.parse(w) for w in spec.where]
     unknown = catalog.unknown_drops(spec.drop_keys or ())
     if unknown:
-        raise ValueError(f"selection {name!r}: unknown drop {unknown[0]!r} (known drops: "
-                         f"{', '.join(catalog.known_drops()) or 'none'}); nothing was changed")
-    check_columns([*(p.column for p in predicates), *(s.column for s in strategies if s.name == "balance")],
-                  catalog.annotation_names(), f"selection {name!r}")
-    check_annotations([s.column for s in strategies if s.name == "score"], catalog.annotation_names(),
-                      f"selection {name!r}")
-    pool, meta = catalog.selection_pool(model, spec.drop_keys, predicates=predicates, exclude_flags=spec.exclude,
-                                        columns=columns)
+        raise ValueError(
+            f"selection {name!r}: unknown drop {unknown[0]!r} (known drops: "
+            f"{', '.join(catalog.known_drops()) or 'none'}); nothing was changed"
+        )
+    check_columns(
+        [*(p.column for p in predicates), *(s.column for s in strategies if s.name == "balance")],
+        catalog.annotation_names(),
+        f"selection {name!r}",
+    )
+    check_annotations([s.column for s in strategies if s.name == "score"], catalog.annotation_names(), f"selection {name!r}")
+    pool, meta = catalog.selection_pool(
+        model, spec.drop_keys, predicates=predicates, exclude_flags=spec.exclude, columns=columns
+    )
     pool_size = len(pool)
     if pool_size == 0:
         raise ValueError(
             f"selection {name!r}: no candidate images for model {model!r}"
             + (f" in drops {list(spec.drop_keys)}" if spec.drop_keys else "")
-            + (" after filters" if predicates or spec.exclude else "") + ": ingest a drop or relax the filters"
+            + (" after filters" if predicates or spec.exclude else "")
+            + ": ingest a drop or relax the filters"
         )
     if spec.budget > pool_size:
-        raise ValueError(f"selection {name!r}: budget {spec.budget} is larger than the {pool_size} candidate images"
-                         " (valid, non-duplicate, passing the filters): lower the budget or widen the filters")
+        raise ValueError(
+            f"selection {name!r}: budget {spec.budget} is larger than the {pool_size} candidate images"
+            " (valid, non-duplicate, passing the filters): lower the budget or widen the filters"
+        )
     rows = np.arange(pool_size)
     if spec.candidate_pool_cap and pool_size > spec.candidate_pool_cap:
         rows = np.sort(np.random.default_rng(spec.seed).choice(pool_size, spec.candidate_pool_cap, replace=False))
@@ -231,24 +252,46 @@ def select_subset(catalog: Catalog, name: str, spec: SelectionSpec, *, model: st
             group_names, groups = np.unique(values, return_inverse=True)
             group_names = list(group_names)
             quotas = allocate(np.bincount(groups, minlength=len(group_names)), budget, s.allocation)
-    logger.info("selection %s: pool %d, budget %d, strategies %s", name, n, budget,
-                ", ".join(f"{s.name}:{s.weight:g}" for s in strategies))
+    logger.info(
+        "selection %s: pool %d, budget %d, strategies %s",
+        name,
+        n,
+        budget,
+        ", ".join(f"{s.name}:{s.weight:g}" for s in strategies),
+    )
 
     def progress(done: int, total: int, seconds: float) -> None:
         logger.info("selection %s: %d / %d picked in %.1f s", name, done, total, seconds)
         progress_bus.report(f"select {name}", done, total)
 
-    result = greedy_select(vectors, budget, scores=scores, weights=weights, diversity_weight=diversity_weight,
-                           groups=groups, quotas=quotas, min_distance=spec.min_distance, progress=progress)
+    result = greedy_select(
+        vectors,
+        budget,
+        scores=scores,
+        weights=weights,
+        diversity_weight=diversity_weight,
+        groups=groups,
+        quotas=quotas,
+        min_distance=spec.min_distance,
+        progress=progress,
+    )
     picked = result.indices
     comparison = None
     if spec.compare_with_random and len(picked):
         comparison = compare_with_random(vectors, picked, meta, seed=spec.seed)
     strategy_label = "+".join(s.name for s in strategies)
     catalog.replace_selection(
-        name, model, strategy_label, {**spec.as_config(), "model": model}, pool_size, image_ids[picked],
-        result.distance_at_pick, scores=result.objective, reasons=result.reason,
-        groups=[group_names[groups[i]] for i in picked] if groups is not None else None, comparison=comparison,
+        name,
+        model,
+        strategy_label,
+        {**spec.as_config(), "model": model},
+        pool_size,
+        image_ids[picked],
+        result.distance_at_pick,
+        scores=result.objective,
+        reasons=result.reason,
+        groups=[group_names[groups[i]] for i in picked] if groups is not None else None,
+        comparison=comparison,
     )
     finite = result.distance_at_pick[np.isfinite(result.distance_at_pick)]
     stats = {
@@ -272,8 +315,7 @@ def select_subset(catalog: Catalog, name: str, spec: SelectionSpec, *, model: st
     return stats
 
 
-def compare_with_random(vectors: np.ndarray, picked: np.ndarray, meta: Mapping[str, np.ndarray], *,
-                        seed: int) -> dict:
+def compare_with_random(vectors: np.ndarray, picked: np.ndarray, meta: Mapping[str, np.ndarray], *, seed: int) -> dict:
     """The subset's coverage next to a seeded random subset of equal size from the same pool.
     Fine clusters: an independent k-means (its own seed, not the coverage strategy's clusters) with
     one cluster per picked image up to 1,000, so a subset that covers every cluster scores 1.0 and
@@ -296,16 +338,16 @@ def _density(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
     return knn_similarity(vectors, k, buckets=coarse)
 
 
-def _query_vectors(catalog: Catalog, model: str, refs: Sequence[str], embedder: QueryEmbedder | None,
-                   name: str) -> np.ndarray:
+def _query_vectors(catalog: Catalog, model: str, refs: Sequence[str], embedder: QueryEmbedder | None, name: str) -> np.ndarray:
     """Corpus references resolve to stored vectors; anything else is read as an image file."""
     found = catalog.image_ids_for_refs(refs)
     files = [r for r in refs if r not in found]
     parts = [catalog.vectors_for_images([found[r] for r in refs if r in found], model)] if found else []
     if files:
         if embedder is None:
-            raise ValueError(f"selection {name!r}: query {files[0]!r} is not an image of the corpus and no "
-                             "embedder was given to embed files")
+            raise ValueError(
+                f"selection {name!r}: query {files[0]!r} is not an image of the corpus and no embedder was given to embed files"
+            )
         parts.append(embedder(files))
     return np.concatenate(parts).astype(np.float32)
 

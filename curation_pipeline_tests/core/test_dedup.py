@@ -24,8 +24,16 @@ def _cluster(sha, hashes, v, pairs, th, locked=None, order=None):
     n = len(sha)
     order = np.arange(n) if order is None else np.asarray(order)
     locked = np.zeros(n, bool) if locked is None else np.asarray(locked)
-    return cluster_duplicates(sha, np.asarray(hashes, dtype=np.int64), v, np.ones(n, bool), order, locked,
-                              np.asarray(pairs, dtype=np.int64).reshape(-1, 2), th)
+    return cluster_duplicates(
+        sha,
+        np.asarray(hashes, dtype=np.int64),
+        v,
+        np.ones(n, bool),
+        order,
+        locked,
+        np.asarray(pairs, dtype=np.int64).reshape(-1, 2),
+        th,
+    )
 
 
 def test_no_chaining_across_a_similarity_chain():
@@ -67,16 +75,30 @@ def test_only_proposed_pairs_are_checked():
 def test_locked_representatives_lead_and_are_never_absorbed():
     # E1 (locked) ~ E2 (locked) ~ X; X must join a locked leader it links to, and E2 stays a leader
     v = _unit([[1, 0], [1, 0.05], [1, 0.1]])
-    out = _cluster(["e1", "e2", "x"], FAR[:3], v, [[0, 1], [1, 2]], DedupThresholds(max_hamming=0, min_cosine=0.99),
-                   locked=[True, True, False])
+    out = _cluster(
+        ["e1", "e2", "x"],
+        FAR[:3],
+        v,
+        [[0, 1], [1, 2]],
+        DedupThresholds(max_hamming=0, min_cosine=0.99),
+        locked=[True, True, False],
+    )
     assert out[0].leader == 0 and out[1].leader == 1  # E2 not absorbed by E1
     assert out[2].leader == 1  # X joins the representative it is directly similar to
 
 
 def test_vectorless_candidates_still_match_by_hash():
     v = np.zeros((2, 4), np.float32)
-    out = cluster_duplicates(["a", "b"], np.array([0, 1], np.int64), v, np.array([False, False]), np.arange(2),
-                             np.zeros(2, bool), np.array([[0, 1]]), DedupThresholds(max_hamming=2))
+    out = cluster_duplicates(
+        ["a", "b"],
+        np.array([0, 1], np.int64),
+        v,
+        np.array([False, False]),
+        np.arange(2),
+        np.zeros(2, bool),
+        np.array([[0, 1]]),
+        DedupThresholds(max_hamming=2),
+    )
     assert out[1].leader == 0 and out[1].tier == TIER_PERCEPTUAL
 
 
@@ -85,8 +107,12 @@ def test_hamming_pairs_match_brute_force_in_small_chunks():
     base = rng.integers(-(2**63), 2**63 - 1, size=40, dtype=np.int64)
     a = np.r_[base, base[:10] ^ np.int64(0b1011)]  # 10 near copies at distance 3
     got = {tuple(p) for p in hamming_pairs(a, None, 4, max_cells=7).tolist()}
-    want = {(i, j) for i in range(len(a)) for j in range(i + 1, len(a))
-            if bin((int(a[i]) ^ int(a[j])) & (2**64 - 1)).count("1") <= 4}
+    want = {
+        (i, j)
+        for i in range(len(a))
+        for j in range(i + 1, len(a))
+        if bin((int(a[i]) ^ int(a[j])) & (2**64 - 1)).count("1") <= 4
+    }
     assert got == want and len(want) >= 10
     cross = hamming_pairs(a[:5], a, 0, max_cells=3)
     assert {tuple(p) for p in cross.tolist()} >= {(i, i) for i in range(5)}
@@ -116,8 +142,13 @@ def test_indexed_hamming_pairs_equal_the_brute_force_scan():
     rng = np.random.default_rng(1)
     base = rng.integers(-(2**63), 2**63 - 1, size=300, dtype=np.int64)
     flips = rng.integers(0, 64, size=(120, 4))
-    near = np.array([base[i] ^ np.int64(sum(1 << int(b) for b in set(f.tolist())) - (1 << 64 if 63 in f else 0))
-                     for i, f in enumerate(flips)], dtype=np.int64)
+    near = np.array(
+        [
+            base[i] ^ np.int64(sum(1 << int(b) for b in set(f.tolist())) - (1 << 64 if 63 in f else 0))
+            for i, f in enumerate(flips)
+        ],
+        dtype=np.int64,
+    )
     hashes = np.r_[base, near, np.zeros(50, np.int64)]  # 50 identical blank-frame hashes too
     for radius in (2, 4, 6):
         want = {tuple(p) for p in hamming_pairs(hashes, None, radius).tolist()}

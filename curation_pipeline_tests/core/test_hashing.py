@@ -20,8 +20,7 @@ def test_sha256_matches_known_digest():
 def test_phash_survives_reencode_resize_and_brightness():
     img = photo_crops(1)[0]
     h = perceptual_hash(img)
-    variants = [_reencode(img, 40), img.resize((img.width // 2, img.height // 2)),
-                ImageEnhance.Brightness(img).enhance(1.2)]
+    variants = [_reencode(img, 40), img.resize((img.width // 2, img.height // 2)), ImageEnhance.Brightness(img).enhance(1.2)]
     dists = hamming_distances(h, np.array([perceptual_hash(v) for v in variants], dtype=np.int64))
     assert dists.max() <= 6, dists
 

@@ -10,6 +10,7 @@ def test_results_come_back_in_input_order():
     def slow_for_small(x):
         time.sleep(0.002 * (10 - x % 10))
         return x * x
+
     out = list(ordered_parallel_map(slow_for_small, range(50), workers=4, window=8))
     assert [i for i, _ in out] == list(range(50)) and all(r == i * i for i, r in out)
 
@@ -39,6 +40,7 @@ def test_exceptions_propagate():
         if x == 3:
             raise RuntimeError("bad item 3")
         return x
+
     with pytest.raises(RuntimeError, match="bad item 3"):
         list(ordered_parallel_map(boom, range(10), workers=2, window=4))
 

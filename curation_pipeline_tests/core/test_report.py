@@ -5,9 +5,14 @@ from curation_pipeline_tests.conftest import jpeg, photo_crops
 def test_user_strings_are_escaped():
     evil = '<script>alert("x")</script>.jpg'
     data = ReportData(
-        title="t", generated_at="now", counts={"images": 1}, selection={"name": evil},
+        title="t",
+        generated_at="now",
+        counts={"images": 1},
+        selection={"name": evil},
         duplicate_groups=[[Tile(evil, "representative"), Tile("b", "exact 1.000")]],
-        subset=[Tile(evil)], failed=[Tile(evil, "corrupt: <b>bad</b>")], groups_total=1,
+        subset=[Tile(evil)],
+        failed=[Tile(evil, "corrupt: <b>bad</b>")],
+        groups_total=1,
     )
     page = render_html(data)
     assert "<script>" not in page and "&lt;script&gt;" in page
@@ -39,11 +44,21 @@ def test_histogram_marks_the_threshold_and_counts_every_value():
 
 
 def test_the_subset_is_shown_next_to_random_and_metadata_names_are_escaped():
-    cmp = {"fine_clusters": 30,
-           "subset": {"size": 30, "fine_clusters_covered": 0.93, "nn_distance_mean": 0.4,
-                      "metadata_coverage": {"<img src=x onerror=alert(1)>": 1.0}},
-           "random": {"size": 30, "fine_clusters_covered": 0.61, "nn_distance_mean": 0.2,
-                      "metadata_coverage": {"<img src=x onerror=alert(1)>": 0.5}}}
+    cmp = {
+        "fine_clusters": 30,
+        "subset": {
+            "size": 30,
+            "fine_clusters_covered": 0.93,
+            "nn_distance_mean": 0.4,
+            "metadata_coverage": {"<img src=x onerror=alert(1)>": 1.0},
+        },
+        "random": {
+            "size": 30,
+            "fine_clusters_covered": 0.61,
+            "nn_distance_mean": 0.2,
+            "metadata_coverage": {"<img src=x onerror=alert(1)>": 0.5},
+        },
+    }
     page = render_html(ReportData(title="t", generated_at="now", counts={}, selection={}, comparison=cmp))
     section = page.split('id="versus-random"')[1].split("<h2")[0]
     assert "0.93" in section and "0.61" in section and "30 fine clusters" in section

@@ -20,8 +20,7 @@ def _ingest(instance, database_url, key, folder):
     Catalog(database_url).register_drop(key, str(folder))
     if not instance.has_dynamic_partition("capture_drops", key):
         instance.add_dynamic_partitions("capture_drops", [key])
-    result = dg.materialize(INGEST, partition_key=key, instance=instance,
-                            resources=build_resources(database_url=database_url))
+    result = dg.materialize(INGEST, partition_key=key, instance=instance, resources=build_resources(database_url=database_url))
     assert result.success
     return result
 
@@ -83,9 +82,15 @@ def test_whole_graph_materializes_for_a_small_drop(tmp_path, database_url, curat
     defs = build_definitions(database_url=database_url)
     instance.add_dynamic_partitions("selections", ["pick"])
     sel = defs.resolve_job_def("select_and_report").execute_in_process(
-        instance=instance, partition_key="pick",
-        run_config={"ops": {"curated_subset": {"config": {"budget": 5}},
-                            "curation_report": {"config": {"output_dir": str(tmp_path / "reports")}}}})
+        instance=instance,
+        partition_key="pick",
+        run_config={
+            "ops": {
+                "curated_subset": {"config": {"budget": 5}},
+                "curation_report": {"config": {"output_dir": str(tmp_path / "reports")}},
+            }
+        },
+    )
     assert sel.success
     subset = catalog.selection_items("pick")
     assert [s["rank"] for s in subset] == [1, 2, 3, 4, 5]
@@ -99,8 +104,10 @@ def test_whole_graph_materializes_for_a_small_drop(tmp_path, database_url, curat
     instance.add_dynamic_partitions("retrieval_queries", ["q"])
     query = drop / "img_05.jpg"
     ret = defs.resolve_job_def("retrieve").execute_in_process(
-        instance=instance, partition_key="q",
-        run_config={"ops": {"retrieval_set": {"config": {"query_paths": [str(query)], "k": 3}}}})
+        instance=instance,
+        partition_key="q",
+        run_config={"ops": {"retrieval_set": {"config": {"query_paths": [str(query)], "k": 3}}}},
+    )
     assert ret.success
     hits = catalog.retrieval_items("q")
     assert hits[0]["object_key"] == "img_05.jpg" and hits[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
@@ -163,8 +170,13 @@ def test_empty_drop_fails_its_blocking_check(tmp_path, database_url, curation_en
     empty.mkdir()
     Catalog(database_url).register_drop("empty", str(empty))
     instance.add_dynamic_partitions("capture_drops", ["empty"])
-    result = dg.materialize(INGEST, partition_key="empty", instance=instance, raise_on_error=False,
-                            resources=build_resources(database_url=database_url))
+    result = dg.materialize(
+        INGEST,
+        partition_key="empty",
+        instance=instance,
+        raise_on_error=False,
+        resources=build_resources(database_url=database_url),
+    )
     evals = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert evals["drop_not_empty"] is False
     assert not result.success  # the blocking check stops embeddings and dedup
@@ -178,8 +190,15 @@ def test_workspace_definitions_load(tmp_path):
     root = Path(__file__).resolve().parents[2]
     dagster = Path(sys.executable).parent / "dagster"
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
-    proc = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "All code locations passed validation" in proc.stdout + proc.stderr
 
@@ -193,8 +212,8 @@ def test_one_backfill_run_ingests_several_drops_in_arrival_order(tmp_path, datab
     instance.add_dynamic_partitions("capture_drops", keys)
     defs = build_definitions(database_url=database_url)
     result = defs.resolve_job_def("ingest_drop").execute_in_process(
-        instance=instance,
-        tags={"dagster/asset_partition_range_start": "b-1", "dagster/asset_partition_range_end": "b-3"})
+        instance=instance, tags={"dagster/asset_partition_range_start": "b-1", "dagster/asset_partition_range_end": "b-3"}
+    )
     assert result.success
     mats = result.get_asset_materialization_events()
     per_asset = {}

@@ -21,9 +21,12 @@ def instance():
 
 
 def _resources(database_url, s3=None):
-    return {"image_store": ImageStoreResource(s3=CurationS3Resource(endpoint_url=s3.endpoint_url if s3 else None,
-                                                                     region_name="us-east-1")),
-            "database": DatabaseResource(url=database_url)}
+    return {
+        "image_store": ImageStoreResource(
+            s3=CurationS3Resource(endpoint_url=s3.endpoint_url if s3 else None, region_name="us-east-1")
+        ),
+        "database": DatabaseResource(url=database_url),
+    }
 
 
 def _tick(instance, settings, resources, cursor=None, now=None):
@@ -99,8 +102,7 @@ def test_a_tick_with_ten_thousand_known_drops_stays_within_the_sensor_limit(tmp_
     assert elapsed < 60, f"a tick took {elapsed:.1f} s; Dagster stops sensors at 60 s"
 
 
-def test_a_drop_uploaded_to_s3_reaches_postgres_through_a_tick_and_a_run(tmp_path, s3, database_url, curation_env,
-                                                                       instance):
+def test_a_drop_uploaded_to_s3_reaches_postgres_through_a_tick_and_a_run(tmp_path, s3, database_url, curation_env, instance):
     """End to end, with an input bucket that must not be written: versioning on, so any write or
     delete the pipeline made would leave a version or a delete marker behind."""
     bucket = new_bucket(s3, "input")
@@ -111,9 +113,22 @@ def test_a_drop_uploaded_to_s3_reaches_postgres_through_a_tick_and_a_run(tmp_pat
     upload_folder(s3, folder, bucket, "drops/rig-0001/")
     client.put_object(Bucket=bucket, Key="drops/rig-0001/_SUCCESS", Body=b"")
     # from here on the bucket refuses writes (moto enforces this policy: a PutObject gets 403)
-    client.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Deny", "Principal": "*", "Action": ["s3:PutObject", "s3:DeleteObject"],
-         "Resource": f"arn:aws:s3:::{bucket}/*"}]}))
+    client.put_bucket_policy(
+        Bucket=bucket,
+        Policy=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        "Action": ["s3:PutObject", "s3:DeleteObject"],
+                        "Resource": f"arn:aws:s3:::{bucket}/*",
+                    }
+                ],
+            }
+        ),
+    )
     with pytest.raises(Exception, match="Forbidden|AccessDenied"):
         client.put_object(Bucket=bucket, Key="drops/rig-0001/probe", Body=b"")
     versions_before = client.list_object_versions(Bucket=bucket)
@@ -122,14 +137,14 @@ def test_a_drop_uploaded_to_s3_reaches_postgres_through_a_tick_and_a_run(tmp_pat
     s3_resource = CurationS3Resource(endpoint_url=s3.endpoint_url, region_name="us-east-1")
     defs = build_definitions(watch=settings, database_url=database_url, s3=s3_resource)
     sensor = defs.get_sensor_def("capture_drop_sensor")
-    with dg.build_sensor_context(instance=instance,
-                                 resources=build_resources(database_url=database_url, s3=s3_resource)) as ctx:
+    with dg.build_sensor_context(
+        instance=instance, resources=build_resources(database_url=database_url, s3=s3_resource)
+    ) as ctx:
         result = sensor(ctx)
     for req in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
     (request,) = result.run_requests
-    run = defs.resolve_job_def("ingest_drop").execute_in_process(partition_key=request.partition_key,
-                                                                 instance=instance)
+    run = defs.resolve_job_def("ingest_drop").execute_in_process(partition_key=request.partition_key, instance=instance)
     assert run.success
     catalog = Catalog(database_url)
     summary = catalog.manifest_summary("rig-0001")
@@ -142,18 +157,22 @@ def test_a_drop_uploaded_to_s3_reaches_postgres_through_a_tick_and_a_run(tmp_pat
     assert {Catalog(database_url).duplicate_groups()[0]["representative"]["source_uri"][:5]} == {"s3://"}
     # the rest of the pipeline: a selection, its report (thumbnails read from S3) and an export
     out_bucket = new_bucket(s3, "exports")
-    for job, config in (("select_and_report", {"curated_subset": {"config": {"budget": 4}}}),
-                        ("export", {"curated_export": {"config": {"destination": f"s3://{out_bucket}/x/"}}})):
+    for job, config in (
+        ("select_and_report", {"curated_subset": {"config": {"budget": 4}}}),
+        ("export", {"curated_export": {"config": {"destination": f"s3://{out_bucket}/x/"}}}),
+    ):
         if not instance.has_dynamic_partition("selections", "weekly"):
             instance.add_dynamic_partitions("selections", ["weekly"])
-        done = defs.resolve_job_def(job).execute_in_process(partition_key="weekly", instance=instance,
-                                                            run_config={"ops": config})
+        done = defs.resolve_job_def(job).execute_in_process(
+            partition_key="weekly", instance=instance, run_config={"ops": config}
+        )
         assert done.success
     exported = [o["Key"] for o in client.list_objects_v2(Bucket=out_bucket)["Contents"]]
     assert "x/weekly/_SUCCESS" in exported and len([k for k in exported if "/images/" in k]) == 4
     versions_after = client.list_object_versions(Bucket=bucket)
-    assert [(v["Key"], v["VersionId"]) for v in versions_after.get("Versions", [])] == \
-        [(v["Key"], v["VersionId"]) for v in versions_before.get("Versions", [])]
+    assert [(v["Key"], v["VersionId"]) for v in versions_after.get("Versions", [])] == [
+        (v["Key"], v["VersionId"]) for v in versions_before.get("Versions", [])
+    ]
     assert not versions_after.get("DeleteMarkers")
 
 

@@ -43,8 +43,11 @@ def _check(record):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.sampled_from(range(len(SEEDS))), cuts=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)),
-                                                          max_size=12), truncate=st.integers(0, 5000))
+@given(
+    seed=st.sampled_from(range(len(SEEDS))),
+    cuts=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=12),
+    truncate=st.integers(0, 5000),
+)
 def test_mutated_images_never_raise(seed, cuts, truncate):
     data = bytearray(SEEDS[seed])
     for pos, value in cuts:  # flip bytes anywhere, headers included
@@ -63,8 +66,10 @@ def test_arbitrary_bytes_never_raise(data):
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height pixels (a decompression bomb's calling card)."""
+
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
@@ -97,8 +102,16 @@ def _encode(img, fmt):
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("name", ["spaces in name.jpg", "ünïcödé 🐍.jpg", "tab\tnewline\nbell\x07.jpg",
-                                  "<script>alert(1)<\\script>.jpg", "quote'\"semicolon;--.jpg"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "spaces in name.jpg",
+        "ünïcödé 🐍.jpg",
+        "tab\tnewline\nbell\x07.jpg",
+        "<script>alert(1)<\\script>.jpg",
+        "quote'\"semicolon;--.jpg",
+    ],
+)
 def test_odd_names_are_data(tmp_path, database_url, name):
     """Names with control characters, markup or SQL punctuation go through listing, manifest and
     the database unchanged (bound parameters), and come back out byte for byte."""

@@ -13,8 +13,14 @@ from curation_pipeline.resources.filters import Predicate, compile_filters
 from curation_pipeline.steps.select import SelectionSpec, StrategySpec, select_subset
 from curation_pipeline_tests.steps.test_select import MODEL, _seed_corpus
 
-INJECTIONS = ["x'; DROP TABLE images; --", "x\"; DROP TABLE images; --", "a) OR (1=1", "$$; DROP TABLE images; $$",
-              "images; --", "../../etc/passwd"]
+INJECTIONS = [
+    "x'; DROP TABLE images; --",
+    'x"; DROP TABLE images; --',
+    "a) OR (1=1",
+    "$$; DROP TABLE images; $$",
+    "images; --",
+    "../../etc/passwd",
+]
 
 
 def _tables(catalog):
@@ -40,8 +46,12 @@ def test_injection_through_filters_names_and_columns_stays_data(database_url, va
     with pytest.raises(ValueError, match="no candidate images"):
         select_subset(catalog, "s", SelectionSpec(budget=2, where=(f"{value}=1",)), model=MODEL)
     with pytest.raises(ValueError):
-        select_subset(catalog, "s", SelectionSpec(budget=2, strategies=(StrategySpec("balance", column=value),),
-                                                   where=(f"{value} is not null",)), model=MODEL)
+        select_subset(
+            catalog,
+            "s",
+            SelectionSpec(budget=2, strategies=(StrategySpec("balance", column=value),), where=(f"{value} is not null",)),
+            model=MODEL,
+        )
     # partition keys and selection names are validated before anything runs
     with pytest.raises(ValueError, match="invalid"):
         validate_name(value, "drop key")
@@ -55,21 +65,25 @@ def test_injection_through_filters_names_and_columns_stays_data(database_url, va
 
 def test_filter_sql_has_no_user_text():
     """The compiled SQL text holds only identifiers from code; values arrive as parameters."""
-    joins, where, jparams, params = compile_filters([Predicate.parse("label in a');--,b"),
-                                                     Predicate.parse("brightness>=0.5")], ["dark"])
+    joins, where, jparams, params = compile_filters(
+        [Predicate.parse("label in a');--,b"), Predicate.parse("brightness>=0.5")], ["dark"]
+    )
     text = (joins.as_string(None) if hasattr(joins, "as_string") else str(joins)) + str(where)
     assert "--" not in text and "label" not in text
     assert jparams == ["label"] and ["a');--", "b"] in params and 0.5 in params
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: DedupThresholds(min_cosine=1.5), r"min_cosine must be within \(0, 1\]"),
-    (lambda: DedupThresholds(max_hamming=65), r"max_hamming must be within \[0, 64\]"),
-    (lambda: EmbedderResource(backend="resnet"), "backend"),
-    (lambda: SelectionSpec(budget=5, min_distance=3).validate("s"), r"min_distance is a cosine distance in \[0, 2\]"),
-    (lambda: SelectionSpec(budget=5, candidate_pool_cap=2).validate("s"), "candidate_pool_cap"),
-    (lambda: StrategySpec.parse("diversity:heavy"), "'heavy' is not a number"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: DedupThresholds(min_cosine=1.5), r"min_cosine must be within \(0, 1\]"),
+        (lambda: DedupThresholds(max_hamming=65), r"max_hamming must be within \[0, 64\]"),
+        (lambda: EmbedderResource(backend="resnet"), "backend"),
+        (lambda: SelectionSpec(budget=5, min_distance=3).validate("s"), r"min_distance is a cosine distance in \[0, 2\]"),
+        (lambda: SelectionSpec(budget=5, candidate_pool_cap=2).validate("s"), "candidate_pool_cap"),
+        (lambda: StrategySpec.parse("diversity:heavy"), "'heavy' is not a number"),
+    ],
+)
 def test_config_errors_say_what_to_change(make, message):
     with pytest.raises(Exception, match=message):
         make()
@@ -88,9 +102,14 @@ def test_a_threshold_outside_0_1_fails_clearly_and_writes_nothing(tmp_path, data
     Catalog(database_url).register_drop("d", str(tmp_path / "d"))
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("capture_drops", ["d"])
-        result = dg.materialize(ASSETS[:3], partition_key="d", instance=instance, raise_on_error=False,
-                                resources=build_resources(database_url=database_url),
-                                run_config={"ops": {"dedup_clusters": {"config": {"min_cosine": 1.7}}}})
+        result = dg.materialize(
+            ASSETS[:3],
+            partition_key="d",
+            instance=instance,
+            raise_on_error=False,
+            resources=build_resources(database_url=database_url),
+            run_config={"ops": {"dedup_clusters": {"config": {"min_cosine": 1.7}}}},
+        )
     assert not result.success
     errors = [m for ev in result.all_events if ev.is_step_failure for m in _messages(ev.step_failure_data.error)]
     assert any("min_cosine must be within (0, 1], got 1.7" in e for e in errors), errors
@@ -109,8 +128,12 @@ def test_credentials_never_reach_logs_or_metadata(tmp_path, s3, database_url, cu
     upload_folder(s3, tmp_path / "d", bucket, "drops/d/")
     Catalog(database_url).register_drop("d", f"s3://{bucket}/drops/d/")
     secret = "testing"  # moto accepts any key; the point is that it must never be echoed
-    s3r = CurationS3Resource(endpoint_url=s3.endpoint_url, region_name="us-east-1", aws_access_key_id="AKIATESTKEY",
-                             aws_secret_access_key=secret + "-SECRET-VALUE")
+    s3r = CurationS3Resource(
+        endpoint_url=s3.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="AKIATESTKEY",
+        aws_secret_access_key=secret + "-SECRET-VALUE",
+    )
     defs = build_definitions(database_url=database_url, s3=s3r)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("capture_drops", ["d"])

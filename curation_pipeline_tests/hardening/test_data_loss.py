@@ -49,8 +49,9 @@ def _ingest_with_selection(tmp_path: Path, drop: str, *, n_distinct: int = 8, bu
     return folder, info
 
 
-def test_reingesting_from_an_empty_or_mostly_empty_folder_is_refused_and_changes_nothing(tmp_path, curation_env,
-                                                                                          database_url, capsys):
+def test_reingesting_from_an_empty_or_mostly_empty_folder_is_refused_and_changes_nothing(
+    tmp_path, curation_env, database_url, capsys
+):
     folder, info = _ingest_with_selection(tmp_path, "victim-1")
     catalog = Catalog(database_url)
     before = _snapshot(catalog, "victim-1")
@@ -99,8 +100,9 @@ def _snapshot_counts(catalog: Catalog) -> dict:
         return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}  # noqa: S608
 
 
-def test_a_retrieval_against_an_unknown_drop_fails_clearly_and_keeps_the_previous_results(tmp_path, curation_env,
-                                                                                         database_url, capsys):
+def test_a_retrieval_against_an_unknown_drop_fails_clearly_and_keeps_the_previous_results(
+    tmp_path, curation_env, database_url, capsys
+):
     folder = tmp_path / "d1"
     make_small_drop(folder)
     _cli("ingest", str(folder), "--drop", "d1")
@@ -108,19 +110,22 @@ def test_a_retrieval_against_an_unknown_drop_fails_clearly_and_keeps_the_previou
     catalog = Catalog(database_url)
     before = catalog.retrieval_items("rq13")
     assert len(before) == 3
-    message = _refused(capsys, "retrieve", "--query", str(folder / "img_03.jpg"), "--k", "3", "--name", "rq13",
-                       "--drop", "typo-drop")
+    message = _refused(
+        capsys, "retrieve", "--query", str(folder / "img_03.jpg"), "--k", "3", "--name", "rq13", "--drop", "typo-drop"
+    )
     assert "unknown drop 'typo-drop'" in message and "d1" in message
     assert catalog.retrieval_items("rq13") == before
     # a filter that matches nothing cannot empty it either
-    message = _refused(capsys, "retrieve", "--query", str(folder / "img_03.jpg"), "--k", "3", "--name", "rq13",
-                       "--where", "width>100000")
+    message = _refused(
+        capsys, "retrieve", "--query", str(folder / "img_03.jpg"), "--k", "3", "--name", "rq13", "--where", "width>100000"
+    )
     assert "previous 3 results were kept" in message
     assert catalog.retrieval_items("rq13") == before
 
 
 def test_files_deleted_under_a_selection_are_reported_as_lost_and_reselection_refills_the_budget(
-        tmp_path, curation_env, database_url, capsys):
+    tmp_path, curation_env, database_url, capsys
+):
     import dagster as dg
 
     from curation_pipeline.definitions import build_definitions
@@ -157,8 +162,7 @@ def test_files_deleted_under_a_selection_are_reported_as_lost_and_reselection_re
     assert [it["rank"] for it in catalog.selection_items("weekly")] == [1, 2, 3, 4, 5]
 
 
-def test_a_missing_source_file_leaves_the_selection_and_report_standing(tmp_path, curation_env, database_url,
-                                                                        capsys):
+def test_a_missing_source_file_leaves_the_selection_and_report_standing(tmp_path, curation_env, database_url, capsys):
     folder, _ = _ingest_with_selection(tmp_path, "d2", budget=4)
     catalog = Catalog(database_url)
     victim = Path(catalog.selection_items("weekly")[0]["source_uri"])

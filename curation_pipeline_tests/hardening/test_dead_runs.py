@@ -106,9 +106,13 @@ def test_a_run_killed_mid_embedding_frees_the_gpu_slot_for_the_next_ingest(tmp_p
     make_small_drop(first)
     make_small_drop(second, n_distinct=6)
     instance = _instance()
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_INGEST.format(root=ROOT), "ingest", str(first),
-                             "--drop", "killed"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_INGEST.format(root=ROOT), "ingest", str(first), "--drop", "killed"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     err = _Stderr(proc)
     try:
         _wait_for(lambda: _claimed(instance), 120, proc, "image_embeddings to claim the gpu slot")
@@ -123,8 +127,9 @@ def test_a_run_killed_mid_embedding_frees_the_gpu_slot_for_the_next_ingest(tmp_p
     assert [s.run_id for s in _claimed(instance)] == [dead_run_id]  # and still holding the slot
 
     started = time.time()
-    after = subprocess.run([CURATION, "ingest", str(second), "--drop", "after"], env=env, capture_output=True,
-                           text=True, timeout=120)
+    after = subprocess.run(
+        [CURATION, "ingest", str(second), "--drop", "after"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert after.returncode == 0, after.stderr[-3000:]
     assert time.time() - started < 90
     assert dead_run_id in after.stderr and "marked it failed" in after.stderr
@@ -135,16 +140,23 @@ def test_a_run_killed_mid_embedding_frees_the_gpu_slot_for_the_next_ingest(tmp_p
     assert [r.status for r in runs_after] == [DagsterRunStatus.SUCCESS]
 
     # the killed drop itself re-ingests cleanly afterwards
-    again = subprocess.run([CURATION, "ingest", str(first), "--drop", "killed"], env=env, capture_output=True,
-                           text=True, timeout=120)
+    again = subprocess.run(
+        [CURATION, "ingest", str(first), "--drop", "killed"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert again.returncode == 0, again.stderr[-3000:]
 
 
 def _live_holder(instance) -> str:
     """A STARTED run of this (live) test process, tagged as the CLI tags its runs, holding the gpu slot."""
     run_id = str(uuid.uuid4())
-    instance.add_run(DagsterRun(job_name="ingest_drop", run_id=run_id, status=DagsterRunStatus.STARTED,
-                                tags={**runs.process_tags(), "dagster/partition": "holder"}))
+    instance.add_run(
+        DagsterRun(
+            job_name="ingest_drop",
+            run_id=run_id,
+            status=DagsterRunStatus.STARTED,
+            tags={**runs.process_tags(), "dagster/partition": "holder"},
+        )
+    )
     storage = instance.event_log_storage
     storage.initialize_concurrency_limit_to_default(POOL)
     assert storage.claim_concurrency_slot(POOL, run_id, "image_embeddings").is_claimed
@@ -157,8 +169,13 @@ def test_an_ingest_waiting_on_a_live_holder_says_who_and_stops_on_a_signal(tmp_p
     make_small_drop(folder)
     instance = _instance()
     holder = _live_holder(instance)
-    proc = subprocess.Popen([CURATION, "ingest", str(folder), "--drop", "waiting"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [CURATION, "ingest", str(folder), "--drop", "waiting"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     err = _Stderr(proc)
     try:
         _wait_for(lambda: "waits for" in err.text(), 120, proc, "the waiting message")
@@ -207,14 +224,28 @@ def test_a_waiting_ingest_takes_the_slot_as_soon_as_its_holder_dies(tmp_path, en
     holder_process = subprocess.Popen(["sleep", "300"])
     try:
         run_id = str(uuid.uuid4())
-        tags = {**runs.process_tags(), runs.PID_TAG: str(holder_process.pid),
-                runs.PID_START_TAG: runs.process_start_time(holder_process.pid) or ""}
-        instance.add_run(DagsterRun(job_name="ingest_drop", run_id=run_id, status=DagsterRunStatus.STARTED,
-                                    tags={**tags, "dagster/partition": "holder"}))
+        tags = {
+            **runs.process_tags(),
+            runs.PID_TAG: str(holder_process.pid),
+            runs.PID_START_TAG: runs.process_start_time(holder_process.pid) or "",
+        }
+        instance.add_run(
+            DagsterRun(
+                job_name="ingest_drop",
+                run_id=run_id,
+                status=DagsterRunStatus.STARTED,
+                tags={**tags, "dagster/partition": "holder"},
+            )
+        )
         instance.event_log_storage.initialize_concurrency_limit_to_default(POOL)
         assert instance.event_log_storage.claim_concurrency_slot(POOL, run_id, "image_embeddings").is_claimed
-        proc = subprocess.Popen([CURATION, "ingest", str(folder), "--drop", "next"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [CURATION, "ingest", str(folder), "--drop", "next"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         err = _Stderr(proc)
         try:
             _wait_for(lambda: "waits for" in err.text(), 120, proc, "the waiting message")
@@ -241,9 +272,13 @@ def test_sigterm_mid_embedding_ends_the_cli_and_gives_the_slot_back(tmp_path, en
     folder = tmp_path / "drop"
     make_small_drop(folder)
     instance = _instance()
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_INGEST.format(root=ROOT), "ingest", str(folder),
-                             "--drop", "stopped"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_INGEST.format(root=ROOT), "ingest", str(folder), "--drop", "stopped"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     err = _Stderr(proc)
     try:
         _wait_for(lambda: _claimed(instance), 120, proc, "image_embeddings to claim the gpu slot")

@@ -29,8 +29,7 @@ SUFFIXED = re.compile(r"images/d1/a/b~[0-9a-f]{8}\.jpg$")
 def _colliding_drop(folder: Path) -> dict[str, bytes]:
     """Four distinct photos; `a/b.jpg` (a folder `a` holding `b.jpg`) and `a\\b.jpg` (one file)."""
     crops = photo_crops(4)
-    files = {"a/b.jpg": jpeg(crops[0]), BACKSLASH_KEY: jpeg(crops[1]), "c.jpg": jpeg(crops[2]),
-             "d.jpg": jpeg(crops[3])}
+    files = {"a/b.jpg": jpeg(crops[0]), BACKSLASH_KEY: jpeg(crops[1]), "c.jpg": jpeg(crops[2]), "d.jpg": jpeg(crops[3])}
     (folder / "a").mkdir(parents=True)
     (folder / "a" / "b.jpg").write_bytes(files["a/b.jpg"])
     (folder / BACKSLASH_KEY).write_bytes(files[BACKSLASH_KEY])
@@ -93,14 +92,17 @@ def test_keys_that_sanitise_to_one_path_get_distinct_files_locally(tmp_path, loc
     assert first["copied"] == 4
     entries = [json.loads(x) for x in (tmp_path / "out" / "batch-1" / "manifest.jsonl").read_text().splitlines()]
     _check_manifest(entries, files, lambda uri: Path(uri).read_bytes())
-    exported = sorted(p.relative_to(tmp_path / "out" / "batch-1" / "images").as_posix()
-                      for p in (tmp_path / "out" / "batch-1" / "images").rglob("*") if p.is_file())
+    exported = sorted(
+        p.relative_to(tmp_path / "out" / "batch-1" / "images").as_posix()
+        for p in (tmp_path / "out" / "batch-1" / "images").rglob("*")
+        if p.is_file()
+    )
     assert len(exported) == 4 and not [p for p in exported if "\\" in p or p.endswith(".part")]
     again = export_selection(catalog, "batch-1", target)
     assert again["copied"] == 0 and again["already_there"] == 4
-    assert [json.loads(x)["exported_uri"] for x in
-            (tmp_path / "out" / "batch-1" / "manifest.jsonl").read_text().splitlines()] == \
-        [e["exported_uri"] for e in entries]
+    assert [
+        json.loads(x)["exported_uri"] for x in (tmp_path / "out" / "batch-1" / "manifest.jsonl").read_text().splitlines()
+    ] == [e["exported_uri"] for e in entries]
 
 
 def test_keys_that_sanitise_to_one_path_get_distinct_objects_in_s3(s3, s3_collision):
@@ -112,7 +114,7 @@ def test_keys_that_sanitise_to_one_path_get_distinct_objects_in_s3(s3, s3_collis
     assert first["copied"] == 4
 
     def read(uri: str) -> bytes:
-        bucket, key = uri[len("s3://"):].split("/", 1)
+        bucket, key = uri[len("s3://") :].split("/", 1)
         return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
     entries = [json.loads(x) for x in read(f"s3://{out_bucket}/exports/batch-1/manifest.jsonl").decode().splitlines()]
@@ -144,6 +146,7 @@ def test_export_paths_are_unique_and_do_not_depend_on_row_order_or_unrelated_row
 
 # ---- item 8: a destination inside a drop or a watched root ----------------------------------------
 
+
 def _files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
 
@@ -152,8 +155,14 @@ def test_an_export_into_a_registered_drop_is_refused_before_anything_is_written(
     catalog, folder, _ = local_collision
     before = _files(tmp_path / "drops")
     (tmp_path / "link").symlink_to(folder, target_is_directory=True)
-    for destination in (folder, f"{folder}/", folder / "exports", tmp_path / "link", tmp_path / "link" / "out",
-                        f"file://{folder}/sub"):
+    for destination in (
+        folder,
+        f"{folder}/",
+        folder / "exports",
+        tmp_path / "link",
+        tmp_path / "link" / "out",
+        f"file://{folder}/sub",
+    ):
         with pytest.raises(ValueError) as err:
             export_selection(catalog, "batch-1", LocalExportTarget(str(destination)))
         message = str(err.value)
@@ -171,12 +180,13 @@ def test_an_export_into_a_watched_root_is_refused(tmp_path, local_collision):
     catalog, _, _ = local_collision
     watched = tmp_path / "drops"
     with pytest.raises(ValueError, match=r"inside the watched root .*CURATION_EXPORT_ROOT") as err:
-        export_selection(catalog, "batch-1", LocalExportTarget(str(watched / "exports")),
-                         protected_roots=[f"{watched}/"])
+        export_selection(catalog, "batch-1", LocalExportTarget(str(watched / "exports")), protected_roots=[f"{watched}/"])
     assert str(watched / "exports" / "batch-1") in str(err.value)
     assert not (watched / "exports").exists()
-    assert export_selection(catalog, "batch-1", LocalExportTarget(str(tmp_path / "out")),
-                            protected_roots=[str(watched)])["images"] == 4
+    assert (
+        export_selection(catalog, "batch-1", LocalExportTarget(str(tmp_path / "out")), protected_roots=[str(watched)])["images"]
+        == 4
+    )
 
 
 def test_an_s3_export_into_a_drop_prefix_is_refused_on_segment_boundaries(s3, s3_collision):
@@ -188,8 +198,9 @@ def test_an_s3_export_into_a_drop_prefix_is_refused_on_segment_boundaries(s3, s3
             export_selection(catalog, "batch-1", S3ExportTarget(destination, s3))
     assert sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]) == keys_before
     with pytest.raises(ValueError, match="watched root"):
-        export_selection(catalog, "batch-1", S3ExportTarget(f"s3://{bucket}/drops/d10/", s3),
-                         protected_roots=[f"s3://{bucket}/drops"])
+        export_selection(
+            catalog, "batch-1", S3ExportTarget(f"s3://{bucket}/drops/d10/", s3), protected_roots=[f"s3://{bucket}/drops"]
+        )
     done = export_selection(catalog, "batch-1", S3ExportTarget(f"s3://{bucket}/drops/d10/", s3))
     assert done["images"] == 4
 
@@ -210,8 +221,9 @@ def test_location_within_compares_resolved_paths_and_s3_segments(tmp_path):
     assert not location_within("s3://b/drops/d1/", str(tmp_path))
 
 
-def test_the_curated_export_asset_refuses_a_destination_under_curation_watch(tmp_path, monkeypatch, curation_env,
-                                                                            database_url, local_collision):
+def test_the_curated_export_asset_refuses_a_destination_under_curation_watch(
+    tmp_path, monkeypatch, curation_env, database_url, local_collision
+):
     from curation_pipeline.defs.export import ExportConfig, curated_export
 
     _, folder, _ = local_collision
@@ -219,16 +231,19 @@ def test_the_curated_export_asset_refuses_a_destination_under_curation_watch(tmp
     watched.mkdir()
     monkeypatch.setenv("CURATION_WATCH", f"s3://somewhere/drops/, {watched}")
     monkeypatch.delenv("CURATION_DROP_ROOT", raising=False)
-    resources = {"database": DatabaseResource(url=database_url),
-                 "image_store": ImageStoreResource(s3=CurationS3Resource())}
+    resources = {"database": DatabaseResource(url=database_url), "image_store": ImageStoreResource(s3=CurationS3Resource())}
     for destination, what in ((str(watched / "exports"), "watched root"), (str(folder / "out"), "drop 'd1'")):
         with pytest.raises(ValueError, match=what):
-            curated_export(dg.build_asset_context(partition_key="batch-1"),
-                           config=ExportConfig(destination=destination), **resources)
+            curated_export(
+                dg.build_asset_context(partition_key="batch-1"), config=ExportConfig(destination=destination), **resources
+            )
     assert not (watched / "exports").exists() and not (folder / "out").exists()
     # unset, the watched roots default to the drop root
     monkeypatch.delenv("CURATION_WATCH")
     monkeypatch.setenv("CURATION_DROP_ROOT", str(watched))
     with pytest.raises(ValueError, match="watched root"):
-        curated_export(dg.build_asset_context(partition_key="batch-1"),
-                       config=ExportConfig(destination=str(watched / "exports")), **resources)
+        curated_export(
+            dg.build_asset_context(partition_key="batch-1"),
+            config=ExportConfig(destination=str(watched / "exports")),
+            **resources,
+        )

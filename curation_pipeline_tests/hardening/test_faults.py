@@ -55,11 +55,11 @@ def _counts(catalog: Catalog, drop: str, model: str) -> dict:
     with catalog.connection() as conn:
         return {
             "rows": conn.execute("SELECT count(*) FROM embeddings WHERE drop_key = %s", (drop,)).fetchone()[0],
-            "distinct": conn.execute("SELECT count(DISTINCT image_id) FROM embeddings WHERE drop_key = %s",
-                                     (drop,)).fetchone()[0],
+            "distinct": conn.execute("SELECT count(DISTINCT image_id) FROM embeddings WHERE drop_key = %s", (drop,)).fetchone()[
+                0
+            ],
             "cached": conn.execute("SELECT count(*) FROM embedding_cache WHERE model = %s", (model,)).fetchone()[0],
-            "images": conn.execute("SELECT count(*) FROM images WHERE drop_key = %s AND status = 'ok'",
-                                   (drop,)).fetchone()[0],
+            "images": conn.execute("SELECT count(*) FROM images WHERE drop_key = %s AND status = 'ok'", (drop,)).fetchone()[0],
         }
 
 
@@ -154,12 +154,11 @@ def test_two_runs_of_the_same_partition_at_once_leave_one_copy(tmp_path, databas
         t.join()
     assert errors == []
     with catalog.connection() as conn:
-        images = conn.execute("SELECT count(*), count(DISTINCT object_key) FROM images WHERE drop_key = 'twice'"
-                              ).fetchone()
-        emb = conn.execute("SELECT count(*), count(DISTINCT image_id) FROM embeddings WHERE drop_key = 'twice'"
-                           ).fetchone()
-        members = conn.execute("SELECT count(*), count(DISTINCT image_id) FROM dedup_members WHERE drop_key = 'twice'"
-                               ).fetchone()
+        images = conn.execute("SELECT count(*), count(DISTINCT object_key) FROM images WHERE drop_key = 'twice'").fetchone()
+        emb = conn.execute("SELECT count(*), count(DISTINCT image_id) FROM embeddings WHERE drop_key = 'twice'").fetchone()
+        members = conn.execute(
+            "SELECT count(*), count(DISTINCT image_id) FROM dedup_members WHERE drop_key = 'twice'"
+        ).fetchone()
     assert images[0] == images[1] and emb[0] == emb[1] and members[0] == members[1] == emb[0]
 
 
@@ -216,8 +215,11 @@ def test_s3_throttling_is_retried_until_it_passes(tmp_path, s3, database_url):
     client = s3.client()
     for path in sorted(folder.iterdir()):
         client.put_object(Bucket=bucket, Key=f"d/{path.name}", Body=path.read_bytes())
-    handler = type("Throttle", (_Throttling,), {"upstream": s3.endpoint_url, "fail": set(range(1, 60, 2)),
-                                                "seen": 0, "served_503": 0, "lock": threading.Lock()})
+    handler = type(
+        "Throttle",
+        (_Throttling,),
+        {"upstream": s3.endpoint_url, "fail": set(range(1, 60, 2)), "seen": 0, "served_503": 0, "lock": threading.Lock()},
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -231,9 +233,10 @@ def test_s3_throttling_is_retried_until_it_passes(tmp_path, s3, database_url):
         # with retries off, the same throttling is a clear failure, not a silent gap
         handler.seen, handler.fail = 0, set(range(1, 1000))
         with pytest.raises(Exception, match="SlowDown|503|reduce your request rate"):
-            list(S3ImageStore(S3Settings(endpoint_url=proxy, region_name="us-east-1", max_attempts=1))
-                 .list_objects(f"s3://{bucket}/d/"))
+            list(
+                S3ImageStore(S3Settings(endpoint_url=proxy, region_name="us-east-1", max_attempts=1)).list_objects(
+                    f"s3://{bucket}/d/"
+                )
+            )
     finally:
         server.shutdown()
-
-

@@ -74,8 +74,9 @@ def _manifest(database_url: str, folder, drop: str = "d", store=None) -> tuple[d
 
     catalog = Catalog(database_url)
     catalog.register_drop(drop, str(folder))
-    stats = _run_with_timeout(lambda: build_manifest(catalog, store or LocalImageStore(), str(folder), drop),
-                              Path(os.fsdecode(folder)))
+    stats = _run_with_timeout(
+        lambda: build_manifest(catalog, store or LocalImageStore(), str(folder), drop), Path(os.fsdecode(folder))
+    )
     with catalog.connection() as conn:
         rows = conn.execute("SELECT object_key, status, error FROM images WHERE drop_key = %s", (drop,)).fetchall()
     for _, status, error in rows:
@@ -84,6 +85,7 @@ def _manifest(database_url: str, folder, drop: str = "d", store=None) -> tuple[d
 
 
 # ---- names that are not UTF-8 -------------------------------------------------------------------
+
 
 def test_image_id_for_never_raises_and_keeps_existing_ids():
     import hashlib
@@ -116,6 +118,7 @@ def test_a_non_utf8_file_name_gets_a_row_and_reads_back(tmp_path, database_url):
 
 # ---- symlinks -----------------------------------------------------------------------------------
 
+
 def test_symlink_loops_get_an_unreadable_row_and_the_rest_is_ingested(tmp_path, database_url):
     (tmp_path / "good.jpg").write_bytes(_jpeg())
     os.symlink("loop.jpg", tmp_path / "loop.jpg")  # ln -s loop loop
@@ -139,6 +142,7 @@ def test_a_dangling_symlink_gets_an_unreadable_row(tmp_path, database_url):
 
 
 # ---- special files ------------------------------------------------------------------------------
+
 
 def test_a_fifo_and_a_socket_get_unsupported_rows_and_are_never_opened(tmp_path, database_url, monkeypatch):
     (tmp_path / "good.jpg").write_bytes(_jpeg())
@@ -194,6 +198,7 @@ def test_reads_refuse_a_file_replaced_by_a_fifo_after_listing(tmp_path, database
 
 # ---- huge objects: memory stays bounded ---------------------------------------------------------
 
+
 def _peak_rss_run(script: str, **env) -> dict:
     """Run `script` in a fresh interpreter; it prints one JSON line. Adds the child's peak RSS (MB)."""
     # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across execve, so a child forked
@@ -204,8 +209,7 @@ def _peak_rss_run(script: str, **env) -> dict:
         OUT["peak_mb"] = int(_hwm.split()[1]) / 1024
         print(json.dumps(OUT))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env})
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -230,8 +234,12 @@ def _png_header(width: int, height: int) -> bytes:
 
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+    )
 
 
 def test_huge_objects_are_classified_from_their_header_without_being_read(tmp_path, database_url):
@@ -266,23 +274,26 @@ def test_one_110_megapixel_png_decodes_in_bounded_memory(tmp_path):
     img.putpalette([i % 256 for i in range(768)])
     rng = np.random.default_rng(0)
     for k in range(8):
-        img.paste(Image.fromarray(rng.integers(0, 255, (256, 256), dtype=np.uint8), "L").convert("P"),
-                  (k * 1200, k * 1100))
+        img.paste(Image.fromarray(rng.integers(0, 255, (256, 256), dtype=np.uint8), "L").convert("P"), (k * 1200, k * 1100))
     path = tmp_path / "big.png"
     img.save(path, transparency=3, compress_level=1)
     del img
-    out = _peak_rss_run("""
+    out = _peak_rss_run(
+        """
         import json
         from curation_pipeline.core.manifest import inspect_object
         r = inspect_object("big.png", open(%r, "rb").read())
         OUT = {"status": r.status, "size": [r.width, r.height], "brightness": r.brightness}
-    """ % str(path))
+    """
+        % str(path)
+    )
     assert out["status"] == "ok" and out["size"] == [11_000, 10_000]
     assert out["brightness"] > 0.9  # transparent background composited on white
     assert out["peak_mb"] < 500, out["peak_mb"]  # the stored image alone is 110 MB
 
 
 # ---- retrieval queries --------------------------------------------------------------------------
+
 
 @pytest.fixture
 def ingested_drop(tmp_path, database_url):
@@ -310,8 +321,9 @@ def test_a_corrupt_file_in_a_query_folder_is_skipped_with_a_warning(ingested_dro
     (queries / "notes.png").write_text("not an image")
     os.mkfifo(queries / "pipe.jpg")
     with caplog.at_level(logging.WARNING):
-        out = _run_with_timeout(lambda: retrieve_similar(catalog, OfflineEmbedder(), "qf",
-                                                         RetrievalSpec(query_paths=(str(queries),), k=3)), queries)
+        out = _run_with_timeout(
+            lambda: retrieve_similar(catalog, OfflineEmbedder(), "qf", RetrievalSpec(query_paths=(str(queries),), k=3)), queries
+        )
     assert out["results"] == 3
     top = catalog.retrieval_items("qf")[0]
     assert top["object_key"] == "img_06.jpg" and top["similarity"] > 0.99
@@ -333,8 +345,9 @@ def test_a_fifo_given_as_a_query_file_is_refused_without_blocking(ingested_drop,
     assert out["results"] == 2 and catalog.retrieval_items("qp")[0]["object_key"] == "img_05.jpg"
     assert "query.jpg" in caplog.text and "not a regular file (named pipe)" in caplog.text
     with pytest.raises(ValueError, match="no usable query image") as err:
-        _run_with_timeout(lambda: retrieve_similar(catalog, OfflineEmbedder(), "qn",
-                                                   RetrievalSpec(query_paths=(str(fifo),), k=2)), tmp_path)
+        _run_with_timeout(
+            lambda: retrieve_similar(catalog, OfflineEmbedder(), "qn", RetrievalSpec(query_paths=(str(fifo),), k=2)), tmp_path
+        )
     assert "not a regular file" in str(err.value)
 
 
@@ -350,6 +363,9 @@ def test_a_fifo_as_a_query_similarity_image_is_refused_without_blocking(tmp_path
     fifo = tmp_path / "q.jpg"
     os.mkfifo(fifo)
     with pytest.raises(SystemExit) as err:
-        _run_with_timeout(lambda: main(["select", "--budget", "2", "--name", "qs", "--strategy",
-                                        f"query_similarity,queries={fifo}"]), tmp_path, seconds=120)
+        _run_with_timeout(
+            lambda: main(["select", "--budget", "2", "--name", "qs", "--strategy", f"query_similarity,queries={fifo}"]),
+            tmp_path,
+            seconds=120,
+        )
     assert "cannot read query image" in str(err.value.code) and "not a regular file" in str(err.value.code)

@@ -24,8 +24,7 @@ def test_names_with_line_breaks_are_refused(name):
         validate_name(name, "selection name")
 
 
-def test_selection_values_that_slipped_through_are_refused_before_any_work(tmp_path, curation_env, database_url,
-                                                                          capsys):
+def test_selection_values_that_slipped_through_are_refused_before_any_work(tmp_path, curation_env, database_url, capsys):
     folder = tmp_path / "d"
     make_small_drop(folder)
     assert main(["ingest", str(folder), "--drop", "d"]) == 0
@@ -34,16 +33,15 @@ def test_selection_values_that_slipped_through_are_refused_before_any_work(tmp_p
     assert "budget must be at least 1, got 0" in _refused(capsys, "select", "--budget", "0", "--name", "zero")
     message = _refused(capsys, "select", "--budget", "3", "--strategy", "diversity:nan", "--name", "nan")
     assert "weight must be a finite number" in message and "nan" in message
-    assert "weight must be a finite number" in _refused(capsys, "select", "--budget", "3", "--strategy",
-                                                         "typicality:inf", "--name", "inf")
-    assert "seed must be an integer from 0" in _refused(capsys, "select", "--budget", "3", "--seed", "-1",
-                                                        "--name", "neg")
+    assert "weight must be a finite number" in _refused(
+        capsys, "select", "--budget", "3", "--strategy", "typicality:inf", "--name", "inf"
+    )
+    assert "seed must be an integer from 0" in _refused(capsys, "select", "--budget", "3", "--seed", "-1", "--name", "neg")
     message = _refused(capsys, "select", "--budget", "3", "--where", "nosuchcol>0.2", "--name", "col")
     assert "unknown column 'nosuchcol'" in message and "brightness" in message
     message = _refused(capsys, "select", "--budget", "3", "--strategy", "balance,column=nosuchcol", "--name", "bal")
     assert "unknown column 'nosuchcol'" in message
-    message = _refused(capsys, "retrieve", "--query", str(folder / "img_01.jpg"), "--where", "nosuchcol=1",
-                       "--name", "rcol")
+    message = _refused(capsys, "retrieve", "--query", str(folder / "img_01.jpg"), "--where", "nosuchcol=1", "--name", "rcol")
     assert "unknown column 'nosuchcol'" in message
     message = _refused(capsys, "select", "--budget", "3", "--drop", "nosuchdrop", "--name", "drop")
     assert "unknown drop 'nosuchdrop'" in message

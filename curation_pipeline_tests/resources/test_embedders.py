@@ -34,8 +34,9 @@ def test_open_clip_loads_local_checkpoint_and_embeds_images_and_text(tiny_open_c
 
 def test_open_clip_through_the_dagster_resource(tiny_open_clip):
     config, ckpt, _ = tiny_open_clip
-    res = EmbedderResource(backend="open_clip", model_name="tiny-test-clip", pretrained=str(ckpt),
-                           model_config_path=str(config), device="cpu")
+    res = EmbedderResource(
+        backend="open_clip", model_name="tiny-test-clip", pretrained=str(ckpt), model_config_path=str(config), device="cpu"
+    )
     model = res.load()
     assert model.backend == "open_clip" and model.embed_images(photo_crops(1)).shape == (1, 16)
 
@@ -47,11 +48,13 @@ def tiny_dinov2(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny_dinov2")
     torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                          image_size=32, patch_size=8)
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
     Dinov2Model(config).save_pretrained(folder)
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True
-                      ).save_pretrained(folder)
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True).save_pretrained(
+        folder
+    )
     return folder
 
 

@@ -38,7 +38,6 @@ def test_missing_location_and_unknown_scheme_fail_clearly(tmp_path):
         store_for("gs://bucket/drop")
 
 
-
 def test_s3_store_lists_every_page_and_reads_odd_keys(s3):
     from curation_pipeline.resources.image_store import S3ImageStore
     from curation_pipeline_tests.conftest import new_bucket
@@ -57,7 +56,7 @@ def test_s3_store_lists_every_page_and_reads_odd_keys(s3):
     keys = [o.key for o in objs]
     assert len(keys) == 1008 and "not-mine.jpg" not in " ".join(keys) and ".hidden.jpg" not in keys
     for key in odd:
-        rel = key[len("drop/"):]
+        rel = key[len("drop/") :]
         assert rel in keys
         assert store.read_bytes(f"s3://{bucket}/drop/", rel) == key.encode()
         assert store.read_uri(store.object_uri(f"s3://{bucket}/drop", rel)) == key.encode()

@@ -9,8 +9,7 @@ from curation_pipeline.resources.pgvector_io import PgVectorIOManager
 def _seed(catalog: Catalog, drop: str, ids: list[int]):
     from curation_pipeline.core.manifest import ManifestRecord
 
-    rows = [(i, f"/x/{i}.jpg", ManifestRecord(object_key=f"{i}.jpg", bytes=1, sha256=f"h{i}", status="ok"), None)
-            for i in ids]
+    rows = [(i, f"/x/{i}.jpg", ManifestRecord(object_key=f"{i}.jpg", bytes=1, sha256=f"h{i}", status="ok"), None) for i in ids]
     catalog.replace_manifest(drop, rows)
 
 
@@ -32,15 +31,21 @@ def test_round_trip_and_replace_per_partition(database_url):
 
     first = _emb([1, 2, 3], "d1", 0)
     io.handle_output(dg.build_output_context(asset_key=key, partition_key="d1", asset_partitions_def=pdef), first)
-    io.handle_output(dg.build_output_context(asset_key=key, partition_key="d2", asset_partitions_def=pdef),
-                     _emb([4, 5], "d2", 1))
+    io.handle_output(
+        dg.build_output_context(asset_key=key, partition_key="d2", asset_partitions_def=pdef), _emb([4, 5], "d2", 1)
+    )
     # re-running d1 with new vectors replaces its rows and leaves d2 alone
     second = _emb([1, 2, 3], "d1", 2)
     io.handle_output(dg.build_output_context(asset_key=key, partition_key="d1", asset_partitions_def=pdef), second)
 
-    loaded = io.load_input(dg.build_input_context(
-        asset_key=key, partition_key="d1", asset_partitions_def=pdef,
-        upstream_output=dg.build_output_context(asset_key=key, partition_key="d1", asset_partitions_def=pdef)))
+    loaded = io.load_input(
+        dg.build_input_context(
+            asset_key=key,
+            partition_key="d1",
+            asset_partitions_def=pdef,
+            upstream_output=dg.build_output_context(asset_key=key, partition_key="d1", asset_partitions_def=pdef),
+        )
+    )
     assert loaded.image_ids.tolist() == [1, 2, 3]
     assert np.allclose(loaded.vectors, second.vectors, atol=1e-6)
     with catalog.connection() as conn:
@@ -124,8 +129,9 @@ def test_fresh_statistics_keep_top_k_lookups_on_the_hnsw_index(database_url):
 
     def plan() -> str:
         with catalog.connection() as conn:
-            return " ".join(r[0] for r in conn.execute(b"EXPLAIN " + stmt.as_bytes(conn),
-                                                        (q, ["d1"], ["d1"], q, 17)).fetchall())
+            return " ".join(
+                r[0] for r in conn.execute(b"EXPLAIN " + stmt.as_bytes(conn), (q, ["d1"], ["d1"], q, 17)).fetchall()
+            )
 
     assert catalog.refresh_statistics("embeddings") is True
     assert hnsw_index_name("test:model") in plan()

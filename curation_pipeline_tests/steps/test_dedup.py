@@ -49,8 +49,7 @@ def _two_drops(tmp_path, first="one", second="two", catalog=None):
 
 
 def _pairs(catalog):
-    return {(g["representative"]["object_key"], m["object_key"]) for g in catalog.duplicate_groups()
-            for m in g["members"]}
+    return {(g["representative"]["object_key"], m["object_key"]) for g in catalog.duplicate_groups() for m in g["members"]}
 
 
 def _violations(catalog, key, model="offline:colour-layout-v2"):
@@ -87,14 +86,19 @@ def test_reingesting_an_earlier_drop_repairs_later_members(tmp_path, database_ur
     v = _violations(catalog, "two")
     assert v["orphaned_members"] == 0
     with catalog.connection() as conn:
-        row = conn.execute("SELECT is_representative FROM dedup_members m JOIN images i USING (image_id)"
-                           " WHERE i.object_key = 'again_05.jpg'").fetchone()
+        row = conn.execute(
+            "SELECT is_representative FROM dedup_members m JOIN images i USING (image_id) WHERE i.object_key = 'again_05.jpg'"
+        ).fetchone()
     assert row == (True,)  # promoted, not lost: it is selectable again
     assert all(g["representative"]["object_key"] for g in catalog.duplicate_groups())  # no KeyError
     # re-running drop two's dedup is consistent again
     dedup_drop(catalog, "two", catalog.load_embeddings(["two"], "offline:colour-layout-v2"), TH)
-    assert _violations(catalog, "two") == {"unassigned": 0, "orphaned_members": 0, "below_threshold": 0,
-                                           "malformed_representatives": 0}
+    assert _violations(catalog, "two") == {
+        "unassigned": 0,
+        "orphaned_members": 0,
+        "below_threshold": 0,
+        "malformed_representatives": 0,
+    }
 
 
 def test_rededuplicating_an_earlier_drop_keeps_its_representatives(tmp_path, database_url):
@@ -126,10 +130,14 @@ def test_the_dedup_check_recomputes_similarities(tmp_path, database_url):
     _ingest(catalog, tmp_path / "one", "one")
     assert _violations(catalog, "one")["below_threshold"] == 0
     with catalog.connection() as conn:  # corrupt one recorded link: claim two unrelated images are duplicates
-        a, b = conn.execute("SELECT image_id FROM images WHERE object_key IN ('img_04.jpg', 'img_05.jpg')"
-                            " ORDER BY object_key").fetchall()
-        conn.execute("UPDATE dedup_members SET representative_id = %s, is_representative = false,"
-                     " tier = 'semantic', similarity = 0.99 WHERE image_id = %s", (b[0], a[0]))
+        a, b = conn.execute(
+            "SELECT image_id FROM images WHERE object_key IN ('img_04.jpg', 'img_05.jpg') ORDER BY object_key"
+        ).fetchall()
+        conn.execute(
+            "UPDATE dedup_members SET representative_id = %s, is_representative = false,"
+            " tier = 'semantic', similarity = 0.99 WHERE image_id = %s",
+            (b[0], a[0]),
+        )
     assert _violations(catalog, "one")["below_threshold"] == 1
 
 

@@ -25,8 +25,10 @@ def _save(img, fmt, **kw):
 
 def _png_header_only(width, height):
     """A PNG whose header claims width x height (a decompression bomb shape) with almost no data."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
@@ -104,8 +106,7 @@ def test_mixed_bad_inputs_give_a_vector_or_a_readable_error(tmp_path, database_u
     files = {
         "cmyk.jpg": _save(base.convert("CMYK"), "JPEG"),
         "grey16.png": _save(Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257)), "PNG"),
-        "palette_transparent.png": _save(palette_alpha.convert("P", palette=Image.Palette.ADAPTIVE), "PNG",
-                                         transparency=0),
+        "palette_transparent.png": _save(palette_alpha.convert("P", palette=Image.Palette.ADAPTIVE), "PNG", transparency=0),
         "rotated.jpg": _save(base, "JPEG", exif=exif),
         "grey.jpg": _save(base.convert("L"), "JPEG"),
         "animated.gif": buf.getvalue(),
@@ -125,8 +126,9 @@ def test_mixed_bad_inputs_give_a_vector_or_a_readable_error(tmp_path, database_u
 
     with catalog.connection() as conn:
         status = dict(conn.execute("SELECT object_key, status || ': ' || coalesce(error, '') FROM images").fetchall())
-        embedded = {r[0] for r in conn.execute(
-            "SELECT i.object_key FROM embeddings e JOIN images i USING (image_id)").fetchall()}
+        embedded = {
+            r[0] for r in conn.execute("SELECT i.object_key FROM embeddings e JOIN images i USING (image_id)").fetchall()
+        }
     assert status["bomb.png"].startswith("too_large") and "exceeds" in status["bomb.png"]
     assert embedded == set(files) - {"bomb.png", "will_change.jpg"}
     failures = dict(catalog.embedding_failures("mixed", stats["model"]))
@@ -144,6 +146,7 @@ def test_rotated_photo_embeds_like_its_upright_twin(tmp_path, database_url):
     rec = inspect_object("r.jpg", _save(stored, "JPEG", exif=exif, quality=95))
     assert (rec.width, rec.height) == base.size
     from curation_pipeline.core.decode import decode_image
+
     v_rot = OfflineEmbedder().embed_images([decode_image(_save(stored, "JPEG", exif=exif, quality=95)).image])[0]
     assert float(v_upright @ v_rot) > 0.97
 
@@ -175,9 +178,11 @@ def test_halfvec_storage_halves_the_vector_and_still_retrieves(tmp_path, databas
     with catalog.connection() as conn:
         half_bytes, n_half = conn.execute(
             "SELECT avg(pg_column_size(embedding_half)), count(*) FROM embeddings WHERE model = %s AND embedding IS NULL",
-            (stats["model"],)).fetchone()
-        full_bytes = conn.execute("SELECT avg(pg_column_size(embedding)) FROM embeddings WHERE model = %s",
-                                  (full["model"],)).fetchone()[0]
+            (stats["model"],),
+        ).fetchone()
+        full_bytes = conn.execute(
+            "SELECT avg(pg_column_size(embedding)) FROM embeddings WHERE model = %s", (full["model"],)
+        ).fetchone()[0]
     assert n_half == stats["valid_images"] and float(half_bytes) < 0.55 * float(full_bytes)
     half = catalog.load_embeddings(["d"], stats["model"])
     ref = catalog.load_embeddings(["d"], full["model"])
@@ -209,8 +214,9 @@ def test_process_and_thread_loaders_give_identical_vectors(tmp_path, database_ur
             with catalog.connection() as conn:  # cold cache for each loader kind
                 conn.execute("DELETE FROM embeddings")
                 conn.execute("DELETE FROM embedding_cache")
-            stats = _ingest(catalog, tmp_path / "d", "d", embedder,
-                            EmbedOptions(batch_size=4, workers=2, loader=kind, loader_chunk=3))
+            stats = _ingest(
+                catalog, tmp_path / "d", "d", embedder, EmbedOptions(batch_size=4, workers=2, loader=kind, loader_chunk=3)
+            )
             assert stats["loader"] == kind and stats["computed"] > 0
             results[kind] = catalog.load_embeddings(["d"], stats["model"])
         assert results["threads"].image_ids.tolist() == results["processes"].image_ids.tolist()

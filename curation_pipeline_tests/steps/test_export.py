@@ -37,8 +37,7 @@ def s3_selection(tmp_path, s3, database_url):
     make_small_drop(folder)
     upload_folder(s3, folder, bucket, "drops/d1/")
     client = s3.client()
-    client.put_object(Bucket=bucket, Key="drops/d1/../../escape me ü.jpg",
-                      Body=(folder / "img_06.jpg").read_bytes())
+    client.put_object(Bucket=bucket, Key="drops/d1/../../escape me ü.jpg", Body=(folder / "img_06.jpg").read_bytes())
     catalog = Catalog(database_url)
     model = _ingest_from_s3(catalog, s3, f"s3://{bucket}/drops/d1/", "d1")
     select_subset(catalog, "batch-1", SelectionSpec(budget=6), model=model)
@@ -57,13 +56,16 @@ def test_export_to_s3_copies_server_side_writes_manifests_and_is_idempotent(s3, 
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=out_bucket)["Contents"]]
     assert all(k.startswith("exports/batch-1/") for k in keys)  # nothing escaped the prefix
     assert "exports/batch-1/_SUCCESS" in keys
-    lines = [json.loads(x) for x in client.get_object(Bucket=out_bucket, Key="exports/batch-1/manifest.jsonl")[
-        "Body"].read().decode().splitlines()]
+    lines = [
+        json.loads(x)
+        for x in client.get_object(Bucket=out_bucket, Key="exports/batch-1/manifest.jsonl")["Body"].read().decode().splitlines()
+    ]
     assert [e["rank"] for e in lines] == list(range(1, 7))
     selected = {it["source_uri"] for it in catalog.selection_items("batch-1")}
     assert {e["uri"] for e in lines} == selected
-    table = pq.read_table(io.BytesIO(client.get_object(Bucket=out_bucket, Key="exports/batch-1/manifest.parquet")[
-        "Body"].read()))
+    table = pq.read_table(
+        io.BytesIO(client.get_object(Bucket=out_bucket, Key="exports/batch-1/manifest.parquet")["Body"].read())
+    )
     assert table.column("uri").to_pylist() == [e["uri"] for e in lines] and table.num_rows == 6
     for e in lines:  # the copy is the source's bytes, and the presigned URL serves them over HTTP
         src_bucket, src_key = e["uri"][5:].split("/", 1)
@@ -81,10 +83,12 @@ def test_export_to_s3_copies_server_side_writes_manifests_and_is_idempotent(s3, 
 def test_a_key_with_dot_dot_cannot_escape_the_export_prefix(tmp_path, s3, s3_selection):
     catalog, _ = s3_selection
     with catalog.connection() as conn:  # make sure the escaping key is among the exported images
-        conn.execute("UPDATE selection_items SET image_id = (SELECT image_id FROM images WHERE object_key ="
-                     " '../../escape me ü.jpg') WHERE name = 'batch-1' AND rank = 6"
-                     " AND NOT EXISTS (SELECT 1 FROM selection_items s JOIN images i USING (image_id)"
-                     " WHERE s.name = 'batch-1' AND i.object_key LIKE '../%%')")
+        conn.execute(
+            "UPDATE selection_items SET image_id = (SELECT image_id FROM images WHERE object_key ="
+            " '../../escape me ü.jpg') WHERE name = 'batch-1' AND rank = 6"
+            " AND NOT EXISTS (SELECT 1 FROM selection_items s JOIN images i USING (image_id)"
+            " WHERE s.name = 'batch-1' AND i.object_key LIKE '../%%')"
+        )
     target = LocalExportTarget(str(tmp_path / "out"))
     export_selection(catalog, "batch-1", target)
     files = [p for p in (tmp_path).rglob("*") if p.is_file() and "escape me" in p.name]
@@ -98,8 +102,17 @@ def test_an_unwritable_target_fails_clearly_and_presents_no_complete_export(s3, 
     catalog, _ = s3_selection
     client = s3.client()
     out_bucket = new_bucket(s3, "locked")
-    client.put_bucket_policy(Bucket=out_bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{out_bucket}/*"}]}))
+    client.put_bucket_policy(
+        Bucket=out_bucket,
+        Policy=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{out_bucket}/*"}
+                ],
+            }
+        ),
+    )
     with pytest.raises(Exception, match="Forbidden|AccessDenied"):
         export_selection(catalog, "batch-1", S3ExportTarget(f"s3://{out_bucket}/x/", s3))
     listed = client.list_objects_v2(Bucket=out_bucket).get("Contents", [])

@@ -30,17 +30,33 @@ def _seed_corpus(catalog: Catalog, n_per_blob=20, blobs=5, seed=0):
                 vectors.append(v / np.linalg.norm(v))
                 ids.append(i)
                 drops.append(drop)
-                rows.append((i, f"/x/{drop}/{b}_{j}.jpg", ManifestRecord(
-                    object_key=f"{b}_{j}.jpg", bytes=1, sha256=f"h{i}", status="ok", width=640, height=480,
-                    camera_model="A" if i % 2 else "B", brightness=0.05 if j == 3 else 0.5, blur_variance=500.0,
-                    contrast=0.2, aspect_ratio=4 / 3, exif_datetime=datetime(2026, 5, 1, 3 if b == 0 else 14)), None))
+                rows.append(
+                    (
+                        i,
+                        f"/x/{drop}/{b}_{j}.jpg",
+                        ManifestRecord(
+                            object_key=f"{b}_{j}.jpg",
+                            bytes=1,
+                            sha256=f"h{i}",
+                            status="ok",
+                            width=640,
+                            height=480,
+                            camera_model="A" if i % 2 else "B",
+                            brightness=0.05 if j == 3 else 0.5,
+                            blur_variance=500.0,
+                            contrast=0.2,
+                            aspect_ratio=4 / 3,
+                            exif_datetime=datetime(2026, 5, 1, 3 if b == 0 else 14),
+                        ),
+                        None,
+                    )
+                )
         catalog.replace_manifest(drop, rows)
     v = np.asarray(vectors, dtype=np.float32)
     ids = np.asarray(ids)
     for drop in ("d1", "d2"):
         m = np.asarray(drops) == drop
-        catalog.replace_embeddings(drop, EmbeddingSet(MODEL, ids[m], [f"h{i}" for i in ids[m]], v[m],
-                                                      [drop] * int(m.sum())))
+        catalog.replace_embeddings(drop, EmbeddingSet(MODEL, ids[m], [f"h{i}" for i in ids[m]], v[m], [drop] * int(m.sum())))
     return ids, v, np.repeat(np.tile(np.arange(blobs), 2), n_per_blob // 2)
 
 
@@ -64,9 +80,12 @@ def test_default_selection_covers_every_cluster_and_beats_random(database_url):
 def test_filters_balance_and_quality_flags(database_url):
     catalog = Catalog(database_url)
     _seed_corpus(catalog)
-    spec = SelectionSpec(budget=10, strategies=(StrategySpec("balance", column="camera_model", allocation="equal"),
-                                                StrategySpec("diversity")),
-                         where=("drop_key=d1",), exclude=("dark",))
+    spec = SelectionSpec(
+        budget=10,
+        strategies=(StrategySpec("balance", column="camera_model", allocation="equal"), StrategySpec("diversity")),
+        where=("drop_key=d1",),
+        exclude=("dark",),
+    )
     select_subset(catalog, "b", spec, model=MODEL)
     items = catalog.selection_items("b")
     images = catalog.images_by_id([it["image_id"] for it in items])
@@ -92,24 +111,29 @@ def test_user_scores_from_a_csv_drive_an_uncertainty_selection(database_url, tmp
         w.writerow(["/x/nowhere.jpg", 0.5, "x"])
     stats = load_annotations(catalog, path)
     assert stats["matched_images"] == 100 and stats["unmatched_rows"] == 1
-    select_subset(catalog, "u", SelectionSpec(budget=4, strategies=(StrategySpec("score", column="uncertainty"),)),
-                  model=MODEL)
+    select_subset(catalog, "u", SelectionSpec(budget=4, strategies=(StrategySpec("score", column="uncertainty"),)), model=MODEL)
     assert {it["object_key"][0] for it in catalog.selection_items("u")} == {"2"}  # the uncertain blob
     # an annotation column works as a filter and for balance, too
-    select_subset(catalog, "l", SelectionSpec(budget=5, strategies=(StrategySpec("balance", column="label"),),
-                                              where=("label in class1,class3",)), model=MODEL)
+    select_subset(
+        catalog,
+        "l",
+        SelectionSpec(budget=5, strategies=(StrategySpec("balance", column="label"),), where=("label in class1,class3",)),
+        model=MODEL,
+    )
     assert {it["group_key"] for it in catalog.selection_items("l")} == {"class1", "class3"}
     with pytest.raises(ValueError, match="no annotation named 'confidence'"):
-        select_subset(catalog, "x", SelectionSpec(budget=2, strategies=(StrategySpec("score", column="confidence"),)),
-                      model=MODEL)
+        select_subset(
+            catalog, "x", SelectionSpec(budget=2, strategies=(StrategySpec("score", column="confidence"),)), model=MODEL
+        )
 
 
 def test_query_similarity_and_outliers(database_url):
     catalog = Catalog(database_url)
     ids, v, blob = _seed_corpus(catalog)
     query = f"d1/{4}_{0}.jpg"
-    select_subset(catalog, "q", SelectionSpec(budget=5, strategies=(StrategySpec("query_similarity", queries=(query,)),)),
-                  model=MODEL)
+    select_subset(
+        catalog, "q", SelectionSpec(budget=5, strategies=(StrategySpec("query_similarity", queries=(query,)),)), model=MODEL
+    )
     assert {it["object_key"][0] for it in catalog.selection_items("q")} == {"4"}
     select_subset(catalog, "o", SelectionSpec(budget=5, strategies=(StrategySpec("outliers", k=5),)), model=MODEL)
     select_subset(catalog, "t", SelectionSpec(budget=5, strategies=(StrategySpec("typicality", k=5),)), model=MODEL)
@@ -118,17 +142,22 @@ def test_query_similarity_and_outliers(database_url):
     assert not out_ids & typ_ids
 
 
-@pytest.mark.parametrize("spec, message", [
-    (SelectionSpec(budget=0), "budget must be at least 1"),
-    (SelectionSpec(budget=500), "budget 500 is larger than the 100 candidate images"),
-    (SelectionSpec(budget=5, strategies=(StrategySpec("nearest"),)), "unknown strategy 'nearest'"),
-    (SelectionSpec(budget=5, strategies=(StrategySpec("coverage"), StrategySpec("balance", column="x"))),
-     "one of coverage / balance"),
-    (SelectionSpec(budget=5, where=("camera_model ~ A",)), "cannot read filter"),
-    (SelectionSpec(budget=5, where=("brightness>=bright",)), "brightness is numeric"),
-    (SelectionSpec(budget=5, exclude=("ugly",)), "unknown quality flag 'ugly'"),
-    (SelectionSpec(budget=5, where=("drop_key=nope",)), "no candidate images"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (SelectionSpec(budget=0), "budget must be at least 1"),
+        (SelectionSpec(budget=500), "budget 500 is larger than the 100 candidate images"),
+        (SelectionSpec(budget=5, strategies=(StrategySpec("nearest"),)), "unknown strategy 'nearest'"),
+        (
+            SelectionSpec(budget=5, strategies=(StrategySpec("coverage"), StrategySpec("balance", column="x"))),
+            "one of coverage / balance",
+        ),
+        (SelectionSpec(budget=5, where=("camera_model ~ A",)), "cannot read filter"),
+        (SelectionSpec(budget=5, where=("brightness>=bright",)), "brightness is numeric"),
+        (SelectionSpec(budget=5, exclude=("ugly",)), "unknown quality flag 'ugly'"),
+        (SelectionSpec(budget=5, where=("drop_key=nope",)), "no candidate images"),
+    ],
+)
 def test_config_errors_say_what_to_change(database_url, spec, message):
     catalog = Catalog(database_url)
     _seed_corpus(catalog)
@@ -170,8 +199,9 @@ def test_retrieval_finds_a_flipped_copy_through_the_mirrored_query(tmp_path, dat
     query = str(folder / "img_06.jpg")
     ranks = {}
     for mirrored in (False, True):
-        retrieve_similar(catalog, OfflineEmbedder(), f"q{mirrored}", RetrievalSpec(query_paths=(query,), k=3,
-                                                                                  include_mirrored=mirrored))
+        retrieve_similar(
+            catalog, OfflineEmbedder(), f"q{mirrored}", RetrievalSpec(query_paths=(query,), k=3, include_mirrored=mirrored)
+        )
         items = catalog.retrieval_items(f"q{mirrored}")
         ranks[mirrored] = {it["object_key"]: it for it in items}
     assert "flipped_06.jpg" in ranks[True] and ranks[True]["flipped_06.jpg"]["similarity"] > 0.95
