@@ -465,6 +465,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def strategy_help() -> str:
+    from curation_pipeline.steps.strategies import cli_help
+
+    return cli_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="curation", description="Image curation as Dagster assets.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -494,9 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "select",
         help="materialize a named curated subset and its report",
-        epilog="strategies: diversity, typicality, outliers, coverage, balance, query_similarity, "
-        "score, random; e.g. --strategy coverage,clusters=50 --strategy diversity:0.5 "
-        "--strategy score:2,column=uncertainty --strategy balance,column=camera_model",
+        epilog=strategy_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("--budget", type=int)
     s.add_argument("--strategy", action="append", help="name[:weight][,key=value...] (repeatable)")

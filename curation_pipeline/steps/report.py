@@ -52,16 +52,10 @@ def _quality_detail(flag: str, r: dict) -> str:
 
 
 def _describe(value) -> object:
-    """Config values for the report's table: strategies as `name:weight (options)`."""
-    if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
-        return ", ".join(
-            f"{v['name']}:{v.get('weight', 1)}"
-            + "".join(
-                f" {k}={v[k]}" for k in ("clusters", "allocation", "column", "k") if v.get(k) not in (None, 20, "proportional")
-            )
-            for v in value
-        )
-    return value
+    """Config values for the report's table: strategies as `name:weight option=value` (registry wording)."""
+    from curation_pipeline.steps.strategies import describe_strategies
+
+    return describe_strategies(value)
 
 
 def embedding_overview(

@@ -9,77 +9,33 @@ it, and is compared with a random subset of equal size drawn from the same pool.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
 from curation_pipeline.core import progress as progress_bus
-from curation_pipeline.core.selection import (
-    DIVERSITY,
-    allocate,
-    centrality,
-    greedy_select,
-    knn_similarity,
-    max_similarity,
-    rank_scores,
-    spherical_kmeans,
-    subset_quality,
-)
+from curation_pipeline.core.selection import greedy_select, spherical_kmeans, subset_quality
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.filters import Predicate, check_annotations, check_columns
 
+from .strategies import (
+    MAX_COVERAGE_CLUSTERS,
+    STRATEGIES,
+    Pool,
+    QueryEmbedder,
+    StrategySpec,
+    default_strategies,
+    score_terms,
+    validate_strategies,
+)
+
 log = logging.getLogger(__name__)
 
-SCORE_STRATEGIES = ("typicality", "outliers", "query_similarity", "score", "random")
-QUOTA_STRATEGIES = ("coverage", "balance")
-STRATEGIES = (DIVERSITY, *SCORE_STRATEGIES, *QUOTA_STRATEGIES)
-MAX_COVERAGE_CLUSTERS = 1000
-KNN_EXACT_UP_TO = 50_000  # beyond this, typicality's neighbours are searched inside coarse clusters
 DEFAULT_COMPARE_COLUMNS = ("drop_key", "camera_model", "time_of_day")
 
-QueryEmbedder = Callable[[list[str]], np.ndarray]  # file paths -> unit vectors of the pool's model
-
-
-@dataclass(frozen=True)
-class StrategySpec:
-    name: str
-    weight: float = 1.0
-    k: int = 20  # typicality / outliers: neighbours
-    clusters: int | None = None  # coverage: number of k-means clusters (default min(budget, 1000))
-    allocation: str = "proportional"  # coverage / balance: proportional | equal
-    column: str | None = None  # balance: metadata column; score: annotation name
-    queries: tuple[str, ...] = ()  # query_similarity: corpus refs or image files
-    higher_is_better: bool = True  # score: False for e.g. confidence (low = wanted)
-
-    @classmethod
-    def parse(cls, text: str) -> "StrategySpec":
-        """CLI form `name[:weight][,key=value...]`, e.g. `typicality:0.5,k=10`,
-        `coverage,clusters=50,allocation=equal`, `score:2,column=uncertainty`,
-        `query_similarity,queries=a.jpg;b.jpg`."""
-        head, *pairs = [p.strip() for p in text.split(",")]
-        name, _, weight = head.partition(":")
-        kwargs: dict[str, Any] = {"name": name.strip()}
-        if weight:
-            kwargs["weight"] = _number(weight, text)
-        for pair in pairs:
-            key, eq, value = pair.partition("=")
-            if not eq:
-                raise ValueError(f"strategy {text!r}: expected key=value, got {pair!r}")
-            key = key.strip()
-            if key in ("k", "clusters"):
-                kwargs[key] = int(_number(value, text))
-            elif key == "queries":
-                kwargs[key] = tuple(v for v in value.split(";") if v)
-            elif key == "higher_is_better":
-                kwargs[key] = value.strip().lower() in ("1", "true", "yes")
-            elif key in ("allocation", "column"):
-                kwargs[key] = value.strip()
-            else:
-                raise ValueError(f"strategy {text!r}: unknown option {key!r}")
-        return cls(**kwargs)
+__all__ = ["SelectionSpec", "StrategySpec", "select_subset", "spec_from_mapping", "QueryEmbedder"]
 
 
 @dataclass(frozen=True)
@@ -97,10 +53,8 @@ class SelectionSpec:
     strategies_given: bool = field(default=False, compare=False)
 
     def resolved_strategies(self) -> tuple[StrategySpec, ...]:
-        """The default when none are given: cluster coverage (one k-means cluster per pick up to
-        1,000, each represented by its most central images) plus diversity. On the digits
-        benchmark this beats random at every budget and covers every class from 2%."""
-        return self.strategies or (StrategySpec("coverage"), StrategySpec(DIVERSITY, weight=1.0))
+        """The strategies given, or the default (strategies.default_strategies)."""
+        return self.strategies or default_strategies()
 
     def validate(self, name: str) -> None:
         def fail(msg: str) -> None:
@@ -114,24 +68,9 @@ class SelectionSpec:
             fail(f"min_distance is a cosine distance in [0, 2], got {self.min_distance}")
         if self.candidate_pool_cap is not None and self.candidate_pool_cap < self.budget:
             fail(f"candidate_pool_cap ({self.candidate_pool_cap}) is smaller than the budget ({self.budget})")
-        quota = [s.name for s in self.resolved_strategies() if s.name in QUOTA_STRATEGIES]
-        if len(quota) > 1:
-            fail(f"use one of coverage / balance per selection, got {quota}")
-        for s in self.resolved_strategies():
-            if s.name not in STRATEGIES:
-                fail(f"unknown strategy {s.name!r}: use any of {', '.join(STRATEGIES)}")
-            if not (math.isfinite(s.weight) and s.weight >= 0):
-                fail(f"strategy {s.name!r}: weight must be a finite number >= 0, got {s.weight}")
-            if s.name in ("typicality", "outliers") and s.k < 1:
-                fail(f"strategy {s.name!r}: k must be >= 1")
-            if s.name in QUOTA_STRATEGIES and s.allocation not in ("proportional", "equal"):
-                fail(f"strategy {s.name!r}: allocation must be proportional or equal, got {s.allocation!r}")
-            if s.name == "coverage" and s.clusters is not None and s.clusters < 1:
-                fail("strategy 'coverage': clusters must be >= 1")
-            if s.name in ("balance", "score") and not s.column:
-                fail(f"strategy {s.name!r} needs a column (e.g. {s.name},column=camera_model)")
-            if s.name == "query_similarity" and not s.queries:
-                fail("strategy 'query_similarity' needs queries (corpus references or image files)")
+        problem = validate_strategies(self.resolved_strategies())
+        if problem:
+            fail(problem)
 
     def as_config(self) -> dict:
         d = asdict(self)
@@ -173,8 +112,8 @@ def select_subset(
     spec.validate(name)
     started = time.perf_counter()
     strategies = spec.resolved_strategies()
-    balance = next((s for s in strategies if s.name == "balance"), None)
-    columns = list(dict.fromkeys([*spec.compare_columns, *([balance.column] if balance else [])]))
+    strategy_columns = [c for s in strategies for c in STRATEGIES[s.name].columns(s)]
+    columns = list(dict.fromkeys([*spec.compare_columns, *strategy_columns]))
     predicates = [Predicate.parse(w) for w in spec.where]
     unknown = catalog.unknown_drops(spec.drop_keys or ())
     if unknown:
@@ -182,12 +121,11 @@ def select_subset(
             f"selection {name!r}: unknown drop {unknown[0]!r} (known drops: "
             f"{', '.join(catalog.known_drops()) or 'none'}); nothing was changed"
         )
-    check_columns(
-        [*(p.column for p in predicates), *(s.column for s in strategies if s.name == "balance")],
-        catalog.annotation_names(),
-        f"selection {name!r}",
+    annotation_names = catalog.annotation_names()
+    check_columns([*(p.column for p in predicates), *strategy_columns], annotation_names, f"selection {name!r}")
+    check_annotations(
+        [a for s in strategies for a in STRATEGIES[s.name].annotations(s)], annotation_names, f"selection {name!r}"
     )
-    check_annotations([s.column for s in strategies if s.name == "score"], catalog.annotation_names(), f"selection {name!r}")
     pool, meta = catalog.selection_pool(
         model, spec.drop_keys, predicates=predicates, exclude_flags=spec.exclude, columns=columns
     )
@@ -214,44 +152,9 @@ def select_subset(
     n = len(rows)
     budget = min(spec.budget, n)
 
-    scores: dict[str, np.ndarray] = {}
-    weights: dict[str, float] = {}
-    diversity_weight = 0.0
-    groups = quotas = None
-    group_names: list[str] | None = None
-    density = None
-    for s in strategies:
-        if s.name == DIVERSITY:
-            diversity_weight = s.weight
-        elif s.name in ("typicality", "outliers"):
-            if density is None:
-                density = _density(vectors, s.k, spec.seed)
-            scores[s.name] = rank_scores(density if s.name == "typicality" else -density)
-            weights[s.name] = s.weight
-        elif s.name == "query_similarity":
-            queries = _query_vectors(catalog, model, s.queries, query_embedder, name)
-            scores[s.name] = rank_scores(max_similarity(vectors, queries))
-            weights[s.name] = s.weight
-        elif s.name == "score":
-            values = catalog.annotation_values(s.column, image_ids)
-            scores[f"score:{s.column}"] = rank_scores(values if s.higher_is_better else -values)
-            weights[f"score:{s.column}"] = s.weight
-        elif s.name == "random":
-            scores["random"] = np.random.default_rng(spec.seed).random(n).astype(np.float32)
-            weights["random"] = s.weight
-        elif s.name == "coverage":
-            c = min(s.clusters or min(budget, MAX_COVERAGE_CLUSTERS), n)
-            groups, centres = spherical_kmeans(vectors, c, seed=spec.seed)
-            quotas = allocate(np.bincount(groups, minlength=c), budget, s.allocation)
-            group_names = [f"cluster-{g}" for g in range(c)]
-            # inside each cluster its most central images come first (the k-means medoid)
-            scores["coverage"] = rank_scores(centrality(vectors, groups, centres))
-            weights["coverage"] = s.weight
-        elif s.name == "balance":
-            values = np.asarray([str(v) if v is not None else "(none)" for v in meta[s.column]], dtype=object)
-            group_names, groups = np.unique(values, return_inverse=True)
-            group_names = list(group_names)
-            quotas = allocate(np.bincount(groups, minlength=len(group_names)), budget, s.allocation)
+    pool_view = Pool(catalog, model, name, vectors, image_ids, meta, budget, spec.seed, query_embedder)
+    scores, weights, diversity_weight, quota = score_terms(pool_view, strategies)
+    groups = quota.groups if quota else None
     logger.info(
         "selection %s: pool %d, budget %d, strategies %s",
         name,
@@ -271,7 +174,7 @@ def select_subset(
         weights=weights,
         diversity_weight=diversity_weight,
         groups=groups,
-        quotas=quotas,
+        quotas=quota.quotas if quota else None,
         min_distance=spec.min_distance,
         progress=progress,
     )
@@ -290,7 +193,7 @@ def select_subset(
         result.distance_at_pick,
         scores=result.objective,
         reasons=result.reason,
-        groups=[group_names[groups[i]] for i in picked] if groups is not None else None,
+        groups=[quota.names[groups[i]] for i in picked] if quota else None,
         comparison=comparison,
     )
     finite = result.distance_at_pick[np.isfinite(result.distance_at_pick)]
@@ -329,31 +232,3 @@ def compare_with_random(vectors: np.ndarray, picked: np.ndarray, meta: Mapping[s
         "subset": subset_quality(vectors, picked, fine_labels, metadata=meta, seed=seed),
         "random": subset_quality(vectors, random_pick, fine_labels, metadata=meta, seed=seed),
     }
-
-
-def _density(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
-    if len(vectors) <= KNN_EXACT_UP_TO:
-        return knn_similarity(vectors, k)
-    coarse, _ = spherical_kmeans(vectors, max(2, int(np.sqrt(len(vectors)) / 2)), seed=seed)
-    return knn_similarity(vectors, k, buckets=coarse)
-
-
-def _query_vectors(catalog: Catalog, model: str, refs: Sequence[str], embedder: QueryEmbedder | None, name: str) -> np.ndarray:
-    """Corpus references resolve to stored vectors; anything else is read as an image file."""
-    found = catalog.image_ids_for_refs(refs)
-    files = [r for r in refs if r not in found]
-    parts = [catalog.vectors_for_images([found[r] for r in refs if r in found], model)] if found else []
-    if files:
-        if embedder is None:
-            raise ValueError(
-                f"selection {name!r}: query {files[0]!r} is not an image of the corpus and no embedder was given to embed files"
-            )
-        parts.append(embedder(files))
-    return np.concatenate(parts).astype(np.float32)
-
-
-def _number(text: str, context: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"strategy {context!r}: {text!r} is not a number") from None
