@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from psycopg import sql
 
-from curation_pipeline.core.quality import QUALITY_FLAGS
+from curation_pipeline.core.quality import QUALITY_SIGNALS, quality_flag
 
 # column -> SQL expression over images alias `i`
 IMAGE_COLUMNS: dict[str, str] = {
@@ -150,13 +150,22 @@ def compile_filters(
 
 
 def flag_condition(flag: str) -> tuple[sql.Composable, list]:
-    """(SQL that is true when an image (alias `i`) raises quality `flag`, its parameters)."""
-    if flag not in QUALITY_FLAGS:
-        raise ValueError(f"unknown quality flag {flag!r}: use any of {sorted(QUALITY_FLAGS)}")
-    tests = [
-        sql.SQL("coalesce({e} " + op + " %s, false)").format(e=sql.SQL(IMAGE_COLUMNS[c])) for c, op, _ in QUALITY_FLAGS[flag]
-    ]
-    return sql.SQL("({})").format(sql.SQL(" OR ").join(tests)), [t for _, _, t in QUALITY_FLAGS[flag]]
+    """(SQL that is true when an image (alias `i`) raises quality `flag`, its parameters), built
+    from the flag's registry entry (core.quality.QUALITY_FLAGS): each test compares the signal's
+    IMAGE_COLUMNS expression with a bound threshold; a missing signal makes its test false, as in
+    core.quality.quality_flags."""
+    entry = quality_flag(flag)
+    tests = [sql.SQL("coalesce({e} " + t.op + " %s, false)").format(e=sql.SQL(IMAGE_COLUMNS[t.signal])) for t in entry.tests]
+    joiner = " OR " if entry.match == "any" else " AND "
+    return sql.SQL("({})").format(sql.SQL(joiner).join(tests)), [t.threshold for t in entry.tests]
+
+
+def quality_signal_columns() -> sql.Composable:
+    """`i.blur_variance AS blur_variance, ..., least(i.width, i.height) AS min_side, i.width, i.height`:
+    every quality signal (core.quality.QUALITY_SIGNALS) for a SELECT over images alias `i`, so a
+    row carries all a flag tests and describes."""
+    parts = [sql.SQL(IMAGE_COLUMNS[s] + " AS {}").format(sql.Identifier(s)) for s in QUALITY_SIGNALS]
+    return sql.SQL(", ").join([*parts, sql.SQL("i.width"), sql.SQL("i.height")])
 
 
 def _as_number(value: Any, p: Predicate) -> float:

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from curation_pipeline.core.dedup import default_min_cosine
-from curation_pipeline.core.quality import QUALITY_FLAGS
+from curation_pipeline.core.quality import QUALITY_FLAGS, describe_flag
 from curation_pipeline.core.report import MapPoint, ReportData, Tile, render_html, render_markdown, thumbnail_data_uri
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.image_store import store_for
@@ -40,15 +40,8 @@ class Thumbnails:
 
 
 def _quality_detail(flag: str, r: dict) -> str:
-    if flag == "blurry":
-        return f"Laplacian variance {r['blur_variance']:.1f}"
-    if flag in ("dark", "overexposed"):
-        return f"brightness {r['brightness']:.2f}"
-    if flag == "low_contrast":
-        return f"contrast {r['contrast']:.3f}"
-    if flag == "tiny":
-        return f"{r['width']} x {r['height']} px"
-    return f"aspect {r['aspect_ratio']:.2f} ({r['width']} x {r['height']})"
+    """The measured value behind `flag`, worded by the flag's registry entry (core.quality)."""
+    return describe_flag(flag, r)
 
 
 def _describe(value) -> object:
@@ -95,13 +88,7 @@ def embedding_overview(
     points = []
     for (x, y), r in zip(coords.tolist(), rows.tolist()):
         m = meta[int(pool.image_ids[r])]
-        flags = quality_flags(
-            {
-                "blur_variance": m.get("blur_variance"),
-                "brightness": m.get("brightness"),
-                "min_side": min(m["width"] or 0, m["height"] or 0) if m.get("width") else None,
-            }
-        )
+        flags = quality_flags(m)  # every stored signal the row carries (min_side from width and height)
         points.append(
             MapPoint(
                 x=x,
