@@ -27,21 +27,35 @@ TIER_SEMANTIC = "semantic"
 _TIER_RANK = {TIER_EXACT: 3, TIER_PERCEPTUAL: 2, TIER_SEMANTIC: 1}
 
 
-# Semantic thresholds per embedder family. The offline descriptor's is calibrated by
-# benchmarks/dedup_quality.py (precision 1.0, best F1 region 0.74-0.82 on its labelled set); the
-# learned models' are provisional until the same benchmark runs with their weights.
-DEFAULT_MIN_COSINE = {"offline": 0.80, "open_clip": 0.95, "hf": 0.92}
+# The semantic (cosine) threshold depends on the embedder that made the vectors. Each backend's
+# default is in its registry entry (resources/embedders.py EMBEDDER_BACKENDS, looked up by model id
+# with resources.embedders.default_min_cosine); callers pass it in: core knows no backends.
+# DedupThresholds' own default is the default backend's (offline descriptor), calibrated by
+# benchmarks/dedup_quality.py (precision 1.0, best F1 region 0.74-0.82 on its labelled set).
+OFFLINE_MIN_COSINE = 0.80
 DEFAULT_MAX_HAMMING = 4  # calibrated by the same benchmark: 6 already merges distinct crops
+
+# Deprecated: the model-id-prefix table below predates the backend registry and stays only until
+# defs/dedup.py and steps/report.py call resources.embedders.default_min_cosine; a test keeps it
+# equal to the registry. An unknown prefix is now an error instead of a silent 0.95.
+DEFAULT_MIN_COSINE = {"offline": OFFLINE_MIN_COSINE, "open_clip": 0.95, "hf": 0.92, "timm": 0.95}
 
 
 def default_min_cosine(model_id: str) -> float:
-    return DEFAULT_MIN_COSINE.get(model_id.split(":", 1)[0], 0.95)
+    """Deprecated: use curation_pipeline.resources.embedders.default_min_cosine."""
+    prefix = model_id.split(":", 1)[0]
+    if prefix not in DEFAULT_MIN_COSINE:
+        raise ValueError(
+            f"model id {model_id!r} names no known embedder backend (known prefixes: {', '.join(DEFAULT_MIN_COSINE)}): "
+            "no default semantic threshold; set min_cosine explicitly"
+        )
+    return DEFAULT_MIN_COSINE[prefix]
 
 
 @dataclass(frozen=True)
 class DedupThresholds:
     max_hamming: int = DEFAULT_MAX_HAMMING  # pHash bits out of 64
-    min_cosine: float = DEFAULT_MIN_COSINE["offline"]  # semantic tier, on L2-normalised embeddings
+    min_cosine: float = OFFLINE_MIN_COSINE  # semantic tier, on L2-normalised embeddings (pass the backend's)
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_hamming <= HASH_BITS:

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Optional
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
+from pydantic import Field
 
 from curation_pipeline.core.ids import validate_name
 
 from .catalog import Catalog
 from .database import curation_home, resolve_database_url
-from .embedders import Embedder, OfflineEmbedder, OpenClipEmbedder, TransformersEmbedder
+from .embedders import EMBEDDER_BACKENDS, Embedder, LoadSpec, embedder_backend, load_embedder
 from .image_store import ImageStore, S3Settings, set_default_s3_settings, store_for
 
 
@@ -76,39 +76,22 @@ class ImageStoreResource(dg.ConfigurableResource):
         return store_for(location, self.s3.settings())
 
 
-OPEN_CLIP_DEFAULT = ("ViT-B-32", "laion2b_s34b_b79k")
-
-
-@lru_cache(maxsize=4)
-def _load_embedder(
-    backend: str,
-    model_name: str,
-    pretrained: str,
-    model_config_path: str,
-    device: str,
-    precision: str,
-    channels_last: bool,
-    compile_model: bool,
-) -> Embedder:
-    """One model per process and configuration: a multi-partition backfill run loads it once."""
-    if backend == "offline":
-        return OfflineEmbedder()
-    torch_options = {"device": device, "precision": precision, "channels_last": channels_last, "compile_model": compile_model}
-    if backend == "open_clip":
-        return OpenClipEmbedder(model_name, pretrained or None, model_config_path=model_config_path or None, **torch_options)
-    if backend == "transformers":
-        return TransformersEmbedder(model_name, **torch_options)
-    raise ValueError(f"unknown embedder backend {backend!r}: use offline, open_clip or transformers")
+# The backend names, from the registry (resources/embedders.py EMBEDDER_BACKENDS): the config
+# schema (Dagster UI dropdown, validation) follows it.
+EmbedderBackendName = Literal[tuple(EMBEDDER_BACKENDS)]  # type: ignore[valid-type]
 
 
 class EmbedderResource(dg.ConfigurableResource):
     """Which model embeds images, and how the input pipeline feeds it.
 
-    backend: offline | open_clip | transformers.
-    model_name: open_clip architecture (ViT-B-32) or a transformers hub id / local directory.
-    pretrained: open_clip pretrained tag (laion2b_s34b_b79k) or a local checkpoint file."""
+    backend: one of the registered backends (resources/embedders.py EMBEDDER_BACKENDS).
+    model_name: open_clip or timm architecture (ViT-B-32, convnext_tiny) or a transformers hub id / local directory.
+    pretrained: open_clip pretrained tag (laion2b_s34b_b79k) or a local checkpoint file (open_clip, timm)."""
 
-    backend: Literal["offline", "open_clip", "transformers"] = "offline"
+    backend: EmbedderBackendName = Field(  # type: ignore[valid-type]
+        default="offline",
+        description="Embedder backend. " + "; ".join(f"{b.name}: {b.summary}" for b in EMBEDDER_BACKENDS.values()),
+    )
     model_name: str = ""
     pretrained: str = ""
     model_config_path: str = ""
@@ -130,31 +113,33 @@ class EmbedderResource(dg.ConfigurableResource):
     """halfvec stores float16 vectors: half the table and index size."""
 
     def resolved_model(self) -> tuple[str, str]:
-        """(model_name, pretrained) after defaults: open_clip without a model_name means the
-        production default, ViT-B-32 with the LAION-2B weights."""
-        if self.backend == "open_clip" and not self.model_name:
-            return OPEN_CLIP_DEFAULT
+        """(model_name, pretrained) after the backend's defaults: open_clip without a model_name
+        means the production default, ViT-B-32 with the LAION-2B weights."""
+        default = embedder_backend(self.backend).default_model
+        if default is not None and not self.model_name:
+            return default
         return self.model_name, self.pretrained
 
-    def load(self) -> Embedder:
+    def load_spec(self) -> LoadSpec:
         model_name, pretrained = self.resolved_model()
-        if self.backend == "transformers" and not model_name:
-            raise ValueError(
-                "embedder backend 'transformers' needs model_name (a hub id such as "
-                "facebook/dinov2-small, or a local directory saved with save_pretrained)"
-            )
+        return LoadSpec(
+            model_name=model_name,
+            pretrained=pretrained,
+            model_config_path=self.model_config_path,
+            device=self.device,
+            precision=self.precision,
+            channels_last=self.channels_last,
+            compile_model=self.compile_model,
+        )
+
+    def load(self) -> Embedder:
+        """The configured embedder; one per process and configuration (a multi-partition backfill
+        run loads it once). A backend missing what it needs says what to give."""
+        spec = self.load_spec()
+        embedder_backend(self.backend).check(spec)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        return _load_embedder(
-            self.backend,
-            model_name,
-            pretrained,
-            self.model_config_path,
-            self.device,
-            self.precision,
-            self.channels_last,
-            self.compile_model,
-        )
+        return load_embedder(self.backend, spec)
 
     def embed_options(self):
         from curation_pipeline.steps.embed import EmbedOptions

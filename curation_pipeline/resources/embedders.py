@@ -1,11 +1,14 @@
-"""Image (and text) embedders behind one interface.
+"""Image (and text) embedders behind one interface, and the registry of embedder backends.
 
 Every embedder is split the same way so an input pipeline can overlap the two halves:
   * `preprocess(image)`: CPU, per image, thread-safe (runs in loader threads next to decoding);
   * `forward(items)`:   the model on a batch of preprocessed items -> (n, dim) float32 unit rows.
 `input_size` lets the loader ask libjpeg for a reduced-scale decode (Pillow `draft`).
 
-Backends:
+Backends are the entries of EMBEDDER_BACKENDS (bottom of this file): each carries its name, how to
+load it, the model-id prefix it records, its default semantic-dedup threshold and whether it embeds
+text. The resource's config schema, the dedup default and the docs derive from it; adding a backend
+is one entry (plus its embedder class) and its test.
   * offline      - the hand-crafted colour/layout/gradient descriptor (core.colour_layout);
                    no weights, no torch, deterministic. Model id `offline:colour-layout-v2`.
   * open_clip    - any open_clip architecture with a pretrained tag (production default ViT-B-32 /
@@ -14,16 +17,21 @@ Backends:
   * transformers - AutoModel from a hub id or a local directory (e.g. facebook/dinov2-small).
                    CLIP-family models use get_image_features (and embed text); others the pooled
                    output, else the CLS token. Model id `hf:<id-or-dir-name>`.
-torch, open_clip and transformers are imported lazily; CUDA is only touched when a model is loaded
-(never at import, and the loader uses threads, so nothing forks after CUDA is initialised)."""
+  * timm         - a timm vision backbone (convnext, resnet, vit, ...) with weights from a local
+                   checkpoint file, pooled features (num_classes=0), timm's own eval preprocessing.
+                   Model id `timm:<arch>/<checkpoint-file>`.
+torch, open_clip, transformers and timm are imported lazily; CUDA is only touched when a model is
+loaded (never at import, and the loader uses threads, so nothing forks after CUDA is initialised)."""
 
 from __future__ import annotations
 
 import re
 import threading
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -102,7 +110,7 @@ class OfflineEmbedder(Embedder):
 
     def __init__(self) -> None:
         super().__init__()
-        self.model_id = f"offline:{colour_layout.DESCRIPTOR_NAME}"
+        self.model_id = model_id_for_backend(self.backend, colour_layout.DESCRIPTOR_NAME)
         self.dim = colour_layout.DESCRIPTOR_DIM
         self.input_size = colour_layout.INPUT_SIZE
         self.draft_size = colour_layout.DRAFT_SIZE
@@ -168,6 +176,30 @@ class _TorchEmbedder(Embedder):
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
 
+    def _use_transform(self, transform) -> None:
+        """Preprocess with a torchvision eval transform. The standard one (Resize, CenterCrop,
+        ToTensor, Normalize) is split: PIL-only resize + crop -> uint8 HWC in the loader, no torch
+        op outside the model thread (torch ops in loader threads fight the model's intra-op thread
+        pool), and scaling + normalisation on the device, on the whole batch (see `_pixels`)."""
+        self._split = _split_eval_transform(transform)
+        self.preprocessor = PilToUint8(self._split[0]) if self._split else transform
+        if self._split is not None:
+            torch = self._torch
+            mean, std = self._split[1]
+            self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
+            self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
+
+    def _pixels(self, items: Sequence[Any]):
+        """A float batch on the device from what `preprocessor` made (after `_use_transform`)."""
+        if self._split is None:
+            return self._batch_tensor(items)
+        # uint8 crosses to the device (4x fewer bytes than float); scaling and normalisation
+        # happen there, on the whole batch at once.
+        raw = self._torch.from_numpy(np.stack(items))
+        raw = raw.pin_memory().to(self.device, non_blocking=True) if self.device == "cuda" else raw.to(self.device)
+        batch = (raw.permute(0, 3, 1, 2).float() - self._mean) / self._std
+        return batch if self.channels_last else batch.contiguous()
+
     def _autocast(self):
         import contextlib
 
@@ -202,18 +234,10 @@ class OpenClipEmbedder(_TorchEmbedder):
         if compile_model:
             self._encode_image = self._torch.compile(self.model.encode_image)
         self._preprocess = preprocess
-        self._split = _split_clip_transform(preprocess)
-        # PIL-only resize + crop -> uint8 HWC in the loader; no torch op runs outside the model
-        # thread (torch ops in loader threads fight the model's intra-op thread pool).
-        self.preprocessor = PilToUint8(self._split[0]) if self._split else preprocess
-        if self._split is not None:
-            torch = self._torch
-            mean, std = self._split[1]
-            self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
-            self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._use_transform(preprocess)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         tag = Path(pretrained).name if pretrained and Path(pretrained).exists() else (pretrained or "random-init")
-        self.model_id = validate_model_id(f"open_clip:{model_name}/{tag}")
+        self.model_id = model_id_for_backend(self.backend, f"{model_name}/{tag}")
         size = getattr(self.model.visual, "image_size", 224)
         self.input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.preprocess_version = f"open_clip-{self.input_size}-draft" + ("-u8" if self._split else "")
@@ -222,17 +246,7 @@ class OpenClipEmbedder(_TorchEmbedder):
 
     def _forward(self, items: Sequence[Any]) -> np.ndarray:
         with self._torch.inference_mode(), self._autocast():
-            if self._split is None:
-                batch = self._batch_tensor(items)
-            else:
-                # uint8 crosses to the device (4x fewer bytes than float); scaling and
-                # normalisation happen there, on the whole batch at once.
-                raw = self._torch.from_numpy(np.stack(items))
-                raw = raw.pin_memory().to(self.device, non_blocking=True) if self.device == "cuda" else raw.to(self.device)
-                batch = (raw.permute(0, 3, 1, 2).float() - self._mean) / self._std
-                if not self.channels_last:
-                    batch = batch.contiguous()
-            return self._encode_image(batch).float().cpu().numpy()
+            return self._encode_image(self._pixels(items)).float().cpu().numpy()
 
     @property
     def supports_text(self) -> bool:
@@ -268,20 +282,23 @@ class HFPreprocess:
         return self.processor(images=[image], return_tensors="np")["pixel_values"][0]
 
 
-def _split_clip_transform(transform):
-    """Split open_clip's standard eval transform (Resize, CenterCrop, mode conversion, ToTensor,
-    Normalize) into a PIL-only part and the (mean, std) that the model thread applies to uint8
-    batches. Returns None for any other transform, which then runs whole in the loader."""
+def _split_eval_transform(transform):
+    """Split a standard torchvision eval transform (Resize, CenterCrop, [mode conversion],
+    ToTensor, Normalize: open_clip's and timm's) into a PIL-only part and the (mean, std) that
+    the model thread applies to uint8 batches. Returns None for any other transform, which then
+    runs whole in the loader."""
     steps = list(getattr(transform, "transforms", []))
     names = [type(t).__name__ for t in steps]
-    if len(steps) != 5 or names[0] != "Resize" or names[1] != "CenterCrop" or names[4] != "Normalize":
+    if len(steps) == 5 and names[2] in ("MaybeConvertMode", "function"):
+        steps, names = steps[:2] + steps[3:], names[:2] + names[3:]  # the mode step: the PIL part ends in RGB anyway
+    if len(steps) != 4 or names[0] != "Resize" or names[1] != "CenterCrop" or names[3] != "Normalize":
         return None
-    if names[3] not in ("ToTensor", "MaybeToTensor") or names[2] not in ("MaybeConvertMode", "function"):
+    if names[2] not in ("ToTensor", "MaybeToTensor"):
         return None
     from torchvision import transforms as T
 
     pil_part = T.Compose([steps[0], steps[1], _to_rgb])
-    return pil_part, (tuple(float(x) for x in steps[4].mean), tuple(float(x) for x in steps[4].std))
+    return pil_part, (tuple(float(x) for x in steps[3].mean), tuple(float(x) for x in steps[3].std))
 
 
 class TransformersEmbedder(_TorchEmbedder):
@@ -313,7 +330,7 @@ class TransformersEmbedder(_TorchEmbedder):
             except (OSError, ValueError):
                 self._tokenizer = None
         name = Path(model_name_or_path).name if Path(model_name_or_path).exists() else model_name_or_path
-        self.model_id = validate_model_id(f"hf:{name}")
+        self.model_id = model_id_for_backend(self.backend, name)
         crop = getattr(self.processor, "crop_size", None) or getattr(self.processor, "size", None) or {}
         side = crop.get("height") or crop.get("shortest_edge") if isinstance(crop, dict) else None
         self.input_size = int(side) if side else None
@@ -355,3 +372,239 @@ class TransformersEmbedder(_TorchEmbedder):
         with self._torch.inference_mode(), self._autocast():
             feats = self._features(self.model.get_text_features(**tokens))
         return l2_normalise(feats.float().cpu().numpy())
+
+
+class TimmEmbedder(_TorchEmbedder):
+    """A timm backbone's pooled features (num_classes=0) with weights from a local checkpoint file
+    (a state dict, plain or under 'state_dict' / 'model' / EMA keys, .pth/.pt/.bin or .safetensors).
+    Weights are never downloaded at run time: fetch them once (e.g. `timm.create_model(name,
+    pretrained=True)` then `torch.save(model.state_dict(), path)`) and give the file. Every backbone
+    parameter must come from the file: missing or unexpected keys are an error, not random weights.
+    Preprocessing is timm's own eval transform for the model (resolve_model_data_config)."""
+
+    backend = "timm"
+
+    def __init__(
+        self,
+        model_name: str,
+        checkpoint: str,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        channels_last: bool = False,
+        compile_model: bool = False,
+    ) -> None:
+        super().__init__()
+        import timm
+        from timm.data import create_transform, resolve_model_data_config
+        from timm.models import load_state_dict
+
+        if ":" in model_name or not timm.is_model(model_name):
+            raise ValueError(
+                f"timm model {model_name!r} is not a timm architecture name (see timm.list_models()); hub names "
+                "(hf-hub:...) would download at run time: save the weights once and give the file as pretrained"
+            )
+        path = Path(checkpoint) if checkpoint else None
+        if path is None or not path.is_file():
+            raise ValueError(
+                f"embedder backend 'timm' loads weights from a local checkpoint file, and {checkpoint!r} is not one: "
+                "weights are never downloaded at run time (save them once with torch.save(model.state_dict(), path))"
+            )
+        self._setup_torch(device, precision, channels_last, compile_model)
+        model = timm.create_model(model_name, pretrained=False, num_classes=0)
+        state = load_state_dict(str(path), weights_only=True)
+        classifier = model.pretrained_cfg.get("classifier") or ()
+        for name in (classifier,) if isinstance(classifier, str) else classifier:  # the head is removed: drop its weights
+            for suffix in (".weight", ".bias"):
+                state.pop(name + suffix, None)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint {str(path)!r} does not fit timm {model_name!r}: "
+                f"missing keys {_few(missing)}, unexpected keys {_few(unexpected)}"
+            )
+        self.model = self._prepare_module(model)
+        self._run = self._torch.compile(self.model) if compile_model else self.model
+        config = resolve_model_data_config(model)
+        transform = create_transform(**config)  # the eval transform: resize, centre crop, normalise
+        self._preprocess = transform
+        self._use_transform(transform)
+        _, height, width = config["input_size"]
+        self.input_size = int(max(height, width))
+        resize = getattr(list(getattr(transform, "transforms", [None]))[0], "size", None)
+        # the loader may decode a JPEG reduced, but not below what the resize step scales to
+        self.draft_size = int(resize) if isinstance(resize, int) else self.input_size
+        self.model_id = model_id_for_backend(self.backend, f"{model_name}/{path.name}")
+        interpolation = config.get("interpolation", "")
+        self.preprocess_version = f"timm-r{self.draft_size}-c{height}x{width}-{interpolation}-draft" + (
+            "-u8" if self._split else ""
+        )
+        self.dim = int(self._forward([self.preprocess(Image.new("RGB", (width, height)))]).shape[-1])
+        self.description = f"timm {model_name} from {path.name} on {self.device} ({self.precision})"
+
+    def _forward(self, items: Sequence[Any]) -> np.ndarray:
+        with self._torch.inference_mode(), self._autocast():
+            return self._run(self._pixels(items)).float().cpu().numpy()
+
+
+def _few(keys: Sequence[str]) -> str:
+    keys = list(keys)
+    return "none" if not keys else ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+
+# ---- the backend registry ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What a backend's loader gets from the resource configuration (hashable: models are cached
+    per process and spec)."""
+
+    model_name: str = ""
+    pretrained: str = ""
+    model_config_path: str = ""
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = False
+    compile_model: bool = False
+
+    def torch_options(self) -> dict:
+        return {
+            "device": self.device,
+            "precision": self.precision,
+            "channels_last": self.channels_last,
+            "compile_model": self.compile_model,
+        }
+
+
+@dataclass(frozen=True)
+class EmbedderBackend:
+    name: str
+    summary: str  # one line for config docs and messages
+    load: Callable[[LoadSpec], Embedder]
+    model_id_prefix: str  # model ids it makes are `<prefix>:<...>`; maps a stored model id back to its backend
+    default_min_cosine: float  # semantic-dedup threshold for its vectors when none is configured
+    min_cosine_basis: str  # how that default was chosen (calibrated, or provisional and why)
+    embeds_text: bool | None  # None: depends on the model (transformers: CLIP-family only)
+    default_model: tuple[str, str] | None = None  # (model_name, pretrained) used when model_name is empty
+    requires: Mapping[str, str] = field(default_factory=dict)  # LoadSpec field -> what to give (when empty)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.model_id_prefix):
+            raise ValueError(f"backend {self.name!r}: model id prefix {self.model_id_prefix!r} must be lower-case letters")
+        if not 0.0 < self.default_min_cosine <= 1.0:
+            raise ValueError(f"backend {self.name!r}: default_min_cosine must be within (0, 1]")
+
+    def check(self, spec: LoadSpec) -> None:
+        """Refuse a configuration that lacks what this backend needs, saying what to give."""
+        for name, what in self.requires.items():
+            if not getattr(spec, name):
+                raise ValueError(f"embedder backend {self.name!r} needs {name} ({what})")
+
+
+def _registry(*backends: EmbedderBackend) -> dict[str, EmbedderBackend]:
+    out: dict[str, EmbedderBackend] = {}
+    for b in backends:
+        clash = next((o.name for o in out.values() if o.model_id_prefix == b.model_id_prefix), None)
+        if b.name in out or clash:
+            raise ValueError(f"embedder backend {b.name!r}: name or model id prefix already registered ({clash or b.name})")
+        out[b.name] = b
+    return out
+
+
+EMBEDDER_BACKENDS: dict[str, EmbedderBackend] = _registry(
+    EmbedderBackend(
+        name="offline",
+        summary="hand-crafted colour/layout/gradient descriptor: no weights, no torch; near-duplicates, not semantics",
+        load=lambda spec: OfflineEmbedder(),
+        model_id_prefix="offline",
+        default_min_cosine=0.80,
+        min_cosine_basis="calibrated by benchmarks/dedup_quality.py: precision 1.0, best F1 region 0.74-0.82",
+        embeds_text=False,
+    ),
+    EmbedderBackend(
+        name="open_clip",
+        summary="open_clip architecture with a pretrained tag or a local checkpoint (+ model_config_path); embeds text",
+        load=lambda spec: OpenClipEmbedder(
+            spec.model_name, spec.pretrained or None, model_config_path=spec.model_config_path or None, **spec.torch_options()
+        ),
+        model_id_prefix="open_clip",
+        default_min_cosine=0.95,
+        min_cosine_basis="provisional: benchmarks/dedup_quality.py has not run with the weights",
+        embeds_text=True,
+        default_model=("ViT-B-32", "laion2b_s34b_b79k"),
+    ),
+    EmbedderBackend(
+        name="transformers",
+        summary="transformers AutoModel from a hub id or a save_pretrained directory (facebook/dinov2-small)",
+        load=lambda spec: TransformersEmbedder(spec.model_name, **spec.torch_options()),
+        # "hf" since before this registry: stored model ids and their cached vectors keep their names
+        model_id_prefix="hf",
+        default_min_cosine=0.92,
+        min_cosine_basis="provisional: benchmarks/dedup_quality.py has not run with the weights",
+        embeds_text=None,
+        requires={"model_name": "a hub id such as facebook/dinov2-small, or a local directory saved with save_pretrained"},
+    ),
+    EmbedderBackend(
+        name="timm",
+        summary="timm vision backbone (convnext_tiny, resnet50, vit_small_patch14_dinov2, ...) from a local checkpoint",
+        load=lambda spec: TimmEmbedder(spec.model_name, spec.pretrained, **spec.torch_options()),
+        model_id_prefix="timm",
+        # Not calibrated: no pretrained timm weights can be reached here. As strict as open_clip's:
+        # pooled CNN features are non-negative (after the last ReLU), so unrelated images score
+        # higher cosines than with zero-centred embeddings, and a wrong semantic merge hides a
+        # distinct image while a missed one only keeps a redundant one: precision first.
+        default_min_cosine=0.95,
+        min_cosine_basis=(
+            "provisional (no pretrained timm weights reachable here to calibrate): as strict as open_clip's, "
+            "precision first; calibrate with benchmarks/dedup_quality.py on the weights you use"
+        ),
+        embeds_text=False,
+        requires={
+            "model_name": "a timm architecture such as convnext_tiny (timm.list_models())",
+            "pretrained": "a local checkpoint file: weights are never downloaded at run time",
+        },
+    ),
+)
+
+
+def embedder_backend(name: str) -> EmbedderBackend:
+    if name not in EMBEDDER_BACKENDS:
+        raise ValueError(f"unknown embedder backend {name!r}: use one of {', '.join(EMBEDDER_BACKENDS)}")
+    return EMBEDDER_BACKENDS[name]
+
+
+def model_id_for_backend(backend: str, rest: str) -> str:
+    """`<backend's model id prefix>:<rest>`, validated."""
+    return validate_model_id(f"{embedder_backend(backend).model_id_prefix}:{rest}")
+
+
+def backend_for_model(model_id: str) -> EmbedderBackend:
+    """The backend that made a stored model id, from its prefix (`hf:...` -> transformers)."""
+    prefix = model_id.split(":", 1)[0]
+    for backend in EMBEDDER_BACKENDS.values():
+        if backend.model_id_prefix == prefix:
+            return backend
+    known = ", ".join(f"{b.model_id_prefix}: ({b.name})" for b in EMBEDDER_BACKENDS.values())
+    raise ValueError(f"model id {model_id!r} names no known embedder backend (known prefixes: {known})")
+
+
+def default_min_cosine(model_id: str) -> float:
+    """The semantic-dedup threshold for vectors of `model_id`: its backend's default. An unknown
+    backend is an error (set min_cosine explicitly), never a silent guess."""
+    try:
+        return backend_for_model(model_id).default_min_cosine
+    except ValueError as exc:
+        raise ValueError(f"{exc}: no default semantic threshold; set min_cosine explicitly") from None
+
+
+def load_embedder(backend: str, spec: LoadSpec) -> Embedder:
+    """The backend's embedder for `spec`, checked first; one model per process and spec, so a
+    multi-partition backfill run loads it once."""
+    embedder_backend(backend).check(spec)
+    return _load_cached(backend, spec)
+
+
+@lru_cache(maxsize=4)
+def _load_cached(backend: str, spec: LoadSpec) -> Embedder:
+    return embedder_backend(backend).load(spec)

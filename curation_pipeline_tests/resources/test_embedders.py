@@ -83,3 +83,169 @@ def test_unknown_backend_and_missing_model_name_fail_clearly():
 
     with pytest.raises(ValidationError, match="backend"):
         EmbedderResource(backend="nonsense")
+
+
+# ---- timm backend -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_timm(tmp_path_factory):
+    """timm's smallest ConvNeXt (`test_convnext`, 0.2 M parameters), seeded, saved as a local state
+    dict: the backend must load exactly these weights (and never reach a hub)."""
+    import timm
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny_timm")
+    torch.manual_seed(0)
+    model = timm.create_model("test_convnext", pretrained=False, num_classes=0).eval()
+    ckpt = folder / "tiny-convnext.pth"
+    torch.save(model.state_dict(), ckpt)
+    return ckpt, model
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """Any attempt to fetch weights fails the test."""
+    import huggingface_hub
+    import timm.models._builder as builder
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a weight download was attempted")
+
+    monkeypatch.setattr(builder, "load_pretrained", refuse)
+    monkeypatch.setattr(builder, "download_cached_file", refuse, raising=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+
+
+def test_timm_loads_a_local_checkpoint_and_matches_timms_own_pipeline(tiny_timm, no_hub):
+    import torch
+    from timm.data import create_transform, resolve_model_data_config
+
+    from curation_pipeline.resources.embedders import TimmEmbedder
+
+    ckpt, reference = tiny_timm
+    emb = TimmEmbedder("test_convnext", str(ckpt), device="cpu")
+    assert emb.dim == reference.num_features == 64 and emb.model_id == "timm:test_convnext/tiny-convnext.pth"
+    # the loader may decode JPEGs reduced, but not below timm's resize step (168), which precedes the 160 crop
+    assert emb.input_size == 160 and emb.draft_size == 168
+    images = photo_crops(3)
+    v = emb.embed_images(images)
+    assert v.shape == (3, 64) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    # the weights came from the file, and the split uint8 preprocessing matches timm's own eval
+    # transform: same vectors as the saved model fed by timm's pipeline
+    transform = create_transform(**resolve_model_data_config(reference))
+    with torch.no_grad():
+        ref = reference(torch.stack([transform(im) for im in images])).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert np.allclose(v, ref, atol=1e-4)
+    assert not emb.supports_text
+    with pytest.raises(NotImplementedError, match="cannot embed text"):
+        emb.embed_texts(["x"])
+
+
+def test_timm_through_the_dagster_resource(tiny_timm, no_hub):
+    ckpt, _ = tiny_timm
+    model = EmbedderResource(backend="timm", model_name="test_convnext", pretrained=str(ckpt), device="cpu").load()
+    assert model.backend == "timm" and model.embed_images(photo_crops(1)).shape == (1, 64)
+
+
+def test_timm_takes_a_checkpoint_with_its_classifier_head_in_safetensors(tmp_path, no_hub):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from curation_pipeline.resources.embedders import TimmEmbedder
+
+    torch.manual_seed(1)
+    full = timm.create_model("test_convnext", pretrained=False).eval()  # with its 1000-class head
+    save_file(full.state_dict(), str(tmp_path / "head.safetensors"))
+    emb = TimmEmbedder("test_convnext", str(tmp_path / "head.safetensors"), device="cpu")
+    assert emb.model_id == "timm:test_convnext/head.safetensors" and emb.dim == 64
+    loaded = emb.model.state_dict()
+    assert not any(name.startswith("head.fc") for name in loaded)  # the classifier is gone, not loaded
+    for name, value in full.state_dict().items():
+        if not name.startswith("head.fc"):
+            assert torch.equal(loaded[name], value), name
+
+
+def test_timm_refuses_hub_names_missing_files_and_checkpoints_that_do_not_fit(tmp_path, tiny_timm, no_hub):
+    import timm
+    import torch
+
+    from curation_pipeline.resources.embedders import TimmEmbedder
+
+    ckpt, _ = tiny_timm
+    with pytest.raises(ValueError, match="not a timm architecture name"):
+        TimmEmbedder("hf-hub:timm/test_convnext.r160_in1k", str(ckpt), device="cpu")
+    with pytest.raises(ValueError, match="not a timm architecture name"):
+        TimmEmbedder("no_such_net", str(ckpt), device="cpu")
+    with pytest.raises(ValueError, match="never downloaded at run time"):
+        TimmEmbedder("test_convnext", str(tmp_path / "absent.pth"), device="cpu")
+    other = tmp_path / "resnet.pth"
+    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=0).state_dict(), other)
+    with pytest.raises(ValueError, match="does not fit timm 'test_convnext': missing keys stem"):
+        TimmEmbedder("test_convnext", str(other), device="cpu")
+
+
+# ---- the backend registry -----------------------------------------------------------------------
+
+
+def test_every_backend_makes_model_ids_that_map_back_to_it(tiny_open_clip, tiny_dinov2, tiny_timm):
+    from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS, LoadSpec, backend_for_model
+
+    config, clip_ckpt, _ = tiny_open_clip
+    timm_ckpt, _ = tiny_timm
+    specs = {
+        "offline": LoadSpec(),
+        "open_clip": LoadSpec("tiny-test-clip", str(clip_ckpt), str(config), device="cpu"),
+        "transformers": LoadSpec(str(tiny_dinov2), device="cpu"),
+        "timm": LoadSpec("test_convnext", str(timm_ckpt), device="cpu"),
+    }
+    assert set(specs) == set(EMBEDDER_BACKENDS), "a new backend needs a tiny local model here"
+    for name, spec in specs.items():
+        entry = EMBEDDER_BACKENDS[name]
+        emb = entry.load(spec)
+        assert emb.backend == name and emb.model_id.startswith(entry.model_id_prefix + ":")
+        assert backend_for_model(emb.model_id) is entry and backend_for_model(emb.model_id + "+nodraft") is entry
+        if entry.embeds_text is not None:
+            assert emb.supports_text == entry.embeds_text, name
+
+
+def test_the_default_threshold_is_the_backends_and_an_unknown_backend_is_an_error():
+    from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS, default_min_cosine
+
+    assert default_min_cosine("offline:colour-layout-v2") == 0.80
+    assert default_min_cosine("hf:dinov2-small") == EMBEDDER_BACKENDS["transformers"].default_min_cosine == 0.92
+    assert default_min_cosine("timm:convnext_tiny/convnext_tiny.pth") == EMBEDDER_BACKENDS["timm"].default_min_cosine
+    for model_id in ("transformers:dinov2-small", "resnet:50", "no-prefix"):
+        with pytest.raises(ValueError, match="names no known embedder backend.*set min_cosine explicitly"):
+            default_min_cosine(model_id)
+
+
+def test_the_deprecated_core_lookup_agrees_with_the_registry():
+    """core/dedup.py keeps its prefix table until its callers use the registry: no drift meanwhile."""
+    from curation_pipeline.core import dedup
+    from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS
+
+    assert dedup.DEFAULT_MIN_COSINE == {b.model_id_prefix: b.default_min_cosine for b in EMBEDDER_BACKENDS.values()}
+    assert dedup.DedupThresholds().min_cosine == EMBEDDER_BACKENDS["offline"].default_min_cosine
+    with pytest.raises(ValueError, match="names no known embedder backend"):
+        dedup.default_min_cosine("resnet:50")
+
+
+def test_the_registry_refuses_a_second_backend_with_the_same_name_or_prefix():
+    from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS, _registry
+
+    offline = EMBEDDER_BACKENDS["offline"]
+    with pytest.raises(ValueError, match="already registered"):
+        _registry(offline, EMBEDDER_BACKENDS["transformers"].__class__(**{**offline.__dict__, "name": "other"}))
+
+
+def test_the_resource_schema_and_errors_come_from_the_registry():
+    from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS
+
+    field = EmbedderResource.to_config_schema().as_field().config_type.fields["backend"]
+    assert [v.config_value for v in field.config_type.enum_values] == list(EMBEDDER_BACKENDS)
+    assert all(b.summary in field.description for b in EMBEDDER_BACKENDS.values())
+    with pytest.raises(ValueError, match="embedder backend 'timm' needs pretrained .*never downloaded"):
+        EmbedderResource(backend="timm", model_name="test_convnext").load()
