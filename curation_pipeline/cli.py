@@ -225,16 +225,22 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         ("drop_keys", args.drop),
         ("where", args.where),
         ("exclude", args.exclude),
-        (
-            "export_to",
-            args.export_to
-            if not args.export_to or "://" in args.export_to
-            else str(Path(args.export_to).expanduser().resolve()),
-        ),
     ):
         if value is not None:
             config[key] = value
-    _run_job("retrieve", "retrieval_queries", name, {"ops": {"retrieval_set": {"config": config}}})
+    ops: dict = {"retrieval_set": {"config": config}}
+    if args.export_to:  # without it, retrieval_export is skipped
+        dest = args.export_to if "://" in args.export_to else str(Path(args.export_to).expanduser().resolve())
+        ops["retrieval_export"] = {"config": {"export_to": dest}}
+    meta = _run_job("retrieve", "retrieval_queries", name, {"ops": ops})
+    if "retrieval_page" in meta:
+        _stderr(f"retrieval {name}: page {meta['retrieval_page']['path']}")
+    if "retrieval_export" in meta:
+        out = meta["retrieval_export"]
+        _stderr(
+            f"retrieval {name}: exported {out['images']} images ({out['copied']} copied, {out['already_there']} already "
+            f"there); manifest {out['manifest_parquet']}"
+        )
     items = _catalog().retrieval_items(name)
     if args.json:
         print(

@@ -4,12 +4,13 @@ import os
 
 import dagster as dg
 
+from curation_pipeline.defs.curation import curated_subset
 from curation_pipeline.defs.dedup import dedup_clusters
-from curation_pipeline.defs.export import curated_export
+from curation_pipeline.defs.export import curated_export, retrieval_export
 from curation_pipeline.defs.ingest import image_embeddings, raw_image_manifest
 from curation_pipeline.defs.jobs import export_job, ingest_drop_job, retrieve_job, select_job
-from curation_pipeline.defs.report import curation_report
-from curation_pipeline.defs.selection import curated_subset, retrieval_set
+from curation_pipeline.defs.report import curation_report, retrieval_page
+from curation_pipeline.defs.retrieval import retrieval_set
 from curation_pipeline.defs.sensors import WatchSettings, build_drop_sensor
 from curation_pipeline.resources.dagster_resources import (
     CurationS3Resource,
@@ -20,7 +21,18 @@ from curation_pipeline.resources.dagster_resources import (
 from curation_pipeline.resources.database import curation_home
 from curation_pipeline.resources.pgvector_io import PgVectorIOManager
 
-ASSETS = [raw_image_manifest, image_embeddings, dedup_clusters, curated_subset, retrieval_set, curation_report, curated_export]
+# In data-flow order (tests take ASSETS[:3] for ingest and ASSETS[3] for the selection).
+ASSETS = [
+    raw_image_manifest,
+    image_embeddings,
+    dedup_clusters,
+    curated_subset,
+    curation_report,
+    curated_export,
+    retrieval_set,
+    retrieval_page,
+    retrieval_export,
+]
 
 # Declarative automation: curated subsets and their reports follow new dedup results (see the
 # assets' automation_condition). Like every sensor it must be switched on (UI or

@@ -1,1 +1,4 @@
-"""Dagster wiring: thin assets, checks and jobs over `steps`, `core` and `resources`."""
+"""Dagster wiring: thin assets, checks and jobs over `steps`, `core` and `resources`. One module per
+asset group: ingest (manifest, embeddings), dedup, curation (curate), retrieval (retrieve), report
+(curation_report, retrieval_page), export (curated_export, retrieval_export); plus partitions,
+jobs and sensors."""

@@ -1,5 +1,7 @@
-"""curated_export: a selection's images and manifest, written to the export location."""
+"""The "export" group: a selection's images and manifest (curated_export) or a retrieval set's
+(retrieval_export), written to an export location. The input location is only read."""
 
+import os
 from typing import Optional
 
 import dagster as dg
@@ -9,9 +11,31 @@ from curation_pipeline.resources.database import curation_home
 from curation_pipeline.resources.export_target import export_target_for
 from curation_pipeline.steps.export import export_selection
 
-from .partitions import selections
-from .selection import curated_subset
+from .curation import curated_subset
+from .partitions import retrieval_queries, selections
+from .retrieval import retrieval_set
 from .sensors import WatchSettings
+
+
+def _watched_roots(image_store: ImageStoreResource) -> tuple[str, ...]:
+    """The drop sensor's roots, read as build_definitions reads them: an export there would be
+    ingested as a drop, so export_selection refuses them."""
+    return WatchSettings.from_env(
+        default_root=image_store.drop_root or os.environ.get("CURATION_DROP_ROOT") or str(curation_home() / "drops")
+    ).roots
+
+
+def _manifest_metadata(out: dict) -> dict:
+    return {
+        "images": out["images"],
+        "copied": out["copied"],
+        "already_there": out["already_there"],
+        "manifest_jsonl": dg.MetadataValue.url(out["manifest_jsonl"])
+        if "://" in out["manifest_jsonl"]
+        else dg.MetadataValue.path(out["manifest_jsonl"]),
+        "manifest_parquet": out["manifest_parquet"],
+        "seconds": out["seconds"],
+    }
 
 
 class ExportConfig(dg.Config):
@@ -26,7 +50,7 @@ class ExportConfig(dg.Config):
 
 @dg.asset(
     partitions_def=selections,
-    group_name="report",
+    group_name="export",
     kinds={"s3", "parquet"},
     owners=["team:curation"],
     deps=[curated_subset],
@@ -45,36 +69,21 @@ class ExportConfig(dg.Config):
 def curated_export(
     context: dg.AssetExecutionContext, config: ExportConfig, database: DatabaseResource, image_store: ImageStoreResource
 ) -> dg.MaterializeResult:
-    import os
-
     root = config.destination or os.environ.get("CURATION_EXPORT_ROOT") or str(curation_home() / "exports")
     target = export_target_for(root, image_store.s3.settings())
     catalog = database.catalog()
-    # the drop sensor's roots, read as build_definitions reads them: an export there would be ingested
-    watched = WatchSettings.from_env(
-        default_root=image_store.drop_root or os.environ.get("CURATION_DROP_ROOT") or str(curation_home() / "drops")
-    ).roots
     out = export_selection(
         catalog,
         context.partition_key,
         target,
         copy_images=config.copy_images,
         presign_seconds=config.presign_seconds,
-        protected_roots=watched,
+        protected_roots=_watched_roots(image_store),
         logger=context.log,
     )
     selected = len(catalog.selection_items(context.partition_key))
     return dg.MaterializeResult(
-        metadata={
-            "images": out["images"],
-            "copied": out["copied"],
-            "already_there": out["already_there"],
-            "manifest_jsonl": dg.MetadataValue.url(out["manifest_jsonl"])
-            if "://" in out["manifest_jsonl"]
-            else dg.MetadataValue.path(out["manifest_jsonl"]),
-            "manifest_parquet": out["manifest_parquet"],
-            "seconds": out["seconds"],
-        },
+        metadata=_manifest_metadata(out),
         check_results=[
             dg.AssetCheckResult(
                 check_name="manifest_complete",
@@ -83,3 +92,47 @@ def curated_export(
             )
         ],
     )
+
+
+class RetrievalExportConfig(dg.Config):
+    export_to: Optional[str] = None
+    """Export the results like a subset: images and manifest under <export_to>/<name>/ (a folder or
+    s3://bucket/prefix/). Empty (the default): nothing is exported and the asset is not materialized."""
+
+
+@dg.asset(
+    partitions_def=retrieval_queries,
+    group_name="export",
+    kinds={"s3", "parquet"},
+    owners=["team:curation"],
+    deps=[retrieval_set],
+    # Materialized only when run config names a destination (`curation retrieve --export-to`): a
+    # run without one skips it, so the asset's history lists real exports only.
+    output_required=False,
+    description="A retrieval set exported like a curated subset: images copied to <export_to>/<name>/ "
+    "(server-side within S3), manifest.jsonl and manifest.parquet (score = similarity, group = the query "
+    "each result matched) and a _SUCCESS marker written last. Skipped unless export_to is set.",
+)
+def retrieval_export(
+    context: dg.AssetExecutionContext,
+    config: RetrievalExportConfig,
+    database: DatabaseResource,
+    image_store: ImageStoreResource,
+):
+    name = context.partition_key
+    if not config.export_to:
+        context.log.info(f"retrieval {name}: no export_to in run config, nothing exported")
+        return
+    catalog = database.catalog()
+    if not catalog.retrieval_items(name):
+        context.log.info(f"retrieval {name}: no results (min_similarity), nothing exported")
+        return
+    out = export_selection(
+        catalog,
+        name,
+        export_target_for(config.export_to, image_store.s3.settings()),
+        kind="retrieval",
+        protected_roots=_watched_roots(image_store),
+        logger=context.log,
+    )
+    yield dg.MaterializeResult(metadata=_manifest_metadata(out))

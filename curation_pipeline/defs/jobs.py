@@ -18,9 +18,10 @@ select_job = dg.define_asset_job(
 )
 retrieve_job = dg.define_asset_job(
     "retrieve",
-    selection=dg.AssetSelection.assets("retrieval_set"),
+    selection=dg.AssetSelection.assets("retrieval_set", "retrieval_page", "retrieval_export"),
     partitions_def=retrieval_queries,
-    description="A named retrieval query.",
+    description="A named retrieval query, its page, and its export when the run config of retrieval_export "
+    "names a destination (export_to; skipped otherwise).",
 )
 export_job = dg.define_asset_job(
     "export",

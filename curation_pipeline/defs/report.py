@@ -1,4 +1,5 @@
-"""curation_report: a static HTML page per named selection, summary in Dagster metadata."""
+"""The pages people look at: curation_report (one per named selection, summary in Dagster metadata)
+and retrieval_page (one per named query)."""
 
 from pathlib import Path
 
@@ -6,11 +7,12 @@ import dagster as dg
 
 from curation_pipeline.resources.dagster_resources import DatabaseResource
 from curation_pipeline.resources.database import curation_home
-from curation_pipeline.steps.report import write_report
+from curation_pipeline.steps.report import write_report, write_retrieval_page
 
+from .curation import curated_subset
 from .dedup import dedup_clusters
-from .partitions import FOLLOW_DEDUP, selections
-from .selection import curated_subset
+from .partitions import FOLLOW_DEDUP, retrieval_queries, selections
+from .retrieval import retrieval_set
 
 
 class ReportConfig(dg.Config):
@@ -88,5 +90,49 @@ def curation_report(
                     "first_missing": dg.MetadataValue.json(dict(list(missing.items())[:20])),
                 },
             ),
+        ],
+    )
+
+
+class RetrievalPageConfig(dg.Config):
+    output_dir: str = ""
+    """Folder for retrieval pages (default: $CURATION_HOME/reports/retrievals); the page goes to
+    <output_dir>/<query name>/index.html."""
+
+
+@dg.asset(
+    partitions_def=retrieval_queries,
+    group_name="report",
+    kinds={"html"},
+    owners=["team:curation"],
+    deps=[retrieval_set],
+    description="Static HTML page of a retrieval set: its settings, the query images (or prompts) and the "
+    "results in rank order with their similarity and the query each matched.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "sources_readable",
+            asset="retrieval_page",
+            description="Every result's source image could be read for its thumbnail (WARN: tiles say 'no preview').",
+        ),
+    ],
+)
+def retrieval_page(
+    context: dg.AssetExecutionContext, config: RetrievalPageConfig, database: DatabaseResource
+) -> dg.MaterializeResult:
+    root = Path(config.output_dir) if config.output_dir else curation_home() / "reports" / "retrievals"
+    page = write_retrieval_page(database.catalog(), context.partition_key, root / context.partition_key)
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(page["path"]),
+            "results": page["results"],
+            "thumbnails_missing": page["thumbnails_missing"],
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="sources_readable",
+                passed=page["thumbnails_missing"] == 0,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"thumbnails_missing": page["thumbnails_missing"]},
+            )
         ],
     )

@@ -112,9 +112,15 @@ def test_whole_graph_materializes_for_a_small_drop(tmp_path, database_url, curat
     hits = catalog.retrieval_items("q")
     assert hits[0]["object_key"] == "img_05.jpg" and hits[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
     assert len(hits) == 3 and hits[1]["similarity"] < 0.95
-    retrieval_page = (curation_env / "reports" / "retrievals" / "q" / "index.html").read_text()
+    page_path = curation_env / "reports" / "retrievals" / "q" / "index.html"
+    retrieval_page = page_path.read_text()
     assert retrieval_page.count("data:image/jpeg;base64,") == 1 + 3  # the query and its 3 results
     assert "img_05.jpg" in retrieval_page and "cosine 1.000" in retrieval_page
+    # the page is its own asset, with its path in metadata; no export_to: retrieval_export is skipped
+    materialized = {m.asset_key.to_user_string(): m for m in ret.get_asset_materialization_events()}
+    assert sorted(materialized) == ["retrieval_page", "retrieval_set"]
+    page_meta = materialized["retrieval_page"].materialization.metadata
+    assert page_meta["path"].value == str(page_path) and page_meta["results"].value == 3
 
 
 def test_rematerializing_a_partition_leaves_the_same_rows(tmp_path, database_url, curation_env, instance):
@@ -225,3 +231,42 @@ def test_one_backfill_run_ingests_several_drops_in_arrival_order(tmp_path, datab
     summary = {k: catalog.dedup_summary(k) for k in keys}
     assert summary["b-1"]["matched_other_drops"] == 0
     assert summary["b-2"]["matched_other_drops"] > 0 and summary["b-3"]["matched_other_drops"] > 0
+
+
+def test_the_retrieve_job_retrieves_then_writes_the_page_and_exports_only_when_given_a_destination(
+    tmp_path, database_url, curation_env, instance
+):
+    defs = build_definitions(database_url=database_url)
+    graph = defs.resolve_asset_graph()
+    job = defs.resolve_job_def("retrieve")
+    keys = {"retrieval_set", "retrieval_page", "retrieval_export"}
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == keys
+    for downstream in ("retrieval_page", "retrieval_export"):
+        node = graph.get(dg.AssetKey(downstream))
+        assert [p.to_user_string() for p in node.parent_keys] == ["retrieval_set"]
+        assert node.partitions_def.name == "retrieval_queries"
+    groups = {k.to_user_string(): graph.get(k).group_name for k in graph.get_all_asset_keys()}
+    assert groups["curated_export"] == groups["retrieval_export"] == "export"
+    assert groups["curated_subset"] == "curate" and groups["retrieval_set"] == "retrieve"
+
+    drop = tmp_path / "drop"
+    make_small_drop(drop)
+    _ingest(instance, database_url, "drop", drop)
+    instance.add_dynamic_partitions("retrieval_queries", ["near"])
+    ret = job.execute_in_process(
+        instance=instance,
+        partition_key="near",
+        run_config={
+            "ops": {
+                "retrieval_set": {"config": {"query_paths": [str(drop / "img_02.jpg")], "k": 2}},
+                "retrieval_export": {"config": {"export_to": str(tmp_path / "out")}},
+            }
+        },
+    )
+    assert ret.success
+    materialized = {m.asset_key.to_user_string(): m for m in ret.get_asset_materialization_events()}
+    assert set(materialized) == keys
+    meta = materialized["retrieval_export"].materialization.metadata
+    assert meta["images"].value == 2 and meta["manifest_jsonl"].value == str(tmp_path / "out" / "near" / "manifest.jsonl")
+    assert (tmp_path / "out" / "near" / "_SUCCESS").exists()
+    assert (tmp_path / "out" / "near" / "images" / "drop" / "img_02.jpg").is_file()

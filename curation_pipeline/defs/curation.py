@@ -1,23 +1,17 @@
-"""curated_subset and retrieval_set: one partition per named selection / named query."""
+"""curated_subset: one partition per named selection (its settings in SelectionConfig)."""
 
 from typing import Optional
 
 import dagster as dg
 
-from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource, ImageStoreResource
-from curation_pipeline.resources.database import curation_home
-from curation_pipeline.resources.export_target import export_target_for
+from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource
 from curation_pipeline.resources.image_store import read_local_file
 from curation_pipeline.steps.annotate import load_annotations
 from curation_pipeline.steps.embed import embed_query_images, model_id_for
-from curation_pipeline.steps.export import export_selection
-from curation_pipeline.steps.report import write_retrieval_page
-from curation_pipeline.steps.retrieve import RetrievalSpec, retrieve_similar
 from curation_pipeline.steps.select import SelectionSpec, select_subset, spec_from_mapping
 
 from .dedup import dedup_clusters
-from .ingest import image_embeddings
-from .partitions import FOLLOW_DEDUP, retrieval_queries, selections
+from .partitions import FOLLOW_DEDUP, selections
 
 
 class StrategyConfig(dg.Config):
@@ -137,37 +131,6 @@ def curated_subset(
     )
 
 
-class RetrievalConfig(dg.Config):
-    query_paths: list[str] = []
-    """Query image files or folders (every image inside)."""
-    query_prefix: Optional[str] = None
-    """Every image under this S3 prefix (s3://bucket/prefix/) or folder URI is a query."""
-    query_images: list[str] = []
-    """Corpus images as queries (source URI or drop/object_key)."""
-    text: list[str] = []
-    """Text prompts (CLIP-family models only)."""
-    k: int = 20
-    """Number of nearest images to keep."""
-    min_similarity: Optional[float] = None
-    """Keep only results with cosine similarity at or above this."""
-    drop_keys: Optional[list[str]] = None
-    """Search only these drops (default: every drop)."""
-    where: list[str] = []
-    """Metadata filters, as for curated_subset."""
-    exclude: list[str] = []
-    """Quality flags to leave out."""
-    include_mirrored: bool = True
-    """Also find horizontally flipped copies (models whose vectors mirror exactly: the offline descriptor)."""
-    export_to: Optional[str] = None
-    """Also export the results like a subset: images and manifest under <export_to>/<name>/ (folder or
-    s3://bucket/prefix/)."""
-
-    def spec(self) -> RetrievalSpec:
-        d = self.model_dump()
-        d.pop("export_to")
-        return RetrievalSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
-
-
 def comparison_markdown(comparison: dict) -> str:
     """The subset-vs-random table for Dagster metadata."""
     sub, rnd = comparison["subset"], comparison["random"]
@@ -183,58 +146,3 @@ def comparison_markdown(comparison: dict) -> str:
     for column, value in sub.get("metadata_coverage", {}).items():
         lines.append(f"| {column} values covered | {value} | {rnd.get('metadata_coverage', {}).get(column, '-')} |")
     return "\n".join(lines)
-
-
-@dg.asset(
-    partitions_def=retrieval_queries,
-    group_name="curate",
-    kinds={"pgvector"},
-    owners=["team:curation"],
-    deps=[dg.AssetDep(image_embeddings, partition_mapping=dg.AllPartitionMapping())],
-    description="The images nearest to a query (image files, a folder, an S3 prefix, corpus images or a text "
-    "prompt), top-k or above a similarity threshold, filtered by drop and metadata, through the model's "
-    "pgvector HNSW index; rows keep rank, similarity and the query they matched.",
-    check_specs=[
-        dg.AssetCheckSpec(
-            "results_ranked",
-            asset="retrieval_set",
-            blocking=True,
-            description="Between 1 and k results, similarity non-increasing with rank.",
-        ),
-    ],
-)
-def retrieval_set(
-    context: dg.AssetExecutionContext,
-    config: RetrievalConfig,
-    database: DatabaseResource,
-    embedder: EmbedderResource,
-    image_store: ImageStoreResource,
-) -> dg.MaterializeResult:
-    catalog = database.catalog()
-    stats = retrieve_similar(
-        catalog, embedder.load(), context.partition_key, config.spec(), options=embedder.embed_options(), logger=context.log
-    )
-    page = write_retrieval_page(
-        catalog, context.partition_key, curation_home() / "reports" / "retrievals" / context.partition_key
-    )
-    if config.export_to and stats["results"]:
-        exported = export_selection(
-            catalog,
-            context.partition_key,
-            export_target_for(config.export_to, image_store.s3.settings()),
-            kind="retrieval",
-            logger=context.log,
-        )
-        stats["exported_manifest"] = exported["manifest_parquet"]
-    sims = [it["similarity"] for it in catalog.retrieval_items(context.partition_key)]
-    ranked = all(a >= b - 1e-9 for a, b in zip(sims, sims[1:]))
-    return dg.MaterializeResult(
-        metadata={**{k: v for k, v in stats.items() if v is not None}, "page": dg.MetadataValue.path(page["path"])},
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="results_ranked",
-                passed=ranked and (1 if config.min_similarity is None else 0) <= len(sims) <= config.k,
-                metadata={"results": len(sims), "k": config.k, "ranked": ranked},
-            ),
-        ],
-    )
