@@ -1,44 +1,50 @@
 """curated_subset: one partition per named selection (its settings in SelectionConfig)."""
 
+import dataclasses
+import typing
 from typing import Optional
 
 import dagster as dg
+import pydantic
 
 from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource
 from curation_pipeline.resources.image_store import read_local_file
 from curation_pipeline.steps.annotate import load_annotations
 from curation_pipeline.steps.embed import embed_query_images, model_id_for
 from curation_pipeline.steps.select import SelectionSpec, select_subset, spec_from_mapping
+from curation_pipeline.steps.strategies import STRATEGIES, StrategySpec, option_docs
 
 from .dedup import dedup_clusters
 from .partitions import FOLLOW_DEDUP, selections
 
 
-class StrategyConfig(dg.Config):
-    name: str
-    """diversity | typicality | outliers | coverage | balance | query_similarity | score | random"""
-    weight: float = 1.0
-    """Weight of this strategy's term in the greedy objective (quota strategies weight their in-group order)."""
-    k: int = 20
-    """typicality / outliers: neighbours in the local density."""
-    clusters: Optional[int] = None
-    """coverage: number of k-means clusters (default: one per budgeted image, up to 1,000)."""
-    allocation: str = "proportional"
-    """coverage / balance: share the budget 'proportional' to group size (every group gets one) or 'equal'."""
-    column: Optional[str] = None
-    """balance: the metadata column to balance (camera_model, time_of_day, drop_key, or an annotation);
-    score: the annotation holding the user's score (e.g. uncertainty)."""
-    queries: list[str] = []
-    """query_similarity: corpus images (source URI or drop/object_key) or image files."""
-    higher_is_better: bool = True
-    """score: set false when low values are wanted (e.g. confidence)."""
+def _strategy_config() -> type[dg.Config]:
+    """StrategyConfig, built from StrategySpec's fields and their documentation (steps/strategies.py):
+    a strategy option added to the registry is in the run-config schema (and the UI's launchpad) with
+    nothing to change here. Tuples become lists; `name` lists the registered strategies."""
+    docs = option_docs()
+    hints = typing.get_type_hints(StrategySpec)
+    fields: dict[str, typing.Any] = {}
+    for f in dataclasses.fields(StrategySpec):
+        kind: typing.Any = hints[f.name]
+        default: typing.Any = f.default
+        if typing.get_origin(kind) is tuple:
+            kind, default = list[typing.get_args(kind)[0]], list(default)  # type: ignore[misc]
+        doc = docs.get(f.name) or " | ".join(STRATEGIES)
+        field = pydantic.Field(description=doc) if default is dataclasses.MISSING else pydantic.Field(default, description=doc)
+        fields[f.name] = (kind, field)
+    model: type[dg.Config] = pydantic.create_model("StrategyConfig", __base__=dg.Config, __module__=__name__, **fields)
+    return model
+
+
+StrategyConfig = _strategy_config()
 
 
 class SelectionConfig(dg.Config):
     budget: Optional[int] = None
     """Maximum number of images to select. Left empty (as in automated runs after new drops), the
     selection's stored settings are reused; a new selection without a budget takes 50."""
-    strategies: list[StrategyConfig] = []
+    strategies: list[StrategyConfig] = []  # type: ignore[valid-type]  # built at import from the registry
     """Weighted strategies; default: cluster coverage + diversity."""
     min_distance: float = 0.0
     """With diversity: stop once the farthest remaining image is closer than this cosine distance."""
