@@ -201,12 +201,12 @@ def histogram_context(
 def bars_context(rows: list[tuple[str, float | None, float | None]], *, better: str) -> dict | None:
     """Side-by-side horizontal bars, subset vs random, scaled to the largest value; rows missing
     either value are left out, and no rows at all is no chart (None)."""
-    rows = [(label, a, b) for label, a, b in rows if a is not None and b is not None]
-    if not rows:
+    present = [(label, a, b) for label, a, b in rows if a is not None and b is not None]
+    if not present:
         return None
-    top = max(max(a, b) for _, a, b in rows) or 1.0
+    top = max(max(a, b) for _, a, b in present) or 1.0
     return {
-        "height": 34 * len(rows) + 20,
+        "height": 34 * len(present) + 20,
         "better": better,
         "rows": [
             {
@@ -217,7 +217,7 @@ def bars_context(rows: list[tuple[str, float | None, float | None]], *, better: 
                 "subset_width": 400 * a / top,
                 "random_width": 400 * b / top,
             }
-            for i, (label, a, b) in enumerate(rows)
+            for i, (label, a, b) in enumerate(present)
         ],
     }
 
