@@ -471,6 +471,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def quality_flags() -> list[str]:
+    from curation_pipeline.core.quality import QUALITY_FLAGS
+
+    return list(QUALITY_FLAGS)
+
+
 def strategy_help() -> str:
     from curation_pipeline.steps.strategies import cli_help
 
@@ -516,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default="default")
     s.add_argument("--drop", action="append", help="restrict to this drop (repeatable)")
     s.add_argument("--where", action="append", help="metadata filter, e.g. 'brightness>=0.2' (repeatable)")
-    s.add_argument("--exclude", action="append", help="quality flag to leave out, e.g. blurry (repeatable)")
+    s.add_argument("--exclude", action="append", choices=quality_flags(), help="quality flag to leave out (repeatable)")
     s.add_argument("--seed", type=int)
     s.add_argument("--pool-cap", type=int, help="select from a seeded sample of at most this many candidates")
     s.add_argument("--annotations", help="CSV/Parquet of per-image values to load first (e.g. uncertainty)")
@@ -540,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--min-similarity", type=float)
     r.add_argument("--drop", action="append", help="search only this drop (repeatable)")
     r.add_argument("--where", action="append", help="metadata filter (repeatable)")
-    r.add_argument("--exclude", action="append", help="quality flag to leave out (repeatable)")
+    r.add_argument("--exclude", action="append", choices=quality_flags(), help="quality flag to leave out (repeatable)")
     r.add_argument("--export-to", help="also export the results (folder or s3://bucket/prefix/), like a subset")
     r.add_argument("--name", default="default")
     r.add_argument("--json", action="store_true")

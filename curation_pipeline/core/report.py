@@ -21,6 +21,7 @@ from markupsafe import Markup
 from PIL import Image
 
 from .decode import DecodedImage, decode_image
+from .quality import QUALITY_FLAGS
 
 
 def thumbnail_data_uri(data: bytes, max_side: int = 128, quality: int = 70) -> str | None:
@@ -144,6 +145,7 @@ def map_context(points: list[MapPoint], method: str, pool: int) -> dict:
         "pool": pool,
         "method": method.upper(),
         "palette": list(_PALETTE),
+        "quality_colours": {name: flag.colour for name, flag in QUALITY_FLAGS.items()},
         "circles": [
             {
                 "cx": MAP_PAD + p.x * inner_w,

@@ -7,6 +7,7 @@ from typing import Optional
 import dagster as dg
 import pydantic
 
+from curation_pipeline.core.quality import QUALITY_FLAGS
 from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource
 from curation_pipeline.resources.image_store import read_local_file
 from curation_pipeline.steps.annotate import load_annotations
@@ -52,8 +53,7 @@ class SelectionConfig(dg.Config):
     """Restrict the pool to these drops (default: every drop)."""
     where: list[str] = []
     """Metadata filters, e.g. 'brightness>=0.2', 'camera_model=X100', 'label in car,truck'."""
-    exclude: list[str] = []
-    """Quality flags to leave out: blurry, dark, overexposed, low_contrast, tiny, odd_aspect."""
+    exclude: list[str] = pydantic.Field(default=[], description="Quality flags to leave out: " + ", ".join(QUALITY_FLAGS))
     seed: int = 0
     """Seed for k-means, random scores and the random comparison subset."""
     candidate_pool_cap: Optional[int] = None

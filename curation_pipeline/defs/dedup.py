@@ -3,10 +3,12 @@
 from typing import Optional
 
 import dagster as dg
+import pydantic
 
-from curation_pipeline.core.dedup import DEFAULT_MAX_HAMMING, DedupThresholds, default_min_cosine
+from curation_pipeline.core.dedup import DEFAULT_MAX_HAMMING, DedupThresholds
 from curation_pipeline.resources.catalog import EmbeddingSet
 from curation_pipeline.resources.dagster_resources import DatabaseResource
+from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS, default_min_cosine
 from curation_pipeline.steps.dedup import dedup_drop
 
 from .partitions import INGEST_BACKFILL_POLICY, capture_drops
@@ -15,9 +17,11 @@ from .partitions import INGEST_BACKFILL_POLICY, capture_drops
 class DedupConfig(dg.Config):
     max_hamming: int = DEFAULT_MAX_HAMMING
     """pHash Hamming radius (of 64 bits) for the perceptual tier."""
-    min_cosine: Optional[float] = None
-    """Cosine similarity at or above which two embeddings are semantic duplicates. Default: per
-    embedder (offline 0.80, calibrated by benchmarks/dedup_quality.py; open_clip 0.95, transformers 0.92)."""
+    min_cosine: Optional[float] = pydantic.Field(
+        default=None,
+        description="Cosine similarity at or above which two embeddings are semantic duplicates. Default: per embedder "
+        "backend (" + ", ".join(f"{b.name} {b.default_min_cosine}" for b in EMBEDDER_BACKENDS.values()) + ").",
+    )
     neighbours: int = 16
     """HNSW neighbours fetched per image before exact re-checking."""
     bulk_from: int = 50_000

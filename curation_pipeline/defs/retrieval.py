@@ -5,7 +5,9 @@ downstream in the same `retrieve` job."""
 from typing import Any, Optional
 
 import dagster as dg
+import pydantic
 
+from curation_pipeline.core.quality import QUALITY_FLAGS
 from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource
 from curation_pipeline.steps.retrieve import RetrievalSpec, retrieve_similar
 
@@ -30,8 +32,7 @@ class RetrievalConfig(dg.Config):
     """Search only these drops (default: every drop)."""
     where: list[str] = []
     """Metadata filters, as for curated_subset."""
-    exclude: list[str] = []
-    """Quality flags to leave out."""
+    exclude: list[str] = pydantic.Field(default=[], description="Quality flags to leave out: " + ", ".join(QUALITY_FLAGS))
     include_mirrored: bool = True
     """Also find horizontally flipped copies (models whose vectors mirror exactly: the offline descriptor)."""
 

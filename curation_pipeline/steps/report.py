@@ -6,10 +6,10 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
-from curation_pipeline.core.dedup import default_min_cosine
 from curation_pipeline.core.quality import QUALITY_FLAGS, describe_flag
 from curation_pipeline.core.report import MapPoint, ReportData, Tile, render_html, render_markdown, thumbnail_data_uri
 from curation_pipeline.resources.catalog import Catalog
+from curation_pipeline.resources.embedders import default_min_cosine
 from curation_pipeline.resources.image_store import store_for
 
 log = logging.getLogger(__name__)

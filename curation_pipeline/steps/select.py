@@ -45,7 +45,7 @@ class SelectionSpec:
     min_distance: float = 0.0
     drop_keys: tuple[str, ...] | None = None
     where: tuple[str, ...] = ()  # predicates, e.g. "brightness>=0.2", "label in car,truck"
-    exclude: tuple[str, ...] = ()  # quality flags: blurry, dark, overexposed, low_contrast, tiny, odd_aspect
+    exclude: tuple[str, ...] = ()  # quality flag names (core.quality.QUALITY_FLAGS)
     seed: int = 0
     candidate_pool_cap: int | None = None
     compare_with_random: bool = True

@@ -6,12 +6,13 @@
   if (!svg) { return; }
   var data = JSON.parse(document.getElementById('map-data').textContent);
   var palette = JSON.parse(svg.getAttribute('data-palette'));
+  var qualityColours = JSON.parse(svg.getAttribute('data-quality-colours') || '{}');
   var pts = svg.querySelectorAll('circle.pt');
   var modes = {
     cluster: function (d) { return palette[d.c % palette.length]; },
     selected: function (d) { return d.s ? '#d62728' : '#c7c7c7'; },
     duplicate: function (d) { return d.d ? '#ff7f0e' : '#c7c7c7'; },
-    quality: function (d) { return d.q ? '#9467bd' : '#c7c7c7'; }
+    quality: function (d) { return d.q ? (qualityColours[d.q] || '#9467bd') : '#c7c7c7'; }
   };
   function colour(mode) {
     for (var i = 0; i < pts.length; i++) { pts[i].setAttribute('fill', modes[mode](data[i])); }
