@@ -341,3 +341,11 @@ def _unique_pairs(found: list[np.ndarray]) -> np.ndarray:
     if not found:
         return np.zeros((0, 2), dtype=np.int64)
     return np.unique(np.concatenate(found), axis=0).astype(np.int64)
+
+
+def mirror_max_hamming(max_hamming: int) -> int:
+    """The pHash radius within which an image's mirrored hash counts as a perceptual match: half the
+    plain radius, rounded down. Mirror matches must be twice as close because the left and right
+    halves of symmetric scenes (a fundus photo, a corridor) are mirror images of each other without
+    being copies. The stored-link check (catalog dedup_violations) binds this value."""
+    return int(max_hamming) // 2
