@@ -14,6 +14,7 @@ from curation_pipeline.resources.embedders import OfflineEmbedder
 from curation_pipeline.resources.image_store import LocalImageStore
 from curation_pipeline.steps.embed import EmbedOptions, embed_drop, model_id_for
 from curation_pipeline.steps.manifest import build_manifest
+from curation_pipeline_tests.catalog_helpers import embedding_failures
 from curation_pipeline_tests.conftest import jpeg, make_small_drop, photo_crops
 
 
@@ -131,7 +132,7 @@ def test_mixed_bad_inputs_give_a_vector_or_a_readable_error(tmp_path, database_u
         }
     assert status["bomb.png"].startswith("too_large") and "exceeds" in status["bomb.png"]
     assert embedded == set(files) - {"bomb.png", "will_change.jpg"}
-    failures = dict(catalog.embedding_failures("mixed", stats["model"]))
+    failures = dict(embedding_failures(catalog, "mixed", stats["model"]))
     assert "changed since the manifest" in failures["will_change.jpg"]
     rows = catalog.embedding_stats("mixed", stats["model"])
     assert rows["max_norm_error"] < 1e-5 and rows["min_dim"] == rows["max_dim"] == embedder.dim

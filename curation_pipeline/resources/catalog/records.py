@@ -1,0 +1,91 @@
+"""Typed records that cross from the catalog into steps and Dagster: plain frozen dataclasses,
+no database handles. Arrays carry their dtype and shape in the field comment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# storage -> (column, SQL type); vectors are always read back as `vector` (float32).
+STORAGE_TYPES = {"vector": ("embedding", "vector"), "halfvec": ("embedding_half", "halfvec")}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered embedding model: vector dimension and storage ("vector" or "halfvec")."""
+
+    dim: int
+    storage: str
+
+    @property
+    def column(self) -> str:
+        return STORAGE_TYPES[self.storage][0]
+
+    @property
+    def sqltype(self) -> str:
+        return STORAGE_TYPES[self.storage][1]
+
+
+@dataclass(frozen=True)
+class EmbeddingSet:
+    """Vectors of one model for a set of images: what the pgvector IO manager stores and loads."""
+
+    model: str
+    image_ids: np.ndarray  # (n,) int64
+    sha256: list[str]
+    vectors: np.ndarray  # (n, dim) float32, unit norm
+    drop_keys: list[str]  # (n,) drop of each row
+
+    def __post_init__(self) -> None:
+        n = len(self.image_ids)
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != n or len(self.sha256) != n or len(self.drop_keys) != n:
+            raise ValueError(
+                f"EmbeddingSet for {self.model}: {n} ids, {len(self.sha256)} hashes, {len(self.drop_keys)} drops "
+                f"and vectors of shape {self.vectors.shape} do not line up"
+            )
+
+    @classmethod
+    def from_rows(cls, model: str, rows: list, dim: int) -> "EmbeddingSet":
+        """From (image_id, sha256, drop_key, pgvector Vector, ...) rows; `dim` shapes an empty set."""
+        vectors = np.stack([r[3].to_numpy() for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+        return cls(model, np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows], vectors, [r[2] for r in rows])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def for_drop(self, drop_key: str) -> "EmbeddingSet":
+        mask = np.asarray([d == drop_key for d in self.drop_keys], dtype=bool)
+        idx = np.nonzero(mask)[0]
+        return EmbeddingSet(
+            self.model, self.image_ids[idx], [self.sha256[i] for i in idx], self.vectors[idx], [drop_key] * len(idx)
+        )
+
+
+@dataclass(frozen=True)
+class CachedEmbeddings:
+    """What image_embeddings outputs: 'the cache holds vectors of `model` for these drops'. The
+    pgvector IO manager turns it into each partition's rows, one transaction per partition."""
+
+    model: str
+    drop_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KeptImage:
+    """A dedup candidate or published representative, with what ranks representatives.
+    `sharpness` is core's score (QualitySignals.sharpness_score) of the stored signals."""
+
+    image_id: int
+    drop_key: str
+    drop_ordinal: int
+    sha256: str
+    phash: int
+    pixels: int
+    sharpness: float
+    object_key: str
+    phash_mirror: int = 0
