@@ -35,22 +35,6 @@ _TIER_RANK = {TIER_EXACT: 3, TIER_PERCEPTUAL: 2, TIER_SEMANTIC: 1}
 OFFLINE_MIN_COSINE = 0.80
 DEFAULT_MAX_HAMMING = 4  # calibrated by the same benchmark: 6 already merges distinct crops
 
-# Deprecated: the model-id-prefix table below predates the backend registry and stays only until
-# defs/dedup.py and steps/report.py call resources.embedders.default_min_cosine; a test keeps it
-# equal to the registry. An unknown prefix is now an error instead of a silent 0.95.
-DEFAULT_MIN_COSINE = {"offline": OFFLINE_MIN_COSINE, "open_clip": 0.95, "hf": 0.92, "timm": 0.95}
-
-
-def default_min_cosine(model_id: str) -> float:
-    """Deprecated: use curation_pipeline.resources.embedders.default_min_cosine."""
-    prefix = model_id.split(":", 1)[0]
-    if prefix not in DEFAULT_MIN_COSINE:
-        raise ValueError(
-            f"model id {model_id!r} names no known embedder backend (known prefixes: {', '.join(DEFAULT_MIN_COSINE)}): "
-            "no default semantic threshold; set min_cosine explicitly"
-        )
-    return DEFAULT_MIN_COSINE[prefix]
-
 
 @dataclass(frozen=True)
 class DedupThresholds:
@@ -161,7 +145,7 @@ def cluster_duplicates(
                 pm = np.asarray(phash_mirror, dtype=np.int64)
                 for x, y in ((pm[uniq[:, 0]], ph[uniq[:, 1]]), (ph[uniq[:, 0]], pm[uniq[:, 1]])):
                     mirrored = np.bitwise_count(np.bitwise_xor(x, y).view(np.uint64)).astype(np.int64)
-                    ham = np.where(mirrored <= thresholds.max_hamming // 2, np.minimum(ham, mirrored), ham)
+                    ham = np.where(mirrored <= mirror_max_hamming(thresholds.max_hamming), np.minimum(ham, mirrored), ham)
             v = np.asarray(vectors, dtype=np.float32)
             both = np.asarray(has_vector, dtype=bool)[uniq[:, 0]] & np.asarray(has_vector, dtype=bool)[uniq[:, 1]]
             cos = np.where(both, np.einsum("ij,ij->i", v[uniq[:, 0]], v[uniq[:, 1]]), -1.0)

@@ -24,6 +24,7 @@ from curation_pipeline.core.dedup import (
     cluster_duplicates,
     hamming_cross_pairs,
     hamming_pairs_indexed,
+    mirror_max_hamming,
     representative_order,
     semdedup_pairs,
 )
@@ -125,13 +126,13 @@ def _dedup_locked(
     for i, j in hamming_pairs_indexed(own_hashes, thresholds.max_hamming).tolist():
         id_pairs.append((own[i].image_id, own[j].image_id))
     both = np.r_[own_hashes, own_mirrors]
-    for i, j in hamming_pairs_indexed(both, thresholds.max_hamming // 2).tolist():
+    for i, j in hamming_pairs_indexed(both, mirror_max_hamming(thresholds.max_hamming)).tolist():
         if i < n_own <= j and j - n_own != i:  # (hash of i, mirror of j - n_own)
             id_pairs.append((own[i].image_id, own[j - n_own].image_id))
     exact = []
     if others:
         kept_ids, kept_hashes = catalog.kept_phashes(others)
-        for hashes, radius in ((own_hashes, thresholds.max_hamming), (own_mirrors, thresholds.max_hamming // 2)):
+        for hashes, radius in ((own_hashes, thresholds.max_hamming), (own_mirrors, mirror_max_hamming(thresholds.max_hamming))):
             # multi-index hashing: the drop against millions of kept hashes without a drop x corpus scan
             for i, j in hamming_cross_pairs(hashes, kept_hashes, radius).tolist():
                 id_pairs.append((own[i].image_id, int(kept_ids[j])))

@@ -222,17 +222,6 @@ def test_the_default_threshold_is_the_backends_and_an_unknown_backend_is_an_erro
             default_min_cosine(model_id)
 
 
-def test_the_deprecated_core_lookup_agrees_with_the_registry():
-    """core/dedup.py keeps its prefix table until its callers use the registry: no drift meanwhile."""
-    from curation_pipeline.core import dedup
-    from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS
-
-    assert dedup.DEFAULT_MIN_COSINE == {b.model_id_prefix: b.default_min_cosine for b in EMBEDDER_BACKENDS.values()}
-    assert dedup.DedupThresholds().min_cosine == EMBEDDER_BACKENDS["offline"].default_min_cosine
-    with pytest.raises(ValueError, match="names no known embedder backend"):
-        dedup.default_min_cosine("resnet:50")
-
-
 def test_the_registry_refuses_a_second_backend_with_the_same_name_or_prefix():
     from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS, _registry
 

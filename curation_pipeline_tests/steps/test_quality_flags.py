@@ -90,11 +90,6 @@ def test_the_report_has_a_gallery_per_flag_and_counts_blank_frames(drop_with_bla
     assert {t.caption for t in data.quality["blank"]} == {f"rig/{name}" for name in BLANK}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Catalog.quality_flagged and Catalog.images_by_id do not yet select every quality signal "
-    "(entropy; contrast and aspect_ratio for the map): they should select filters.quality_signal_columns()",
-)
 def test_report_tiles_state_the_entropy_and_map_points_show_blank(drop_with_blank_frames, tmp_path, monkeypatch):
     catalog, model = drop_with_blank_frames
     select_subset(catalog, "weekly", SelectionSpec(budget=4), model=model)

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
+from psycopg import sql
+
 from curation_pipeline.core.manifest import ManifestRecord
 
 from .base import Repository, dict_rows
@@ -292,11 +294,16 @@ class DropRepository(Repository):
         return {"by_status": {s: n for s, n, _ in rows}, "total": sum(n for _, n, _ in rows), "duplicate_keys": dup_keys}
 
     def images_by_id(self, image_ids: Iterable[int]) -> dict[int, dict]:
+        """Manifest facts and every quality signal (filters.quality_signal_columns) of these images."""
+        from curation_pipeline.resources.filters import quality_signal_columns
+
         ids = [int(i) for i in image_ids]
         with self.connection() as conn:
             cur = conn.execute(
-                "SELECT image_id, drop_key, object_key, source_uri, sha256, status, error, width, height, format,"
-                " blur_variance, brightness FROM images WHERE image_id = ANY(%s)",
+                sql.SQL(
+                    "SELECT i.image_id, i.drop_key, i.object_key, i.source_uri, i.sha256, i.status, i.error, i.format, {}"
+                    " FROM images i WHERE i.image_id = ANY(%s)"
+                ).format(quality_signal_columns()),
                 (ids,),
             )
             return {row["image_id"]: row for row in dict_rows(cur)}

@@ -267,7 +267,7 @@ class SetRepository(Repository):
 
     def quality_flagged(self, flag: str, limit: int) -> tuple[int, list[dict]]:
         """(how many valid images raise quality `flag`, up to `limit` of them with their signals)."""
-        from curation_pipeline.resources.filters import flag_condition
+        from curation_pipeline.resources.filters import flag_condition, quality_signal_columns
 
         flagged, params = flag_condition(flag)
         with self.connection() as conn:
@@ -276,10 +276,9 @@ class SetRepository(Repository):
             ).fetchone()[0]
             cur = conn.execute(
                 sql.SQL(
-                    "SELECT i.image_id, i.drop_key, i.object_key, i.source_uri, i.width, i.height, i.blur_variance,"
-                    " i.brightness, i.contrast, i.aspect_ratio FROM images i WHERE i.status = 'ok' AND {}"
-                    " ORDER BY i.drop_key, i.object_key LIMIT %s"
-                ).format(flagged),
+                    "SELECT i.image_id, i.drop_key, i.object_key, i.source_uri, {} FROM images i"
+                    " WHERE i.status = 'ok' AND {} ORDER BY i.drop_key, i.object_key LIMIT %s"
+                ).format(quality_signal_columns(), flagged),
                 [*params, int(limit)],
             )
             return int(count), dict_rows(cur)
