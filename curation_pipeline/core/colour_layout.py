@@ -74,7 +74,7 @@ def descriptor_batch(pixels: np.ndarray) -> np.ndarray:
 
     layout = grey.reshape(n, 16, 4, 16, 4).mean(axis=(2, 4)).reshape(n, 256)
 
-    gy, gx = np.gradient(grey, axis=(1, 2))
+    gy, gx = (np.asarray(g) for g in np.gradient(grey, axis=(1, 2)))
     magnitude = np.sqrt(gx * gx + gy * gy)
     bins = _orientation_bins(gx, gy)
     index = (np.arange(n, dtype=np.int64)[:, None, None] * 128 + _CELL_INDEX[None] + bins).ravel()

@@ -12,7 +12,7 @@ import functools
 import multiprocessing
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,7 +44,7 @@ def ordered_parallel_map(
 
     run_chunk = functools.partial(_run_chunk, fn)  # picklable when fn is, for process pools
     source = batched(items, chunk)
-    pending: deque[tuple[list[T], Future]] = deque()
+    pending: deque[tuple[Any, Future]] = deque()  # (chunk of items, its future)
     max_chunks = max(1, window // chunk)
     with make_executor(executor, workers) as pool:
         try:

@@ -96,17 +96,20 @@ def greedy_select(
         raise ValueError(f"min_distance is a cosine distance within [0, 2], got {min_distance}")
     scores = dict(scores or {})
     weights = dict(weights or {})
-    for name, s in scores.items():
-        if np.shape(s) != (n,):
-            raise ValueError(f"score {name!r} has shape {np.shape(s)}, expected ({n},)")
+    for name, values in scores.items():
+        if np.shape(values) != (n,):
+            raise ValueError(f"score {name!r} has shape {np.shape(values)}, expected ({n},)")
     if diversity_weight < 0 or any(w < 0 for w in weights.values()):
         raise ValueError("strategy weights must be >= 0")
     if groups is not None:
         groups = np.asarray(groups, dtype=np.int64)
-        quotas = np.asarray(quotas, dtype=np.int64).copy()
+        if quotas is None:
+            raise ValueError("groups need quotas")
         if groups.shape != (n,) or (n and (groups.min() < 0 or groups.max() >= len(quotas))):
             raise ValueError("groups must be (n,) ints indexing quotas")
-    k = min(budget, n, int(quotas.sum()) if quotas is not None else n)
+    # picks left per group (a copy: the caller's quotas stay as given)
+    left = np.asarray(quotas, dtype=np.int64).copy() if quotas is not None else np.zeros(0, dtype=np.int64)
+    k = min(budget, n, int(left.sum()) if quotas is not None else n)
     empty = GreedyResult(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32), [])
     if k == 0:
         return empty
@@ -120,7 +123,7 @@ def greedy_select(
     min_dist = np.full(n, 2.0, dtype=np.float32)  # nothing chosen: every image is maximally far
     available = np.ones(n, dtype=bool)
     if groups is not None:
-        available &= quotas[groups] > 0
+        available &= left[groups] > 0
 
     if first is None and use_div and not names:
         first = int(np.argmax(_chunked_dot(x, x.mean(axis=0, dtype=np.float32), chunk_rows)))
@@ -149,12 +152,12 @@ def greedy_select(
         if use_div:
             terms[DIVERSITY] = float(half_w * min(far, 2.0))
         objective.append(sum(terms.values()))
-        reason.append(max(terms, key=terms.get) if terms else DIVERSITY)
+        reason.append(max(terms, key=terms.__getitem__) if terms else DIVERSITY)
         available[nxt] = False
         if groups is not None:
             g = groups[nxt]
-            quotas[g] -= 1
-            if quotas[g] == 0:
+            left[g] -= 1
+            if left[g] == 0:
                 available[groups == g] = False
         if use_div and len(picked) < k:
             d = _chunked_dot(x, x[nxt].astype(np.float32), chunk_rows)
