@@ -17,7 +17,7 @@ from typing import Sequence
 
 from curation_pipeline.core.manifest import ManifestRecord
 
-from .base import Repository, wire_vector
+from .base import Repository, scalar, wire_vector
 from .dedup import DedupRepository
 from .drops import DEFAULT_SHRINK_GUARD, DropRepository, DropShrinkRefused, ManifestWriter, ShrinkGuard
 from .embeddings import CacheWriter, EmbeddingRepository, hnsw_index_name
@@ -74,11 +74,13 @@ class Catalog(DropRepository, EmbeddingRepository, SearchRepository, DedupReposi
                 "SELECT coalesce(tier, 'representative'), count(*) FROM dedup_members WHERE drop_key = %s GROUP BY 1",
                 (drop_key,),
             ).fetchall()
-            cross = conn.execute(
-                "SELECT count(*) FROM dedup_members m JOIN images r ON r.image_id = m.representative_id"
-                " WHERE m.drop_key = %s AND r.drop_key <> m.drop_key",
-                (drop_key,),
-            ).fetchone()[0]
+            cross = scalar(
+                conn.execute(
+                    "SELECT count(*) FROM dedup_members m JOIN images r ON r.image_id = m.representative_id"
+                    " WHERE m.drop_key = %s AND r.drop_key <> m.drop_key",
+                    (drop_key,),
+                )
+            )
         out = {k: int(v) for k, v in rows}
         out["matched_other_drops"] = int(cross)
         return out

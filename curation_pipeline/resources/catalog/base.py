@@ -9,6 +9,7 @@ that partition's rows, so re-runs are idempotent and a crash leaves the previous
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -26,6 +27,22 @@ def wire_vector(vec: np.ndarray, storage: str):
     if storage == "halfvec":
         return HalfVector(np.asarray(vec, dtype=np.float16))
     return np.asarray(vec, dtype=np.float32)
+
+
+def scalar(cur) -> Any:
+    """The first value of the cursor's one row (aggregates and RETURNING always have one)."""
+    row = cur.fetchone()
+    if row is None:
+        raise LookupError("the query returned no row")
+    return row[0]
+
+
+def one_row(cur) -> tuple:
+    """The cursor's one row, or LookupError (a query that must match, e.g. after a guard)."""
+    row = cur.fetchone()
+    if row is None:
+        raise LookupError("the query returned no row")
+    return row
 
 
 def dict_rows(cur) -> list[dict]:

@@ -13,7 +13,7 @@ import numpy as np
 from curation_pipeline.core.dedup import mirror_max_hamming
 from curation_pipeline.core.quality import QualitySignals
 
-from .base import Repository, dict_rows
+from .base import Repository, dict_rows, one_row, scalar
 from .records import KeptImage
 
 _DEDUP_LOCK_ID = 0x6375726164  # "curad"
@@ -180,35 +180,41 @@ class DedupRepository(Repository):
         vec_r = "coalesce(re.embedding, re.embedding_half::vector)"
         mirror_radius = mirror_max_hamming(max_hamming)
         with self.connection() as conn:
-            unassigned = conn.execute(
-                "SELECT count(*) FROM images i JOIN embeddings e ON e.image_id = i.image_id AND e.model = %s"
-                " LEFT JOIN dedup_members m ON m.image_id = i.image_id"
-                " WHERE i.drop_key = %s AND i.status = 'ok' AND m.image_id IS NULL",
-                (model, drop_key),
-            ).fetchone()[0]
-            orphaned, weak = conn.execute(
-                "SELECT count(*) FILTER (WHERE r.image_id IS NULL),"
-                " count(*) FILTER (WHERE r.image_id IS NOT NULL AND ("
-                "   (m.tier = 'exact' AND mi.sha256 <> ri.sha256)"
-                "   OR (m.tier = 'perceptual' AND bit_count(int8send(mi.phash # ri.phash)) > %s"
-                "       AND bit_count(int8send(coalesce(mi.phash_mirror, mi.phash) # ri.phash)) > %s"
-                "       AND bit_count(int8send(mi.phash # coalesce(ri.phash_mirror, ri.phash))) > %s)"
-                "   OR (m.tier = 'semantic' AND (me.image_id IS NULL OR re.image_id IS NULL"
-                "       OR 1 - (" + vec_m + " <=> " + vec_r + ") < %s))))"
-                " FROM dedup_members m"
-                " JOIN images mi ON mi.image_id = m.image_id"
-                " LEFT JOIN dedup_members r ON r.image_id = m.representative_id AND r.is_representative"
-                " LEFT JOIN images ri ON ri.image_id = m.representative_id"
-                " LEFT JOIN embeddings me ON me.image_id = m.image_id AND me.model = m.model"
-                " LEFT JOIN embeddings re ON re.image_id = m.representative_id AND re.model = m.model"
-                " WHERE m.drop_key = %s AND NOT m.is_representative",
-                (max_hamming, mirror_radius, mirror_radius, min_cosine - 1e-4, drop_key),
-            ).fetchone()
-            self_reps = conn.execute(
-                "SELECT count(*) FROM dedup_members WHERE drop_key = %s AND is_representative"
-                " AND representative_id <> image_id",
-                (drop_key,),
-            ).fetchone()[0]
+            unassigned = scalar(
+                conn.execute(
+                    "SELECT count(*) FROM images i JOIN embeddings e ON e.image_id = i.image_id AND e.model = %s"
+                    " LEFT JOIN dedup_members m ON m.image_id = i.image_id"
+                    " WHERE i.drop_key = %s AND i.status = 'ok' AND m.image_id IS NULL",
+                    (model, drop_key),
+                )
+            )
+            orphaned, weak = one_row(
+                conn.execute(
+                    "SELECT count(*) FILTER (WHERE r.image_id IS NULL),"
+                    " count(*) FILTER (WHERE r.image_id IS NOT NULL AND ("
+                    "   (m.tier = 'exact' AND mi.sha256 <> ri.sha256)"
+                    "   OR (m.tier = 'perceptual' AND bit_count(int8send(mi.phash # ri.phash)) > %s"
+                    "       AND bit_count(int8send(coalesce(mi.phash_mirror, mi.phash) # ri.phash)) > %s"
+                    "       AND bit_count(int8send(mi.phash # coalesce(ri.phash_mirror, ri.phash))) > %s)"
+                    "   OR (m.tier = 'semantic' AND (me.image_id IS NULL OR re.image_id IS NULL"
+                    "       OR 1 - (" + vec_m + " <=> " + vec_r + ") < %s))))"
+                    " FROM dedup_members m"
+                    " JOIN images mi ON mi.image_id = m.image_id"
+                    " LEFT JOIN dedup_members r ON r.image_id = m.representative_id AND r.is_representative"
+                    " LEFT JOIN images ri ON ri.image_id = m.representative_id"
+                    " LEFT JOIN embeddings me ON me.image_id = m.image_id AND me.model = m.model"
+                    " LEFT JOIN embeddings re ON re.image_id = m.representative_id AND re.model = m.model"
+                    " WHERE m.drop_key = %s AND NOT m.is_representative",
+                    (max_hamming, mirror_radius, mirror_radius, min_cosine - 1e-4, drop_key),
+                )
+            )
+            self_reps = scalar(
+                conn.execute(
+                    "SELECT count(*) FROM dedup_members WHERE drop_key = %s AND is_representative"
+                    " AND representative_id <> image_id",
+                    (drop_key,),
+                )
+            )
         return {
             "unassigned": int(unassigned),
             "orphaned_members": int(orphaned),

@@ -11,7 +11,7 @@ from psycopg import sql
 
 from curation_pipeline.core.manifest import ManifestRecord
 
-from .base import Repository, dict_rows
+from .base import Repository, dict_rows, scalar
 from .dedup import repair_orphaned_members
 
 _IMAGE_COLUMNS = (
@@ -221,7 +221,7 @@ class DropRepository(Repository):
     def drops_in_order(self, drop_keys: Sequence[str]) -> list[str]:
         """The given drops sorted by arrival (unregistered ones last, by key)."""
         with self.connection() as conn:
-            order = dict(
+            order: dict[str, int] = dict(
                 conn.execute("SELECT drop_key, ordinal FROM drops WHERE drop_key = ANY(%s)", (list(drop_keys),)).fetchall()
             )
         return sorted(drop_keys, key=lambda k: (order.get(k) is None, order.get(k, 0), k))
@@ -255,16 +255,18 @@ class DropRepository(Repository):
             conn.execute(
                 "INSERT INTO drops (drop_key, source_uri) VALUES (%s, %s) ON CONFLICT DO NOTHING", (drop_key, source_uri)
             )
-            known = conn.execute("SELECT count(*) FROM images WHERE drop_key = %s", (drop_key,)).fetchone()[0]
+            known = scalar(conn.execute("SELECT count(*) FROM images WHERE drop_key = %s", (drop_key,)))
             conn.execute("CREATE TEMP TABLE manifest_seen (image_id bigint PRIMARY KEY) ON COMMIT DROP")
             writer = ManifestWriter(conn, drop_key)
             yield writer
             writer.flush()
-            removed = conn.execute(
-                "SELECT count(*) FROM images i WHERE i.drop_key = %s"
-                " AND NOT EXISTS (SELECT 1 FROM manifest_seen s WHERE s.image_id = i.image_id)",
-                (drop_key,),
-            ).fetchone()[0]
+            removed = scalar(
+                conn.execute(
+                    "SELECT count(*) FROM images i WHERE i.drop_key = %s"
+                    " AND NOT EXISTS (SELECT 1 FROM manifest_seen s WHERE s.image_id = i.image_id)",
+                    (drop_key,),
+                )
+            )
             refusal = shrink.refusal(drop_key, known, removed, source_uri)
             if refusal:
                 raise DropShrinkRefused(refusal)
@@ -288,9 +290,9 @@ class DropRepository(Repository):
                 "SELECT status, count(*), count(DISTINCT object_key) FROM images WHERE drop_key = %s GROUP BY status",
                 (drop_key,),
             ).fetchall()
-            dup_keys = conn.execute(
-                "SELECT count(*) - count(DISTINCT object_key) FROM images WHERE drop_key = %s", (drop_key,)
-            ).fetchone()[0]
+            dup_keys = scalar(
+                conn.execute("SELECT count(*) - count(DISTINCT object_key) FROM images WHERE drop_key = %s", (drop_key,))
+            )
         return {"by_status": {s: n for s, n, _ in rows}, "total": sum(n for _, n, _ in rows), "duplicate_keys": dup_keys}
 
     def images_by_id(self, image_ids: Iterable[int]) -> dict[int, dict]:

@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from psycopg import sql
 
-from .base import READ_VECTOR, Repository, wire_vector
+from .base import READ_VECTOR, Repository, one_row, scalar, wire_vector
 from .records import STORAGE_TYPES, EmbeddingSet, ModelInfo
 
 
@@ -125,7 +125,7 @@ class EmbeddingRepository(Repository):
 
     def embedding_count(self, model: str) -> int:
         with self.connection() as conn:
-            return int(conn.execute("SELECT count(*) FROM embeddings WHERE model = %s", (model,)).fetchone()[0])
+            return int(scalar(conn.execute("SELECT count(*) FROM embeddings WHERE model = %s", (model,))))
 
     # ---- cache -------------------------------------------------------------------------------
     def uncached_items(self, drop_key: str, model: str, *, fetch_rows: int = 2000) -> Iterator[tuple[int, str, str, str]]:
@@ -178,9 +178,7 @@ class EmbeddingRepository(Repository):
                 (model, drop_key, model),
             )
             count = int(
-                conn.execute(
-                    "SELECT count(*) FROM embeddings WHERE drop_key = %s AND model = %s", (drop_key, model)
-                ).fetchone()[0]
+                scalar(conn.execute("SELECT count(*) FROM embeddings WHERE drop_key = %s AND model = %s", (drop_key, model)))
             )
         self.refresh_statistics("embeddings")
         return count
@@ -253,16 +251,18 @@ class EmbeddingRepository(Repository):
     def embedding_stats(self, drop_key: str, model: str) -> dict:
         """What the embedding checks assert on, computed by PostgreSQL from the stored rows."""
         with self.connection() as conn:
-            row = conn.execute(
-                "SELECT count(*), min(vector_dims(" + READ_VECTOR + ")), max(vector_dims(" + READ_VECTOR + ")),"
-                " coalesce(max(abs(vector_norm(" + READ_VECTOR + ") - 1)), 0),"
-                " count(*) - count(DISTINCT image_id)"
-                " FROM embeddings WHERE drop_key = %s AND model = %s",
-                (drop_key, model),
-            ).fetchone()
-            failures = conn.execute(
-                "SELECT count(*) FROM embedding_failures WHERE drop_key = %s AND model = %s", (drop_key, model)
-            ).fetchone()[0]
+            row = one_row(
+                conn.execute(
+                    "SELECT count(*), min(vector_dims(" + READ_VECTOR + ")), max(vector_dims(" + READ_VECTOR + ")),"
+                    " coalesce(max(abs(vector_norm(" + READ_VECTOR + ") - 1)), 0),"
+                    " count(*) - count(DISTINCT image_id)"
+                    " FROM embeddings WHERE drop_key = %s AND model = %s",
+                    (drop_key, model),
+                )
+            )
+            failures = scalar(
+                conn.execute("SELECT count(*) FROM embedding_failures WHERE drop_key = %s AND model = %s", (drop_key, model))
+            )
             valid = _valid_image_count(conn, drop_key)
         return {
             "rows": int(row[0]),
@@ -299,4 +299,4 @@ class EmbeddingRepository(Repository):
 
 
 def _valid_image_count(conn, drop_key: str) -> int:
-    return int(conn.execute("SELECT count(*) FROM images WHERE drop_key = %s AND status = 'ok'", (drop_key,)).fetchone()[0])
+    return int(scalar(conn.execute("SELECT count(*) FROM images WHERE drop_key = %s AND status = 'ok'", (drop_key,))))

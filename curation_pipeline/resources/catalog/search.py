@@ -51,7 +51,7 @@ def nearest_statement(conn, model: str):
     return stmt, info.dim, info.storage
 
 
-def _search_statement(info, model: str, join_sql, where_sql, *, exact: bool) -> sql.Composable:
+def _search_statement(info, model: str, join_sql, where_sql, *, exact: bool) -> sql.Composed:
     # "+ 0" keeps the ORDER BY from matching the index: the exact fallback scans every row
     order = "({col}::{t}({dim}) <=> %s::{t}({dim}))" + (" + 0" if exact else "")
     return sql.SQL(

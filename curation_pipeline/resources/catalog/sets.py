@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from psycopg import sql
 
-from .base import READ_VECTOR_E, Repository, dict_rows
+from .base import READ_VECTOR_E, Repository, dict_rows, one_row, scalar
 from .embeddings import model_info
 from .records import EmbeddingSet
 
@@ -67,7 +67,7 @@ class SetRepository(Repository):
     def annotation_values(self, name: str, image_ids: Sequence[int]) -> np.ndarray:
         """(n,) float64 of annotation `name` for `image_ids` (NaN where missing or not numeric)."""
         with self.connection() as conn:
-            rows = dict(
+            rows: dict[int, float | None] = dict(
                 conn.execute(
                     "SELECT image_id, value_num FROM image_annotations WHERE name = %s AND image_id = ANY(%s)",
                     (name, list(map(int, image_ids))),
@@ -109,7 +109,7 @@ class SetRepository(Repository):
         comparison: dict | None = None,
     ) -> int:
         n = len(image_ids)
-        scores = list(scores) if scores is not None else [None] * n
+        score_values: list[float | None] = list(scores) if scores is not None else [None] * n
         reasons = list(reasons) if reasons is not None else [strategy] * n
         groups = list(groups) if groups is not None else [None] * n
         with self.connection() as conn, conn.transaction():
@@ -132,7 +132,9 @@ class SetRepository(Repository):
                     " VALUES (%s, %s, %s, %s, %s, %s, %s)",
                     [
                         (name, rank, int(i), None if not np.isfinite(d) else float(d), None if s is None else float(s), r, g)
-                        for rank, (i, d, s, r, g) in enumerate(zip(image_ids, distances, scores, reasons, groups), start=1)
+                        for rank, (i, d, s, r, g) in enumerate(
+                            zip(image_ids, distances, score_values, reasons, groups), start=1
+                        )
                     ],
                 )
         return n
@@ -169,11 +171,13 @@ class SetRepository(Repository):
         """Selected images that are duplicates of another image (should be 0)."""
         with self.connection() as conn:
             return int(
-                conn.execute(
-                    "SELECT count(*) FROM selection_items s JOIN dedup_members m ON m.image_id = s.image_id"
-                    " WHERE s.name = %s AND NOT m.is_representative",
-                    (name,),
-                ).fetchone()[0]
+                scalar(
+                    conn.execute(
+                        "SELECT count(*) FROM selection_items s JOIN dedup_members m ON m.image_id = s.image_id"
+                        " WHERE s.name = %s AND NOT m.is_representative",
+                        (name,),
+                    )
+                )
             )
 
     def lost_items(self, kind: str, name: str) -> list[dict]:
@@ -258,11 +262,13 @@ class SetRepository(Repository):
     def kept_count(self, model: str) -> int:
         with self.connection() as conn:
             return int(
-                conn.execute(
-                    "SELECT count(*) FROM embeddings e LEFT JOIN dedup_members m ON m.image_id = e.image_id"
-                    " WHERE e.model = %s AND (m.image_id IS NULL OR m.is_representative)",
-                    (model,),
-                ).fetchone()[0]
+                scalar(
+                    conn.execute(
+                        "SELECT count(*) FROM embeddings e LEFT JOIN dedup_members m ON m.image_id = e.image_id"
+                        " WHERE e.model = %s AND (m.image_id IS NULL OR m.is_representative)",
+                        (model,),
+                    )
+                )
             )
 
     def quality_flagged(self, flag: str, limit: int) -> tuple[int, list[dict]]:
@@ -271,9 +277,9 @@ class SetRepository(Repository):
 
         flagged, params = flag_condition(flag)
         with self.connection() as conn:
-            count = conn.execute(
-                sql.SQL("SELECT count(*) FROM images i WHERE i.status = 'ok' AND {}").format(flagged), params
-            ).fetchone()[0]
+            count = scalar(
+                conn.execute(sql.SQL("SELECT count(*) FROM images i WHERE i.status = 'ok' AND {}").format(flagged), params)
+            )
             cur = conn.execute(
                 sql.SQL(
                     "SELECT i.image_id, i.drop_key, i.object_key, i.source_uri, {} FROM images i"
@@ -285,14 +291,16 @@ class SetRepository(Repository):
 
     def corpus_counts(self) -> dict:
         with self.connection() as conn:
-            row = conn.execute(
-                "SELECT (SELECT count(*) FROM drops), (SELECT count(*) FROM images),"
-                " (SELECT count(*) FROM images WHERE status <> 'ok'),"
-                " (SELECT count(*) FROM dedup_members WHERE tier = 'exact'),"
-                " (SELECT count(*) FROM dedup_members WHERE tier = 'perceptual'),"
-                " (SELECT count(*) FROM dedup_members WHERE tier = 'semantic'),"
-                " (SELECT count(*) FROM embeddings)"
-            ).fetchone()
+            row = one_row(
+                conn.execute(
+                    "SELECT (SELECT count(*) FROM drops), (SELECT count(*) FROM images),"
+                    " (SELECT count(*) FROM images WHERE status <> 'ok'),"
+                    " (SELECT count(*) FROM dedup_members WHERE tier = 'exact'),"
+                    " (SELECT count(*) FROM dedup_members WHERE tier = 'perceptual'),"
+                    " (SELECT count(*) FROM dedup_members WHERE tier = 'semantic'),"
+                    " (SELECT count(*) FROM embeddings)"
+                )
+            )
         keys = ["drops", "images", "failed", "exact_duplicates", "perceptual_duplicates", "semantic_duplicates", "embeddings"]
         return dict(zip(keys, map(int, row)))
 
