@@ -154,18 +154,17 @@ def s3_server():
 
 @pytest.fixture
 def s3(s3_server, monkeypatch):
-    """Settings and a client for the test S3 server, with throwaway credentials in the environment
-    (as boto3's chain would find real ones) and CURATION_S3_ENDPOINT_URL pointing at it."""
-    from curation_pipeline.resources.image_store import S3Settings, set_default_s3_settings
+    """Settings for the test S3 server, with throwaway credentials in the environment (as boto3's
+    chain would find real ones). Code under test gets the settings handed to it (`ImageStores(s3)`,
+    a resource's `endpoint_url`); CURATION_S3_ENDPOINT_URL points at the server too, for code that
+    builds its configuration from the environment (the CLI, the default Definitions)."""
+    from curation_pipeline.resources.image_store import S3Settings
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("CURATION_S3_ENDPOINT_URL", s3_server)
-    settings = S3Settings(endpoint_url=s3_server, region_name="us-east-1", max_attempts=3)
-    set_default_s3_settings(settings)
-    yield settings
-    set_default_s3_settings(None)
+    return S3Settings(endpoint_url=s3_server, region_name="us-east-1", max_attempts=3)
 
 
 def new_bucket(settings, prefix: str = "b") -> str:

@@ -79,6 +79,7 @@ def curated_export(
         copy_images=config.copy_images,
         presign_seconds=config.presign_seconds,
         protected_roots=_watched_roots(image_store),
+        stores=image_store.stores(),
         logger=context.log,
     )
     selected = len(catalog.selection_items(context.partition_key))
@@ -133,6 +134,7 @@ def retrieval_export(
         export_target_for(config.export_to, image_store.s3.settings()),
         kind="retrieval",
         protected_roots=_watched_roots(image_store),
+        stores=image_store.stores(),
         logger=context.log,
     )
     yield dg.MaterializeResult(metadata=_manifest_metadata(out))

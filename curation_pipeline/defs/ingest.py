@@ -183,12 +183,15 @@ GPU_POD_CONFIG = {
         ),
     ],
 )
-def image_embeddings(context: dg.AssetExecutionContext, database: DatabaseResource, embedder: EmbedderResource):
+def image_embeddings(
+    context: dg.AssetExecutionContext, database: DatabaseResource, embedder: EmbedderResource, image_store: ImageStoreResource
+):
     model = embedder.load()
     catalog = database.catalog()
     options = embedder.embed_options()
+    stores = image_store.stores()
     keys = catalog.drops_in_order(context.partition_keys)
-    stats = [embed_drop(catalog, model, key, options, logger=context.log) for key in keys]
+    stats = [embed_drop(catalog, model, key, options, stores=stores, logger=context.log) for key in keys]
     model_id = stats[0]["model"]
     metadata = (
         {k: v for k, v in stats[0].items() if v is not None}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from curation_pipeline.resources.dagster_resources import DatabaseResource
+from curation_pipeline.resources.dagster_resources import DatabaseResource, ImageStoreResource
 from curation_pipeline.resources.database import curation_home
 from curation_pipeline.steps.report import write_report, write_retrieval_page
 
@@ -47,7 +47,7 @@ class ReportConfig(dg.Config):
     ],
 )
 def curation_report(
-    context: dg.AssetExecutionContext, config: ReportConfig, database: DatabaseResource
+    context: dg.AssetExecutionContext, config: ReportConfig, database: DatabaseResource, image_store: ImageStoreResource
 ) -> dg.MaterializeResult:
     root = config.output_dir or str(curation_home() / "reports")
     out = write_report(
@@ -56,6 +56,7 @@ def curation_report(
         Path(root) / context.partition_key,
         max_groups=config.max_groups,
         max_subset=config.max_subset,
+        stores=image_store.stores(),
         logger=context.log,
     )
     missing = out["missing_sources"]
@@ -117,10 +118,12 @@ class RetrievalPageConfig(dg.Config):
     ],
 )
 def retrieval_page(
-    context: dg.AssetExecutionContext, config: RetrievalPageConfig, database: DatabaseResource
+    context: dg.AssetExecutionContext, config: RetrievalPageConfig, database: DatabaseResource, image_store: ImageStoreResource
 ) -> dg.MaterializeResult:
     root = Path(config.output_dir) if config.output_dir else curation_home() / "reports" / "retrievals"
-    page = write_retrieval_page(database.catalog(), context.partition_key, root / context.partition_key)
+    page = write_retrieval_page(
+        database.catalog(), context.partition_key, root / context.partition_key, stores=image_store.stores()
+    )
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(page["path"]),

@@ -8,7 +8,7 @@ import dagster as dg
 import pydantic
 
 from curation_pipeline.core.quality import QUALITY_FLAGS
-from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource
+from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource, ImageStoreResource
 from curation_pipeline.steps.retrieve import RetrievalSpec, retrieve_similar
 
 from .ingest import image_embeddings
@@ -60,11 +60,21 @@ class RetrievalConfig(dg.Config):
     ],
 )
 def retrieval_set(
-    context: dg.AssetExecutionContext, config: RetrievalConfig, database: DatabaseResource, embedder: EmbedderResource
+    context: dg.AssetExecutionContext,
+    config: RetrievalConfig,
+    database: DatabaseResource,
+    embedder: EmbedderResource,
+    image_store: ImageStoreResource,
 ) -> dg.MaterializeResult:
     catalog = database.catalog()
     stats = retrieve_similar(
-        catalog, embedder.load(), context.partition_key, config.spec(), options=embedder.embed_options(), logger=context.log
+        catalog,
+        embedder.load(),
+        context.partition_key,
+        config.spec(),
+        options=embedder.embed_options(),
+        stores=image_store.stores(),
+        logger=context.log,
     )
     sims = [it["similarity"] for it in catalog.retrieval_items(context.partition_key)]
     ranked = all(a >= b - 1e-9 for a, b in zip(sims, sims[1:]))

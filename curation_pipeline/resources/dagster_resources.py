@@ -15,7 +15,7 @@ from curation_pipeline.core.ids import validate_name
 from .catalog import Catalog
 from .database import curation_home, resolve_database_url
 from .embedders import EMBEDDER_BACKENDS, Embedder, LoadSpec, embedder_backend, load_embedder
-from .image_store import ImageStore, S3Settings, set_default_s3_settings, store_for
+from .image_store import ImageStore, ImageStores, S3Settings
 
 
 class DatabaseResource(dg.ConfigurableResource):
@@ -52,18 +52,17 @@ class CurationS3Resource(S3Resource):
 
 
 class ImageStoreResource(dg.ConfigurableResource):
-    """Resolves a drop key to its location and gives the store that reads it. A drop registered
+    """Resolves a drop key to its location and gives the stores that read it. A drop registered
     with an explicit source (CLI `ingest`, sensors) uses that; otherwise `<drop_root>/<drop_key>`.
-    s3:// locations are read through `s3` (only List and Get: inputs are never written)."""
+    s3:// locations are read through `s3` (only List and Get: inputs are never written). Steps
+    that read images by URI (embeddings, report thumbnails, export sources, query prefixes) get
+    `stores()` from the asset that calls them."""
 
     drop_root: Optional[str] = None
     s3: CurationS3Resource
     drop_marker: str = "_SUCCESS"
     """The object a rig writes last to mark a drop complete (see the drop sensor); not an image, so
     the manifest leaves it out."""
-
-    def setup_for_execution(self, context) -> None:
-        set_default_s3_settings(self.s3.settings())
 
     def location_for(self, drop_key: str, registered_source: Optional[str]) -> str:
         validate_name(drop_key, "drop key")
@@ -72,8 +71,13 @@ class ImageStoreResource(dg.ConfigurableResource):
         root = self.drop_root or os.environ.get("CURATION_DROP_ROOT") or str(curation_home() / "drops")
         return str(Path(root) / drop_key) if "://" not in root else root.rstrip("/") + "/" + drop_key
 
+    def stores(self) -> ImageStores:
+        """What steps read images through (local files, and S3 with this resource's settings). Handed
+        to every step that reads, so each step process reads with this configuration."""
+        return ImageStores(self.s3.settings())
+
     def store(self, location: str) -> ImageStore:
-        return store_for(location, self.s3.settings())
+        return self.stores().for_location(location)
 
 
 # The backend names, from the registry (resources/embedders.py EMBEDDER_BACKENDS): the config

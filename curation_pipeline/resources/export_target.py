@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from .image_store import ImageStore, S3Settings, split_s3_uri, store_for
+from .image_store import ImageStore, S3Settings, split_s3_uri
 
 
 def safe_relative(path: str) -> str:
@@ -127,7 +127,7 @@ class S3ExportTarget(ExportTarget):
     def __init__(self, root: str, settings: S3Settings | None = None) -> None:
         self.bucket, prefix = split_s3_uri(root)
         self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-        self.settings = settings or S3Settings.from_env()
+        self.settings = settings or S3Settings()
         self.client = self.settings.client()
 
     def _key(self, rel: str) -> str:
@@ -188,5 +188,4 @@ __all__ = [
     "export_target_for",
     "location_within",
     "safe_relative",
-    "store_for",
 ]

@@ -389,8 +389,9 @@ class LocalImageStore(ImageStore):
 @dataclass(frozen=True)
 class S3Settings:
     """How to reach S3 (or any S3-compatible server). Picklable, so loader processes can build
-    their own client. Empty fields fall back to boto3's own chain (environment, profile, IMDS);
-    `endpoint_url` also reads $CURATION_S3_ENDPOINT_URL, then boto3's $AWS_ENDPOINT_URL."""
+    their own client. Empty fields fall back to boto3's own chain (environment, profile, IMDS; for
+    the endpoint boto3's $AWS_ENDPOINT_URL): nothing here reads the project's own variables, the
+    caller hands in what it was configured with (settings.py, the Dagster resource)."""
 
     endpoint_url: str | None = None
     region_name: str | None = None
@@ -401,14 +402,6 @@ class S3Settings:
     aws_access_key_id: str | None = field(default=None, repr=False)
     aws_secret_access_key: str | None = field(default=None, repr=False)
     aws_session_token: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_env(cls) -> "S3Settings":
-        return cls(
-            endpoint_url=os.environ.get("CURATION_S3_ENDPOINT_URL") or None,
-            region_name=os.environ.get("CURATION_S3_REGION") or None,
-            profile_name=os.environ.get("CURATION_S3_PROFILE") or None,
-        )
 
     def client(self):
         import boto3
@@ -441,7 +434,7 @@ class S3ImageStore(ImageStore):
     retried by botocore in adaptive mode."""
 
     def __init__(self, settings: S3Settings | None = None, client=None, max_object_bytes: int = MAX_OBJECT_BYTES) -> None:
-        self.settings = settings or S3Settings.from_env()
+        self.settings = settings or S3Settings()
         self._client = client
         self.max_object_bytes = max_object_bytes
 
@@ -527,26 +520,40 @@ class S3ImageStore(ImageStore):
         return self._get(bucket, key)
 
 
-_default_s3: S3Settings | None = None
-
-
 @lru_cache(maxsize=8)
 def _s3_store(settings: S3Settings) -> S3ImageStore:
-    """One store (one boto3 client, which is thread-safe) per settings and process: loaders call
-    store_for for every object."""
+    """One store (one boto3 client, which is thread-safe) per settings and process: loaders read
+    every object through it. A cache of values, not configuration: the settings are the key."""
     return S3ImageStore(settings)
 
 
-def set_default_s3_settings(settings: S3Settings | None) -> None:
-    """What `store_for` uses for s3:// locations in this process (set by the Dagster resource)."""
-    global _default_s3
-    _default_s3 = settings
-
-
 def store_for(location: str, s3: S3Settings | None = None) -> ImageStore:
+    """The store that reads `location`; s3:// locations through `s3` (default: boto3's own chain)."""
     scheme = urlparse(location).scheme
     if scheme in ("", "file"):
         return LocalImageStore()
     if scheme == "s3":
-        return _s3_store(s3 or _default_s3 or S3Settings.from_env())
+        return _s3_store(s3 or S3Settings())
     raise ValueError(f"no image store for {location!r}: use a local path, file:// or s3://bucket/prefix/")
+
+
+@dataclass(frozen=True)
+class ImageStores:
+    """What a step reads images through, whatever their location: local paths and file:// URIs from
+    disk, s3:// through `s3`. A small immutable value, handed to each step by its caller (the Dagster
+    resource, the CLI, a test) and pickled into loader processes, so every process reads with the
+    configuration it was given and none falls back to another."""
+
+    s3: S3Settings = S3Settings()
+
+    def for_location(self, location: str) -> ImageStore:
+        return store_for(location, self.s3)
+
+    def read_uri(self, uri: str) -> bytes:
+        """Bytes of an object named by a URI that a store's `object_uri` returned."""
+        return self.for_location(uri).read_uri(uri)
+
+
+# Local files, and S3 through boto3's own chain: the default of steps called without stores (tests,
+# benchmarks, local drops). An immutable value, so no caller can change what another one reads with.
+DEFAULT_STORES = ImageStores()

@@ -22,7 +22,7 @@ from curation_pipeline.core.hashing import sha256_hex
 from curation_pipeline.core.pipeline import batched, ordered_parallel_map
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.embedders import Embedder
-from curation_pipeline.resources.image_store import store_for
+from curation_pipeline.resources.image_store import DEFAULT_STORES, ImageStores
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +86,18 @@ class BackgroundWriter:
 
 class ImageLoader:
     """Loader work for one image: read, verify, decode, preprocess -> (item, None) or (None, error).
-    Picklable (module-level class holding a picklable preprocessor), so it runs in loader threads
-    or processes alike."""
+    Picklable (module-level class holding a picklable preprocessor and the image stores it reads
+    through), so it runs in loader threads or processes alike, each reading with the same settings."""
 
-    def __init__(self, preprocessor, draft_size: int | None) -> None:
+    def __init__(self, preprocessor, draft_size: int | None, stores: ImageStores = DEFAULT_STORES) -> None:
         self.preprocessor = preprocessor
         self.draft_size = draft_size
+        self.stores = stores
 
     def __call__(self, item: tuple[int, str, str, str]):
         _, key, sha, uri = item
         try:
-            data = store_for(uri).read_uri(uri)
+            data = self.stores.read_uri(uri)
         except OSError as exc:
             return None, f"cannot read {key!r}: {exc}"
         if sha256_hex(data) != sha:
@@ -116,10 +117,12 @@ def embed_drop(
     drop_key: str,
     options: EmbedOptions = DEFAULT_OPTIONS,
     *,
+    stores: ImageStores = DEFAULT_STORES,
     logger: logging.Logger = log,
 ) -> dict:
-    """Fill the cache for the drop's valid images. Returns figures; publishing the partition's
-    rows is a separate, atomic step (Catalog.publish_embeddings, done by the IO manager)."""
+    """Fill the cache for the drop's valid images, read through `stores` (by source URI). Returns
+    figures; publishing the partition's rows is a separate, atomic step (Catalog.publish_embeddings,
+    done by the IO manager)."""
     started = time.perf_counter()
     model = model_id_for(embedder, options)
     catalog.register_model(
@@ -131,7 +134,7 @@ def embed_drop(
         storage=options.storage,
     )
     draft_size = embedder.decode_draft_size if options.draft else None
-    load = ImageLoader(embedder.preprocessor, draft_size)
+    load = ImageLoader(embedder.preprocessor, draft_size, stores)
     kind = options.loader
     window = options.batch_size * 3 + options.workers
     failures: list[tuple[int, str]] = []

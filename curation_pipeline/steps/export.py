@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.export_target import ExportTarget, location_within, safe_relative
-from curation_pipeline.resources.image_store import store_for
+from curation_pipeline.resources.image_store import DEFAULT_STORES, ImageStores
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +120,13 @@ def export_selection(
     presign_seconds: int | None = None,
     kind: str = "selection",
     protected_roots: Sequence[str] = (),
+    stores: ImageStores = DEFAULT_STORES,
     logger: logging.Logger = log,
 ) -> dict:
     """Export a selection (kind "selection") or a retrieval set (kind "retrieval": score is the
-    similarity and group the query it matched) to `target`. A destination inside a registered
-    drop's source or one of `protected_roots` (the watched drop roots) is refused first."""
+    similarity and group the query it matched) to `target`, reading sources that are not copied
+    server-side through `stores`. A destination inside a registered drop's source or one of
+    `protected_roots` (the watched drop roots) is refused first."""
     if presign_seconds is not None and not 1 <= presign_seconds <= 7 * 24 * 3600:
         raise ValueError(f"export {name!r}: presign_seconds must be between 1 and 604800 (7 days), got {presign_seconds}")
     base = safe_relative(name)
@@ -144,7 +146,7 @@ def export_selection(
             if target.has(rel, int(r["bytes"]), r["sha256"]):
                 skipped += 1
             else:
-                target.copy_from(r["source_uri"], rel, r["sha256"], store_for(r["source_uri"]))
+                target.copy_from(r["source_uri"], rel, r["sha256"], stores.for_location(r["source_uri"]))
                 copied += 1
             if (copied + skipped) % 200 == 0:
                 logger.info("export %s: %d / %d images", name, copied + skipped, len(rows))

@@ -10,7 +10,7 @@ from curation_pipeline.core.quality import QUALITY_FLAGS, describe_flag
 from curation_pipeline.core.report import MapPoint, ReportData, Tile, render_html, render_markdown, thumbnail_data_uri
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.embedders import default_min_cosine
-from curation_pipeline.resources.image_store import store_for
+from curation_pipeline.resources.image_store import DEFAULT_STORES, ImageStores
 
 log = logging.getLogger(__name__)
 
@@ -18,16 +18,17 @@ log = logging.getLogger(__name__)
 class Thumbnails:
     """Thumbnails of source images, remembering every source that could not be shown and why
     (deleted or moved since ingest, unreadable, no longer decodes): the report shows a placeholder
-    for each and lists them, instead of failing."""
+    for each and lists them, instead of failing. Sources are read through `stores`."""
 
-    def __init__(self) -> None:
+    def __init__(self, stores: ImageStores = DEFAULT_STORES) -> None:
+        self.stores = stores
         self.missing: dict[str, str] = {}  # source URI -> reason
 
     def __call__(self, uri: str, side: int) -> str | None:
         if uri in self.missing:
             return None
         try:
-            thumb = thumbnail_data_uri(store_for(uri).read_uri(uri), max_side=side)
+            thumb = thumbnail_data_uri(self.stores.read_uri(uri), max_side=side)
         except FileNotFoundError:
             self.missing[uri] = "source file missing (deleted or moved since ingest)"
             return None
@@ -154,12 +155,14 @@ def write_report(
     max_subset: int = 200,
     thumb_side: int = 128,
     nn_sample: int = 2000,
+    stores: ImageStores = DEFAULT_STORES,
     logger: logging.Logger = log,
 ) -> dict:
+    """Write the selection's report to `out_dir/index.html`; thumbnails read through `stores`."""
     info = catalog.selection_info(selection_name)
     if info is None:
         raise LookupError(f"selection {selection_name!r} does not exist: materialize curated_subset first")
-    thumbs = Thumbnails()
+    thumbs = Thumbnails(stores)
     counts = catalog.corpus_counts()
     groups = catalog.duplicate_groups()
     items = catalog.selection_items(selection_name)
@@ -282,13 +285,16 @@ def write_report(
     }
 
 
-def write_retrieval_page(catalog: Catalog, name: str, out_dir: Path, *, thumb_side: int = 128) -> dict:
-    """The page for one retrieval set (rank, similarity, which query each result matched)."""
+def write_retrieval_page(
+    catalog: Catalog, name: str, out_dir: Path, *, thumb_side: int = 128, stores: ImageStores = DEFAULT_STORES
+) -> dict:
+    """The page for one retrieval set (rank, similarity, which query each result matched);
+    thumbnails read through `stores`."""
     from curation_pipeline.core.report import render_retrieval_html
 
     items = catalog.retrieval_items(name)
     config = catalog.retrieval_config(name) or {}
-    thumbs = Thumbnails()
+    thumbs = Thumbnails(stores)
     refs = sorted({it["query_ref"] for it in items})
     queries = [
         Tile(ref, "text prompt") if ref.startswith("text:") else Tile(ref, "", thumbs(ref, thumb_side)) for ref in refs[:50]

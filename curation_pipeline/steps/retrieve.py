@@ -21,7 +21,7 @@ from curation_pipeline.core.decode import DecodedImage, decode_image
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.embedders import Embedder
 from curation_pipeline.resources.filters import Predicate, check_columns
-from curation_pipeline.resources.image_store import read_local_file, store_for
+from curation_pipeline.resources.image_store import DEFAULT_STORES, ImageStores, read_local_file
 from curation_pipeline.steps.embed import DEFAULT_OPTIONS, EmbedOptions, embed_query_images, model_id_for
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,11 @@ def retrieve_similar(
     spec: RetrievalSpec,
     *,
     options: EmbedOptions = DEFAULT_OPTIONS,
+    stores: ImageStores = DEFAULT_STORES,
     logger: logging.Logger = log,
 ) -> dict:
+    """Answer the query `spec` and store its results as retrieval set `name`; a query prefix is
+    listed and read through `stores`."""
     spec.validate(name)
     started = time.perf_counter()
     model = model_id_for(embedder, options)
@@ -73,7 +76,7 @@ def retrieve_similar(
         )
     predicates = [Predicate.parse(w) for w in spec.where]
     check_columns([p.column for p in predicates], catalog.annotation_names(), f"retrieval {name!r}")
-    refs, queries = query_vectors(catalog, embedder, model, spec, options, name, logger=logger)
+    refs, queries = query_vectors(catalog, embedder, model, spec, options, name, stores=stores, logger=logger)
     hits_per_query = catalog.search(
         model,
         queries,
@@ -122,6 +125,7 @@ def query_vectors(
     options: EmbedOptions,
     name: str,
     *,
+    stores: ImageStores = DEFAULT_STORES,
     logger: logging.Logger = log,
 ) -> tuple[list[str], np.ndarray]:
     """(query references, (q, dim) unit vectors) for every kind of query in the spec.
@@ -143,7 +147,7 @@ def query_vectors(
         else:
             sources.append((str(path), partial(read_local_file, p)))
     if spec.query_prefix:
-        store = store_for(spec.query_prefix)
+        store = stores.for_location(spec.query_prefix)
         objects = [o for o in store.list_objects(spec.query_prefix) if Path(o.key).suffix.lower() in IMAGE_SUFFIXES]
         if not objects:
             raise ValueError(f"retrieval {name!r}: no images under {spec.query_prefix!r}")

@@ -14,7 +14,7 @@ from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.dagster_resources import CurationS3Resource, DatabaseResource, ImageStoreResource
 from curation_pipeline.resources.embedders import OfflineEmbedder
 from curation_pipeline.resources.export_target import LocalExportTarget, S3ExportTarget, location_within
-from curation_pipeline.resources.image_store import LocalImageStore, S3ImageStore
+from curation_pipeline.resources.image_store import DEFAULT_STORES, ImageStores, LocalImageStore, S3ImageStore
 from curation_pipeline.steps.dedup import dedup_drop
 from curation_pipeline.steps.embed import EmbedOptions, embed_drop
 from curation_pipeline.steps.export import export_paths, export_selection
@@ -38,11 +38,13 @@ def _colliding_drop(folder: Path) -> dict[str, bytes]:
     return files
 
 
-def _ingest_and_select(catalog: Catalog, store, location: str, key: str = "d1", name: str = "batch-1") -> None:
+def _ingest_and_select(
+    catalog: Catalog, store, location: str, key: str = "d1", name: str = "batch-1", stores: ImageStores = DEFAULT_STORES
+) -> None:
     """The real steps: manifest, embeddings, dedup, then a selection holding every image."""
     catalog.register_drop(key, location)
     build_manifest(catalog, store, location, key)
-    stats = embed_drop(catalog, OfflineEmbedder(), key, EmbedOptions(batch_size=8, workers=1))
+    stats = embed_drop(catalog, OfflineEmbedder(), key, EmbedOptions(batch_size=8, workers=1), stores=stores)
     catalog.publish_embeddings(key, stats["model"])
     dedup_drop(catalog, key, catalog.load_embeddings([key], stats["model"]), DedupThresholds())
     select_subset(catalog, name, SelectionSpec(budget=4), model=stats["model"])
@@ -67,7 +69,7 @@ def s3_collision(tmp_path, s3, database_url):
     for key, data in files.items():
         client.put_object(Bucket=bucket, Key=f"drops/d1/{key}", Body=data)
     catalog = Catalog(database_url)
-    _ingest_and_select(catalog, S3ImageStore(s3), f"s3://{bucket}/drops/d1/")
+    _ingest_and_select(catalog, S3ImageStore(s3), f"s3://{bucket}/drops/d1/", stores=ImageStores(s3))
     return catalog, bucket, files
 
 

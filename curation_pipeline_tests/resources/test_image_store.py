@@ -1,8 +1,9 @@
+import dataclasses
 import os
 
 import pytest
 
-from curation_pipeline.resources.image_store import LocalImageStore, store_for
+from curation_pipeline.resources.image_store import ImageStores, LocalImageStore, S3Settings, store_for
 
 
 def test_lists_sorted_relative_keys_and_skips_hidden(tmp_path):
@@ -63,12 +64,31 @@ def test_s3_store_lists_every_page_and_reads_odd_keys(s3):
     assert all(o.etag and o.size >= 1 for o in objs)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         store.read_bytes(f"s3://{bucket}/drop", "vanished.jpg")
-    assert store_for(f"s3://{bucket}/drop") is store_for(f"s3://{bucket}/other")  # one client per process
+    # one client per settings and process, however the stores are reached
+    assert store_for(f"s3://{bucket}/drop", s3) is store_for(f"s3://{bucket}/other", s3)
+    assert ImageStores(s3).for_location(f"s3://{bucket}/a") is store_for(f"s3://{bucket}/b", dataclasses.replace(s3))
+
+
+def test_image_stores_pickle_with_their_settings_and_read_every_location(tmp_path, s3):
+    """Loader processes get the stores pickled: they must read with the settings they were given,
+    not with whatever their own process would default to."""
+    import pickle
+
+    from curation_pipeline_tests.conftest import new_bucket
+
+    bucket = new_bucket(s3)
+    s3.client().put_object(Bucket=bucket, Key="drop/x.bin", Body=b"from s3")
+    (tmp_path / "y.bin").write_bytes(b"from disk")
+    stores = pickle.loads(pickle.dumps(ImageStores(s3)))
+    assert stores == ImageStores(s3) and stores.s3.endpoint_url == s3.endpoint_url
+    assert stores.read_uri(f"s3://{bucket}/drop/x.bin") == b"from s3"
+    assert stores.read_uri(str(tmp_path / "y.bin")) == b"from disk"
+    assert stores.read_uri(f"file://{tmp_path}/y.bin") == b"from disk"
+    with pytest.raises(ValueError, match="no image store"):
+        stores.for_location("gs://bucket/drop")
 
 
 def test_s3_settings_never_show_credentials():
-    from curation_pipeline.resources.image_store import S3Settings
-
     settings = S3Settings(endpoint_url="http://x", aws_access_key_id="AKIAEXAMPLE", aws_secret_access_key="s3cr3t")
     assert "s3cr3t" not in repr(settings) and "AKIAEXAMPLE" not in repr(settings)
 

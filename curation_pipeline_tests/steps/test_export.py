@@ -11,7 +11,7 @@ from curation_pipeline.core.dedup import DedupThresholds
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.embedders import OfflineEmbedder
 from curation_pipeline.resources.export_target import LocalExportTarget, S3ExportTarget, safe_relative
-from curation_pipeline.resources.image_store import S3ImageStore
+from curation_pipeline.resources.image_store import ImageStores, S3ImageStore
 from curation_pipeline.steps.dedup import dedup_drop
 from curation_pipeline.steps.embed import EmbedOptions, embed_drop
 from curation_pipeline.steps.export import export_selection
@@ -23,7 +23,7 @@ from curation_pipeline_tests.conftest import make_small_drop, new_bucket, upload
 def _ingest_from_s3(catalog, s3, location, key):
     catalog.register_drop(key, location)
     build_manifest(catalog, S3ImageStore(s3), location, key)
-    stats = embed_drop(catalog, OfflineEmbedder(), key, EmbedOptions(batch_size=8, workers=2))
+    stats = embed_drop(catalog, OfflineEmbedder(), key, EmbedOptions(batch_size=8, workers=2), stores=ImageStores(s3))
     catalog.publish_embeddings(key, stats["model"])
     dedup_drop(catalog, key, catalog.load_embeddings([key], stats["model"]), DedupThresholds())
     return stats["model"]
@@ -90,7 +90,7 @@ def test_a_key_with_dot_dot_cannot_escape_the_export_prefix(tmp_path, s3, s3_sel
             " WHERE s.name = 'batch-1' AND i.object_key LIKE '../%%')"
         )
     target = LocalExportTarget(str(tmp_path / "out"))
-    export_selection(catalog, "batch-1", target)
+    export_selection(catalog, "batch-1", target, stores=ImageStores(s3))  # downloads from S3 through the stores
     files = [p for p in (tmp_path).rglob("*") if p.is_file() and "escape me" in p.name]
     assert files and all((tmp_path / "out" / "batch-1" / "images") in f.parents for f in files)
     assert safe_relative("../../a/./b/../c.jpg") == "a/b/c.jpg"
