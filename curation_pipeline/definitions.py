@@ -8,18 +8,18 @@ from curation_pipeline.defs.curation import curated_subset
 from curation_pipeline.defs.dedup import dedup_clusters
 from curation_pipeline.defs.export import curated_export, retrieval_export
 from curation_pipeline.defs.ingest import image_embeddings, raw_image_manifest
+from curation_pipeline.defs.io_manager import PgVectorIOManager
 from curation_pipeline.defs.jobs import export_job, ingest_drop_job, retrieve_job, select_job
 from curation_pipeline.defs.report import curation_report, retrieval_page
-from curation_pipeline.defs.retrieval import retrieval_set
-from curation_pipeline.defs.sensors import WatchSettings, build_drop_sensor
-from curation_pipeline.resources.dagster_resources import (
+from curation_pipeline.defs.resources import (
     CurationS3Resource,
     DatabaseResource,
     EmbedderResource,
     ImageStoreResource,
 )
+from curation_pipeline.defs.retrieval import retrieval_set
+from curation_pipeline.defs.sensors import WatchSettings, build_drop_sensor
 from curation_pipeline.resources.database import curation_home
-from curation_pipeline.resources.pgvector_io import PgVectorIOManager
 
 # In data-flow order (tests take ASSETS[:3] for ingest and ASSETS[3] for the selection).
 ASSETS = [

@@ -8,7 +8,6 @@ import dagster as dg
 import pydantic
 
 from curation_pipeline.core.quality import QUALITY_FLAGS
-from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource
 from curation_pipeline.resources.image_store import read_local_file
 from curation_pipeline.steps.annotate import load_annotations
 from curation_pipeline.steps.embed import embed_query_images, model_id_for
@@ -17,6 +16,7 @@ from curation_pipeline.steps.strategies import STRATEGIES, StrategySpec, option_
 
 from .dedup import dedup_clusters
 from .partitions import FOLLOW_DEDUP, selections
+from .resources import DatabaseResource, EmbedderResource
 
 
 def _strategy_config() -> type[dg.Config]:

@@ -7,11 +7,11 @@ import pydantic
 
 from curation_pipeline.core.dedup import DEFAULT_MAX_HAMMING, DedupThresholds
 from curation_pipeline.resources.catalog import EmbeddingSet
-from curation_pipeline.resources.dagster_resources import DatabaseResource
 from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS, default_min_cosine
 from curation_pipeline.steps.dedup import dedup_drop
 
 from .partitions import INGEST_BACKFILL_POLICY, capture_drops
+from .resources import DatabaseResource
 
 
 class DedupConfig(dg.Config):

@@ -6,13 +6,13 @@ from typing import Optional
 
 import dagster as dg
 
-from curation_pipeline.resources.dagster_resources import DatabaseResource, ImageStoreResource
 from curation_pipeline.resources.database import curation_home
 from curation_pipeline.resources.export_target import export_target_for
 from curation_pipeline.steps.export import export_selection
 
 from .curation import curated_subset
 from .partitions import retrieval_queries, selections
+from .resources import DatabaseResource, ImageStoreResource
 from .retrieval import retrieval_set
 from .sensors import WatchSettings
 

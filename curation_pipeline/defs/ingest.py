@@ -9,11 +9,11 @@ from typing import Optional
 import dagster as dg
 
 from curation_pipeline.resources.catalog import CachedEmbeddings, DropShrinkRefused, ShrinkGuard
-from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource, ImageStoreResource
 from curation_pipeline.steps.embed import embed_drop
 from curation_pipeline.steps.manifest import build_manifest
 
 from .partitions import INGEST_BACKFILL_POLICY, capture_drops
+from .resources import DatabaseResource, EmbedderResource, ImageStoreResource
 
 GROUP = "ingest"
 

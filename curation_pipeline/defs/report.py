@@ -5,13 +5,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from curation_pipeline.resources.dagster_resources import DatabaseResource, ImageStoreResource
 from curation_pipeline.resources.database import curation_home
 from curation_pipeline.steps.report import write_report, write_retrieval_page
 
 from .curation import curated_subset
 from .dedup import dedup_clusters
 from .partitions import FOLLOW_DEDUP, retrieval_queries, selections
+from .resources import DatabaseResource, ImageStoreResource
 from .retrieval import retrieval_set
 
 

@@ -8,11 +8,11 @@ import dagster as dg
 import pydantic
 
 from curation_pipeline.core.quality import QUALITY_FLAGS
-from curation_pipeline.resources.dagster_resources import DatabaseResource, EmbedderResource, ImageStoreResource
 from curation_pipeline.steps.retrieve import RetrievalSpec, retrieve_similar
 
 from .ingest import image_embeddings
 from .partitions import retrieval_queries
+from .resources import DatabaseResource, EmbedderResource, ImageStoreResource
 
 
 class RetrievalConfig(dg.Config):

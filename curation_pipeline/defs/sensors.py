@@ -18,10 +18,10 @@ import dagster as dg
 
 from curation_pipeline.core.discovery import COMPLETION_RULES, decide
 from curation_pipeline.core.ids import validate_name
-from curation_pipeline.resources.dagster_resources import DatabaseResource, ImageStoreResource
 
 from .jobs import ingest_drop_job
 from .partitions import capture_drops
+from .resources import DatabaseResource, ImageStoreResource
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from PIL import Image
 from curation_pipeline.definitions import build_definitions, build_resources
 from curation_pipeline.defs.dedup import dedup_clusters
 from curation_pipeline.defs.ingest import image_embeddings, raw_image_manifest
+from curation_pipeline.defs.resources import EmbedderResource
 from curation_pipeline.resources.catalog import Catalog
-from curation_pipeline.resources.dagster_resources import EmbedderResource
 from curation_pipeline_tests.conftest import jpeg, make_small_drop
 
 INGEST = [raw_image_manifest, image_embeddings, dedup_clusters]

@@ -8,9 +8,9 @@ import dagster as dg
 import pytest
 
 from curation_pipeline.definitions import build_definitions, build_resources
+from curation_pipeline.defs.resources import CurationS3Resource, DatabaseResource, ImageStoreResource
 from curation_pipeline.defs.sensors import WatchSettings, evaluate_drops
 from curation_pipeline.resources.catalog import Catalog
-from curation_pipeline.resources.dagster_resources import CurationS3Resource, DatabaseResource, ImageStoreResource
 from curation_pipeline_tests.conftest import make_small_drop, new_bucket, upload_folder
 
 

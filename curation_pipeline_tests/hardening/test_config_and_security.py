@@ -7,8 +7,8 @@ import pytest
 from curation_pipeline.core.dedup import DedupThresholds
 from curation_pipeline.core.ids import validate_name
 from curation_pipeline.definitions import ASSETS, build_resources
+from curation_pipeline.defs.resources import EmbedderResource
 from curation_pipeline.resources.catalog import Catalog
-from curation_pipeline.resources.dagster_resources import EmbedderResource
 from curation_pipeline.resources.filters import Predicate, compile_filters
 from curation_pipeline.steps.select import SelectionSpec, StrategySpec, select_subset
 from curation_pipeline_tests.steps.test_select import MODEL, _seed_corpus
@@ -120,7 +120,7 @@ def test_a_threshold_outside_0_1_fails_clearly_and_writes_nothing(tmp_path, data
 def test_credentials_never_reach_logs_or_metadata(tmp_path, s3, database_url, curation_env):
     """A run reading S3 with explicit credentials: the secret appears in no event of the run."""
     from curation_pipeline.definitions import build_definitions
-    from curation_pipeline.resources.dagster_resources import CurationS3Resource
+    from curation_pipeline.defs.resources import CurationS3Resource
     from curation_pipeline_tests.conftest import make_small_drop, new_bucket, upload_folder
 
     bucket = new_bucket(s3)

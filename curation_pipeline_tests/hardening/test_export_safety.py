@@ -10,8 +10,8 @@ import dagster as dg
 import pytest
 
 from curation_pipeline.core.dedup import DedupThresholds
+from curation_pipeline.defs.resources import CurationS3Resource, DatabaseResource, ImageStoreResource
 from curation_pipeline.resources.catalog import Catalog
-from curation_pipeline.resources.dagster_resources import CurationS3Resource, DatabaseResource, ImageStoreResource
 from curation_pipeline.resources.embedders import OfflineEmbedder
 from curation_pipeline.resources.export_target import LocalExportTarget, S3ExportTarget, location_within
 from curation_pipeline.resources.image_store import DEFAULT_STORES, ImageStores, LocalImageStore, S3ImageStore

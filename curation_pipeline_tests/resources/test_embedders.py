@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from curation_pipeline.resources.dagster_resources import EmbedderResource
+from curation_pipeline.defs.resources import EmbedderResource
 from curation_pipeline.resources.embedders import OfflineEmbedder, OpenClipEmbedder, TransformersEmbedder
 from curation_pipeline_tests.conftest import photo_crops
 

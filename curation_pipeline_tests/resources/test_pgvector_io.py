@@ -2,8 +2,8 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from curation_pipeline.defs.io_manager import PgVectorIOManager
 from curation_pipeline.resources.catalog import Catalog, EmbeddingSet
-from curation_pipeline.resources.pgvector_io import PgVectorIOManager
 
 
 def _seed(catalog: Catalog, drop: str, ids: list[int]):

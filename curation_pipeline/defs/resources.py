@@ -1,4 +1,6 @@
-"""Dagster resources: configuration surfaces over the plain classes in this package."""
+"""Dagster resources: configuration surfaces over the plain classes of resources/ (which know
+nothing of Dagster). Each hands the steps plain objects: a Catalog, ImageStores, an Embedder and
+its EmbedOptions."""
 
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from curation_pipeline.core.ids import validate_name
-
-from .catalog import Catalog
-from .database import curation_home, resolve_database_url
-from .embedders import EMBEDDER_BACKENDS, Embedder, LoadSpec, embedder_backend, load_embedder
-from .image_store import ImageStore, ImageStores, S3Settings
+from curation_pipeline.resources.catalog import Catalog
+from curation_pipeline.resources.database import curation_home, resolve_database_url
+from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS, Embedder, LoadSpec, embedder_backend, load_embedder
+from curation_pipeline.resources.image_store import ImageStore, ImageStores, S3Settings
+from curation_pipeline.steps.embed import EmbedOptions
 
 
 class DatabaseResource(dg.ConfigurableResource):
@@ -145,9 +147,7 @@ class EmbedderResource(dg.ConfigurableResource):
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         return load_embedder(self.backend, spec)
 
-    def embed_options(self):
-        from curation_pipeline.steps.embed import EmbedOptions
-
+    def embed_options(self) -> EmbedOptions:
         return EmbedOptions(
             batch_size=self.batch_size,
             workers=self.workers if self.workers > 0 else (os.cpu_count() or 1),

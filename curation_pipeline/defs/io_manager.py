@@ -14,8 +14,8 @@ from typing import Optional
 
 import dagster as dg
 
-from .catalog import CachedEmbeddings, Catalog, EmbeddingSet
-from .database import resolve_database_url
+from curation_pipeline.resources.catalog import CachedEmbeddings, Catalog, EmbeddingSet
+from curation_pipeline.resources.database import resolve_database_url
 
 
 class PgVectorIOManager(dg.ConfigurableIOManager):
