@@ -179,12 +179,13 @@ def ours(folder: Path, sweep: list[tuple[int, float]]) -> dict:
     from curation_pipeline.resources.database import ThrowawayDatabase
     from curation_pipeline.resources.embedders import OfflineEmbedder
     from curation_pipeline.resources.image_store import LocalImageStore
+    from curation_pipeline.settings import Settings
     from curation_pipeline.steps.dedup import dedup_drop
     from curation_pipeline.steps.embed import EmbedOptions, embed_drop
     from curation_pipeline.steps.manifest import build_manifest
 
     with tempfile.TemporaryDirectory(prefix="dedup-quality-pg-") as tmp:
-        db = ThrowawayDatabase(Path(tmp) / "pg")
+        db = ThrowawayDatabase(Path(tmp) / "pg", Settings.from_env().database_url)
         url = db.url
         catalog = Catalog(url)
         catalog.register_drop("quality", str(folder))

@@ -117,6 +117,7 @@ def run_size(
     from curation_pipeline.core.dedup import DedupThresholds, semdedup_pairs
     from curation_pipeline.resources.catalog import Catalog, EmbeddingSet, hnsw_index_name
     from curation_pipeline.resources.database import ThrowawayDatabase
+    from curation_pipeline.settings import Settings
     from curation_pipeline.steps.dedup import dedup_drop, ef_search_for
 
     rng = np.random.default_rng(0)
@@ -129,7 +130,7 @@ def run_size(
     new = np.r_[fresh, copies].astype(np.float32)
     out: dict = {"corpus": n, "new_drop": len(new)}
     with tempfile.TemporaryDirectory(prefix="dedup-scale-") as tmp:
-        db = ThrowawayDatabase(Path(tmp) / "pg")
+        db = ThrowawayDatabase(Path(tmp) / "pg", Settings.from_env().database_url)
         url = db.url
         catalog = Catalog(url)
         for storage in storages:  # the vector model is the one deduplicated below

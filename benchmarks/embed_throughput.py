@@ -111,6 +111,7 @@ def run_one(
     from curation_pipeline.resources.catalog import Catalog
     from curation_pipeline.resources.database import ThrowawayDatabase
     from curation_pipeline.resources.image_store import LocalImageStore
+    from curation_pipeline.settings import Settings
     from curation_pipeline.steps.embed import EmbedOptions, ImageLoader, embed_drop
     from curation_pipeline.steps.manifest import build_manifest
 
@@ -139,7 +140,7 @@ def run_one(
         drop.mkdir()
         for f in files:  # the drop: links to the shared dataset files
             os.link(f, drop / f.name)
-        db = ThrowawayDatabase(tmp / "pg")
+        db = ThrowawayDatabase(tmp / "pg", Settings.from_env().database_url)
         url, server = db.url, db.server
         catalog = Catalog(url)
         key = f"bench-{backend}-{n}"

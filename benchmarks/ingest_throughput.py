@@ -23,6 +23,7 @@ from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.database import ThrowawayDatabase
 from curation_pipeline.resources.embedders import OfflineEmbedder
 from curation_pipeline.resources.image_store import LocalImageStore
+from curation_pipeline.settings import Settings
 from curation_pipeline.steps.dedup import dedup_drop
 from curation_pipeline.steps.embed import embed_drop
 from curation_pipeline.steps.manifest import build_manifest
@@ -37,7 +38,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="curation-bench-") as tmp:
         tmp = Path(tmp)
         demo = build_demo_drops(tmp / "demo", crops_per_side=(args.rows, args.cols))
-        db = ThrowawayDatabase(tmp / "pg")
+        db = ThrowawayDatabase(tmp / "pg", Settings.from_env().database_url)
         url = db.url
         catalog = Catalog(url)
         embedder = OfflineEmbedder()

@@ -26,12 +26,13 @@ def main() -> None:
     from curation_pipeline.core.manifest import ManifestRecord
     from curation_pipeline.resources.catalog import Catalog
     from curation_pipeline.resources.database import ThrowawayDatabase
+    from curation_pipeline.settings import Settings
 
     rng = np.random.default_rng(0)
     per_drop = args.rows // args.drops
     out: dict = {"rows": per_drop * args.drops, "drops": args.drops}
     with tempfile.TemporaryDirectory(prefix="manifest-load-") as tmp:
-        db = ThrowawayDatabase(Path(tmp) / "pg")
+        db = ThrowawayDatabase(Path(tmp) / "pg", Settings.from_env().database_url)
         catalog = Catalog(db.url)
 
         def load(pass_name: str) -> None:

@@ -36,6 +36,7 @@ def recall_at_10() -> dict:
     from curation_pipeline.resources.database import ThrowawayDatabase
     from curation_pipeline.resources.embedders import OfflineEmbedder
     from curation_pipeline.resources.image_store import LocalImageStore
+    from curation_pipeline.settings import Settings
     from curation_pipeline.steps.embed import EmbedOptions, embed_drop
     from curation_pipeline.steps.manifest import build_manifest
     from curation_pipeline.steps.retrieve import RetrievalSpec, retrieve_similar
@@ -44,7 +45,7 @@ def recall_at_10() -> dict:
         folder = Path(tmp) / "set"
         data = build_dataset(folder)
         groups, kinds = data["groups"], data["kinds"]
-        db = ThrowawayDatabase(Path(tmp) / "pg")
+        db = ThrowawayDatabase(Path(tmp) / "pg", Settings.from_env().database_url)
         catalog = Catalog(db.url)
         catalog.register_drop("set", str(folder))
         build_manifest(catalog, LocalImageStore(), str(folder), "set")
@@ -89,12 +90,13 @@ def latency(rows: int, queries: int, clients: int) -> dict:
     from curation_pipeline.resources.catalog import Catalog, hnsw_index_name, wire_vector
     from curation_pipeline.resources.database import ThrowawayDatabase
     from curation_pipeline.resources.filters import Predicate
+    from curation_pipeline.settings import Settings
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(1000, DIM)).astype(np.float32)
     out: dict = {"rows": rows}
     with tempfile.TemporaryDirectory(prefix="retrieval-latency-") as tmp:
-        db = ThrowawayDatabase(Path(tmp) / "pg")
+        db = ThrowawayDatabase(Path(tmp) / "pg", Settings.from_env().database_url)
         catalog = Catalog(db.url)
         model = "synthetic:halfvec"
         catalog.register_model(model, "synthetic", DIM, "benchmark vectors", storage="halfvec")

@@ -54,6 +54,7 @@ def main() -> None:
     from curation_pipeline.core.manifest import ManifestRecord
     from curation_pipeline.resources.catalog import Catalog, EmbeddingSet
     from curation_pipeline.resources.database import ThrowawayDatabase
+    from curation_pipeline.settings import Settings
     from curation_pipeline.steps.select import SelectionSpec, StrategySpec, select_subset
 
     x, y = load_digits(return_X_y=True)
@@ -73,7 +74,7 @@ def main() -> None:
 
     results = []
     with tempfile.TemporaryDirectory(prefix="selection-quality-") as tmp:
-        db = ThrowawayDatabase(Path(tmp) / "pg")
+        db = ThrowawayDatabase(Path(tmp) / "pg", Settings.from_env().database_url)
         catalog = Catalog(db.url)
         catalog.register_model(MODEL, "pixels", vectors.shape[1], "8x8 digit pixels, L2-normalised")
         catalog.replace_manifest(

@@ -16,6 +16,8 @@ import time
 from importlib import resources as importlib_resources
 from pathlib import Path
 
+from curation_pipeline.settings import Settings
+
 log = logging.getLogger("curation")
 
 
@@ -23,11 +25,10 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def dagster_home() -> Path:
-    """$DAGSTER_HOME, else $CURATION_HOME/dagster_home; seeded with the packaged dagster.yaml."""
-    from curation_pipeline.resources.database import curation_home
-
-    home = Path(os.environ.get("DAGSTER_HOME") or curation_home() / "dagster_home").resolve()
+def dagster_home(settings: Settings) -> Path:
+    """$DAGSTER_HOME, else $CURATION_HOME/dagster_home; seeded with the packaged dagster.yaml. The
+    variable is set for Dagster, which reads it itself (here and in the processes it starts)."""
+    home = settings.dagster_home or (settings.home / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     target = home / "dagster.yaml"
@@ -37,25 +38,28 @@ def dagster_home() -> Path:
     return home
 
 
-def _instance():
+def _instance(settings: Settings):
     import dagster as dg
 
-    dagster_home()
+    dagster_home(settings)
     return dg.DagsterInstance.get()
 
 
-def _defs():
-    from curation_pipeline.definitions import defs
+def _defs(settings: Settings):
+    """The same Definitions as the UI's code location, from the settings this command read."""
+    from curation_pipeline.definitions import build_definitions
 
-    return defs
+    return build_definitions(settings)
 
 
-def _run_job(job_name: str, partitions_def_name: str, partition_key: str, run_config: dict | None = None) -> dict:
+def _run_job(
+    settings: Settings, job_name: str, partitions_def_name: str, partition_key: str, run_config: dict | None = None
+) -> dict:
     """Add the dynamic partition if new and execute the job for it on the persistent instance."""
-    instance = _instance()
+    instance = _instance(settings)
     if not instance.has_dynamic_partition(partitions_def_name, partition_key):
         instance.add_dynamic_partitions(partitions_def_name, [partition_key])
-    job = _defs().resolve_job_def(job_name)
+    job = _defs(settings).resolve_job_def(job_name)
     started = time.perf_counter()
     # INFO, not DEBUG, on the console: per-batch progress without every engine event.
     config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
@@ -93,11 +97,11 @@ def _run_job(job_name: str, partitions_def_name: str, partition_key: str, run_co
     return metadata
 
 
-def _catalog():
+def _catalog(settings: Settings):
     from curation_pipeline.resources.catalog import Catalog
     from curation_pipeline.resources.database import resolve_database_url
 
-    return Catalog(resolve_database_url())
+    return Catalog(resolve_database_url(settings.database_url, settings.embedded_pgdata))
 
 
 # ---- commands ------------------------------------------------------------------------------------
@@ -116,7 +120,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     manifest_config: dict = {"source": source}
     if args.allow_shrink:
         manifest_config["allow_shrink"] = True
-    meta = _run_job("ingest_drop", "capture_drops", key, {"ops": {"raw_image_manifest": {"config": manifest_config}}})
+    meta = _run_job(
+        args.settings, "ingest_drop", "capture_drops", key, {"ops": {"raw_image_manifest": {"config": manifest_config}}}
+    )
     for label, count in (meta.get("raw_image_manifest", {}).get("items_lost") or {}).items():
         _stderr(
             f"warning: {label} lost {count} item(s): their images are no longer in drop {key}; "
@@ -164,9 +170,9 @@ def cmd_select(args: argparse.Namespace) -> int:
         config["annotations_file"] = str(Path(args.annotations).expanduser().resolve())
         config["annotations_key_column"] = args.key_column
     run_config = {"ops": {"curated_subset": {"config": config}}}
-    meta = _run_job("select_and_report", "selections", name, run_config)
+    meta = _run_job(args.settings, "select_and_report", "selections", name, run_config)
     report = meta.get("curation_report", {}).get("path")
-    info = _catalog().selection_info(name) or {}
+    info = _catalog(args.settings).selection_info(name) or {}
     comparison = info.get("comparison") or {}
     _stderr(
         f"selection {name}: {meta.get('curated_subset', {}).get('selected')} images "
@@ -193,7 +199,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     from curation_pipeline.steps.annotate import load_annotations
 
     try:
-        stats = load_annotations(_catalog(), args.file, key_column=args.key_column, columns=args.column or None)
+        stats = load_annotations(_catalog(args.settings), args.file, key_column=args.key_column, columns=args.column or None)
     except ValueError as exc:
         raise SystemExit(f"curation: {exc}") from None
     _stderr(
@@ -232,7 +238,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     if args.export_to:  # without it, retrieval_export is skipped
         dest = args.export_to if "://" in args.export_to else str(Path(args.export_to).expanduser().resolve())
         ops["retrieval_export"] = {"config": {"export_to": dest}}
-    meta = _run_job("retrieve", "retrieval_queries", name, {"ops": ops})
+    meta = _run_job(args.settings, "retrieve", "retrieval_queries", name, {"ops": ops})
     if "retrieval_page" in meta:
         _stderr(f"retrieval {name}: page {meta['retrieval_page']['path']}")
     if "retrieval_export" in meta:
@@ -241,7 +247,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
             f"retrieval {name}: exported {out['images']} images ({out['copied']} copied, {out['already_there']} already "
             f"there); manifest {out['manifest_parquet']}"
         )
-    items = _catalog().retrieval_items(name)
+    items = _catalog(args.settings).retrieval_items(name)
     if args.json:
         print(
             json.dumps(
@@ -266,7 +272,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from curation_pipeline.core.ids import validate_name
 
     name = validate_name(args.name, "selection name")
-    if _catalog().selection_info(name) is None:
+    if _catalog(args.settings).selection_info(name) is None:
         raise SystemExit(f"curation: selection {name!r} does not exist: run `curation select --name {name}` first")
     config: dict = {"copy_images": not args.no_copy}
     if args.destination:
@@ -275,7 +281,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     if args.presign is not None:
         config["presign_seconds"] = args.presign
-    meta = _run_job("export", "selections", name, {"ops": {"curated_export": {"config": config}}})
+    meta = _run_job(args.settings, "export", "selections", name, {"ops": {"curated_export": {"config": config}}})
     out = meta.get("curated_export", {})
     _stderr(
         f"export {name}: {out.get('images')} images ({out.get('copied')} copied, {out.get('already_there')} already "
@@ -287,7 +293,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
-    groups = _catalog().duplicate_groups(args.drop or None)
+    groups = _catalog(args.settings).duplicate_groups(args.drop or None)
     listing = [[g["representative"]["source_uri"]] + [m["source_uri"] for m in g["members"]] for g in groups]
     if args.json:
         print(json.dumps(listing))
@@ -300,7 +306,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 
 
 def cmd_subset(args: argparse.Namespace) -> int:
-    catalog = _catalog()
+    catalog = _catalog(args.settings)
     if catalog.selection_info(args.name) is None:
         raise SystemExit(f"curation: selection {args.name!r} does not exist: run `curation select --name {args.name}`")
     items = catalog.selection_items(args.name)
@@ -330,8 +336,8 @@ def cmd_drop(args: argparse.Namespace) -> int:
 
     key = validate_name(args.drop, "drop key")
     if args.action == "remove":
-        out = _catalog().remove_drop(key)
-        instance = _instance()
+        out = _catalog(args.settings).remove_drop(key)
+        instance = _instance(args.settings)
         if instance.has_dynamic_partition("capture_drops", key):
             instance.delete_dynamic_partition("capture_drops", key)
         _stderr(f"drop {key} removed: {out['images']} images and everything derived from them")
@@ -344,7 +350,7 @@ def cmd_drop(args: argparse.Namespace) -> int:
 
 
 def cmd_protect(args: argparse.Namespace) -> int:
-    _catalog().set_protected(args.drop, not args.off)
+    _catalog(args.settings).set_protected(args.drop, not args.off)
     _stderr(
         f"drop {args.drop} is {'no longer ' if args.off else ''}protected; "
         "`curation leaks` lists other drops' duplicates of its images"
@@ -353,7 +359,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
 
 
 def cmd_leaks(args: argparse.Namespace) -> int:
-    leaks = _catalog().leaks(args.drop)
+    leaks = _catalog(args.settings).leaks(args.drop)
     if args.json:
         print(
             json.dumps(
@@ -371,49 +377,52 @@ def cmd_leaks(args: argparse.Namespace) -> int:
     else:
         for x in leaks:
             print(f"{x['drop_key']}/{x['object_key']}  duplicates  {x['protected_drop']}/{x['protected_key']}")
-        _stderr(f"{len(leaks)} leaks into protected drops {_catalog().protected_drops()}")
+        _stderr(f"{len(leaks)} leaks into protected drops {_catalog(args.settings).protected_drops()}")
     return 0
 
 
 def cmd_db(args: argparse.Namespace) -> int:
     from curation_pipeline.resources.database import resolve_database_url, stop_embedded_server
 
+    settings = args.settings
     if args.action == "url":
-        print(resolve_database_url())
+        print(resolve_database_url(settings.database_url, settings.embedded_pgdata))
     elif args.action == "stop":
-        _stderr("embedded PostgreSQL stopped" if stop_embedded_server() else "embedded PostgreSQL was not running")
+        stopped = stop_embedded_server(settings.embedded_pgdata)
+        _stderr("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
     return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    home = dagster_home()
+    home = dagster_home(args.settings)
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
     cmd = [dagster, "dev", "-m", "curation_pipeline.definitions", "-h", args.host, "-p", str(args.port)]
     _stderr(f"DAGSTER_HOME={home}; starting: {' '.join(cmd)}")
-    return subprocess.call(cmd, env=os.environ.copy())
+    return subprocess.call(cmd)  # inherits DAGSTER_HOME, set above
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from curation_pipeline.demo_data import build_demo_drops, score_dedup
-    from curation_pipeline.resources.database import curation_home
 
     started = time.perf_counter()
-    root = curation_home() / "demo"
+    root = args.settings.home / "demo"
     _stderr(f"building demo drops under {root}")
     demo = build_demo_drops(root)
     truth = json.loads(demo.ground_truth.read_text())["files"]
-    catalog = _catalog()
+    catalog = _catalog(args.settings)
     for key, path in demo.drops.items():
         catalog.register_drop(key, str(path))
         _stderr(f"ingesting {key} from {path}")
-        _run_job("ingest_drop", "capture_drops", key)
+        _run_job(args.settings, "ingest_drop", "capture_drops", key)
     _run_job(
+        args.settings,
         "select_and_report",
         "selections",
         "demo",
         {"ops": {"curated_subset": {"config": {"budget": args.budget, "min_distance": 0.0}}}},
     )
     _run_job(
+        args.settings,
         "retrieve",
         "retrieval_queries",
         "demo",
@@ -430,7 +439,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     score = score_dedup(truth, member_to_rep)
     subset = catalog.selection_items("demo")
     top = catalog.retrieval_items("demo")
-    report = curation_home() / "reports" / "demo" / "index.html"
+    report = args.settings.reports_dir / "demo" / "index.html"
     elapsed = time.perf_counter() - started
     summary = {
         "drops": counts["drops"],
@@ -467,7 +476,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  retrieval top hit      {summary['retrieval_top1']}")
         print(f"  report                 {summary['report']}")
         print(f"  wall time              {summary['wall_seconds']} s")
-        print(f"  UI                     make ui  (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
+        print(f"  UI                     make ui  (DAGSTER_HOME={dagster_home(args.settings)})")
     return 0
 
 
@@ -594,7 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    dagster_home()
+    try:
+        args.settings = Settings.from_env()  # every variable the project reads, read once
+    except ValueError as exc:
+        raise SystemExit(f"curation: {exc}") from None
+    dagster_home(args.settings)
     try:
         return args.func(args)
     except (ValueError, LookupError) as exc:

@@ -1,6 +1,10 @@
-"""Assembles the Definitions: nothing else lives here."""
+"""Assembles the Definitions: nothing else lives here. The configuration comes from settings.py
+(read once, where the code location loads); every resource is built from it, so what a step reads
+through travels with the run as resource config, whichever process or pod runs the step."""
 
-import os
+from __future__ import annotations
+
+import dataclasses
 
 import dagster as dg
 
@@ -16,10 +20,11 @@ from curation_pipeline.defs.resources import (
     DatabaseResource,
     EmbedderResource,
     ImageStoreResource,
+    OutputsResource,
 )
 from curation_pipeline.defs.retrieval import retrieval_set
 from curation_pipeline.defs.sensors import WatchSettings, build_drop_sensor
-from curation_pipeline.resources.database import curation_home
+from curation_pipeline.settings import Settings
 
 # In data-flow order (tests take ASSETS[:3] for ingest and ASSETS[3] for the selection).
 ASSETS = [
@@ -34,76 +39,86 @@ ASSETS = [
     retrieval_export,
 ]
 
-# Declarative automation: curated subsets and their reports follow new dedup results (see the
-# assets' automation_condition). Like every sensor it must be switched on (UI or
-# CURATION_SENSOR_RUNNING=1) before anything runs on its own.
-automation_sensor = dg.AutomationConditionSensorDefinition(
-    "curation_automation",
-    target=dg.AssetSelection.all(),
-    default_status=(
-        dg.DefaultSensorStatus.RUNNING if os.environ.get("CURATION_SENSOR_RUNNING") == "1" else dg.DefaultSensorStatus.STOPPED
-    ),
-    minimum_interval_seconds=30,
-)
+
+def _settings(settings: Settings | None, database_url: str | None, drop_root: str | None) -> Settings:
+    settings = settings or Settings.from_env()
+    if database_url:
+        settings = dataclasses.replace(settings, database_url=database_url)
+    if drop_root:
+        settings = dataclasses.replace(settings, drop_root=drop_root)
+    return settings
 
 
 def build_resources(
+    settings: Settings | None = None,
     *,
     database_url: str | None = None,
     embedder: EmbedderResource | None = None,
     drop_root: str | None = None,
     s3: CurationS3Resource | None = None,
 ) -> dict:
-    """Arguments override resources for tests and the CLI; the defaults read DATABASE_URL /
-    CURATION_HOME / CURATION_DROP_ROOT, CURATION_S3_ENDPOINT_URL / _REGION / _PROFILE (S3 credentials
-    come from boto3's usual chain) and use the offline embedder."""
+    """Every resource, from `settings` (default: Settings.from_env()); keyword arguments override
+    parts of it for tests and the CLI. S3 credentials come from boto3's usual chain."""
+    settings = _settings(settings, database_url, drop_root)
+    pgdata = str(settings.embedded_pgdata)
     s3 = s3 or CurationS3Resource(
-        endpoint_url=os.environ.get("CURATION_S3_ENDPOINT_URL") or None,
-        region_name=os.environ.get("CURATION_S3_REGION") or None,
-        profile_name=os.environ.get("CURATION_S3_PROFILE") or None,
+        endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region, profile_name=settings.s3_profile
     )
     return {
-        "database": DatabaseResource(url=database_url),
+        "database": DatabaseResource(url=settings.database_url, embedded_pgdata=pgdata),
         "image_store": ImageStoreResource(
-            drop_root=drop_root, s3=s3, drop_marker=os.environ.get("CURATION_DROP_MARKER", "_SUCCESS")
+            drop_root=settings.drop_root, s3=s3, drop_marker=settings.drop_marker, watch=list(settings.watch)
         ),
         "embedder": embedder
         or EmbedderResource(
-            backend=os.environ.get("CURATION_EMBEDDER") or "offline",
-            model_name=os.environ.get("CURATION_EMBEDDER_MODEL") or "",
-            pretrained=os.environ.get("CURATION_EMBEDDER_PRETRAINED") or "",
+            backend=settings.embedder_backend, model_name=settings.embedder_model, pretrained=settings.embedder_pretrained
         ),
-        "pgvector_io_manager": PgVectorIOManager(url=database_url),
+        "outputs": OutputsResource(reports_dir=str(settings.reports_dir), export_root=settings.export_root),
+        "pgvector_io_manager": PgVectorIOManager(url=settings.database_url, embedded_pgdata=pgdata),
     }
 
 
-def build_definitions(*, watch: WatchSettings | None = None, **overrides) -> dg.Definitions:
-    """The code location; `watch` configures the drop sensor (default: from the environment, see
-    WatchSettings.from_env), other keyword arguments go to build_resources."""
-    watch = watch or WatchSettings.from_env(
-        default_root=overrides.get("drop_root") or os.environ.get("CURATION_DROP_ROOT") or str(curation_home() / "drops")
+def build_definitions(settings: Settings | None = None, *, watch: WatchSettings | None = None, **overrides) -> dg.Definitions:
+    """The code location, from `settings` (default: Settings.from_env()). `watch` configures the drop
+    sensor (default: from the settings, watching the image store's roots); other keyword arguments
+    go to build_resources."""
+    settings = _settings(settings, overrides.get("database_url"), overrides.get("drop_root"))
+    resources = build_resources(settings, **overrides)
+    watch = watch or WatchSettings.from_settings(settings, roots=resources["image_store"].watched_roots())
+    # Declarative automation: curated subsets and their reports follow new dedup results (see the
+    # assets' automation_condition). Like every sensor it must be switched on (UI or
+    # CURATION_SENSOR_RUNNING=1) before anything runs on its own.
+    automation_sensor = dg.AutomationConditionSensorDefinition(
+        "curation_automation",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING if settings.sensors_running else dg.DefaultSensorStatus.STOPPED,
+        minimum_interval_seconds=30,
     )
     return dg.Definitions(
         assets=ASSETS,
         jobs=[ingest_drop_job, select_job, retrieve_job, export_job],
         sensors=[build_drop_sensor(watch), automation_sensor],
-        resources=build_resources(**overrides),
-        executor=_executor(),
+        resources=resources,
+        executor=_executor(settings.executor),
     )
 
 
-def _executor():
+def _executor(choice: str):
     """CURATION_EXECUTOR=k8s: one pod per step (needs dagster-k8s, installed in the deployment
-    image), so the GPU tag on image_embeddings puts that step alone on a GPU node. Default: Dagster's
-    multiprocess executor."""
-    choice = os.environ.get("CURATION_EXECUTOR", "")
+    image), so the GPU tag on image_embeddings puts that step alone on a GPU node. in_process: every
+    step of a run in the run's process. multiprocess or unset: Dagster's default executor (a process
+    per step for launched runs; its run config keeps the `multiprocess:` / `in_process:` choice)."""
     if choice == "k8s":
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor
-    if choice not in ("", "multiprocess"):
-        raise ValueError(f"CURATION_EXECUTOR={choice!r}: use k8s or multiprocess")
+    if choice == "in_process":
+        return dg.in_process_executor
     return None
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """What `dagster dev -m curation_pipeline.definitions`, `dagster api grpc` and workspace.yaml load:
+    built when Dagster asks for it, from the environment of the process that loads it."""
+    return build_definitions()

@@ -4,6 +4,7 @@ database per test, a throwaway CURATION_HOME, and small real-photo drops."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import tempfile
 import uuid
@@ -23,7 +24,7 @@ from curation_pipeline.resources.database import ThrowawayDatabase
 def pg_server_url():
     """A running server. $DATABASE_URL wins; otherwise an embedded server in a temp dir."""
     root = Path(tempfile.mkdtemp(prefix="curation-pg-"))
-    db = ThrowawayDatabase(root / "pgdata")
+    db = ThrowawayDatabase(root / "pgdata", os.environ.get("DATABASE_URL"))
     try:
         yield db.url
     finally:

@@ -1,28 +1,17 @@
 """The "export" group: a selection's images and manifest (curated_export) or a retrieval set's
 (retrieval_export), written to an export location. The input location is only read."""
 
-import os
 from typing import Optional
 
 import dagster as dg
 
-from curation_pipeline.resources.database import curation_home
 from curation_pipeline.resources.export_target import export_target_for
 from curation_pipeline.steps.export import export_selection
 
 from .curation import curated_subset
 from .partitions import retrieval_queries, selections
-from .resources import DatabaseResource, ImageStoreResource
+from .resources import DatabaseResource, ImageStoreResource, OutputsResource
 from .retrieval import retrieval_set
-from .sensors import WatchSettings
-
-
-def _watched_roots(image_store: ImageStoreResource) -> tuple[str, ...]:
-    """The drop sensor's roots, read as build_definitions reads them: an export there would be
-    ingested as a drop, so export_selection refuses them."""
-    return WatchSettings.from_env(
-        default_root=image_store.drop_root or os.environ.get("CURATION_DROP_ROOT") or str(curation_home() / "drops")
-    ).roots
 
 
 def _manifest_metadata(out: dict) -> dict:
@@ -40,8 +29,8 @@ def _manifest_metadata(out: dict) -> dict:
 
 class ExportConfig(dg.Config):
     destination: Optional[str] = None
-    """Export root: a folder or s3://bucket/prefix/ (default $CURATION_EXPORT_ROOT, else
-    $CURATION_HOME/exports). The selection goes to <destination>/<selection>/."""
+    """Export root: a folder or s3://bucket/prefix/ (default: the outputs resource's export_root,
+    $CURATION_EXPORT_ROOT, else $CURATION_HOME/exports). The selection goes to <destination>/<selection>/."""
     copy_images: bool = True
     """Copy the images (server-side within S3); off = manifest only, pointing at the sources."""
     presign_seconds: Optional[int] = None
@@ -67,9 +56,13 @@ class ExportConfig(dg.Config):
     ],
 )
 def curated_export(
-    context: dg.AssetExecutionContext, config: ExportConfig, database: DatabaseResource, image_store: ImageStoreResource
+    context: dg.AssetExecutionContext,
+    config: ExportConfig,
+    database: DatabaseResource,
+    image_store: ImageStoreResource,
+    outputs: OutputsResource,
 ) -> dg.MaterializeResult:
-    root = config.destination or os.environ.get("CURATION_EXPORT_ROOT") or str(curation_home() / "exports")
+    root = config.destination or outputs.export_root
     target = export_target_for(root, image_store.s3.settings())
     catalog = database.catalog()
     out = export_selection(
@@ -78,7 +71,7 @@ def curated_export(
         target,
         copy_images=config.copy_images,
         presign_seconds=config.presign_seconds,
-        protected_roots=_watched_roots(image_store),
+        protected_roots=image_store.watched_roots(),  # exports there would be ingested as drops
         stores=image_store.stores(),
         logger=context.log,
     )
@@ -133,7 +126,7 @@ def retrieval_export(
         name,
         export_target_for(config.export_to, image_store.s3.settings()),
         kind="retrieval",
-        protected_roots=_watched_roots(image_store),
+        protected_roots=image_store.watched_roots(),  # exports there would be ingested as drops
         stores=image_store.stores(),
         logger=context.log,
     )

@@ -20,9 +20,11 @@ from curation_pipeline.resources.database import resolve_database_url
 
 class PgVectorIOManager(dg.ConfigurableIOManager):
     url: Optional[str] = None
+    """Any PostgreSQL with pgvector; empty: the embedded server in `embedded_pgdata`."""
+    embedded_pgdata: Optional[str] = None
 
     def _catalog(self) -> Catalog:
-        return Catalog(resolve_database_url(self.url))
+        return Catalog(resolve_database_url(self.url, self.embedded_pgdata))
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         if not context.has_asset_partitions:

@@ -5,19 +5,19 @@ from pathlib import Path
 
 import dagster as dg
 
-from curation_pipeline.resources.database import curation_home
 from curation_pipeline.steps.report import write_report, write_retrieval_page
 
 from .curation import curated_subset
 from .dedup import dedup_clusters
 from .partitions import FOLLOW_DEDUP, retrieval_queries, selections
-from .resources import DatabaseResource, ImageStoreResource
+from .resources import DatabaseResource, ImageStoreResource, OutputsResource
 from .retrieval import retrieval_set
 
 
 class ReportConfig(dg.Config):
     output_dir: str = ""
-    """Folder for reports (default: $CURATION_HOME/reports); the page goes to <output_dir>/<selection>/index.html."""
+    """Folder for reports (default: the outputs resource's reports_dir, $CURATION_HOME/reports); the page
+    goes to <output_dir>/<selection>/index.html."""
     max_groups: int = 50
     max_subset: int = 200
 
@@ -47,9 +47,13 @@ class ReportConfig(dg.Config):
     ],
 )
 def curation_report(
-    context: dg.AssetExecutionContext, config: ReportConfig, database: DatabaseResource, image_store: ImageStoreResource
+    context: dg.AssetExecutionContext,
+    config: ReportConfig,
+    database: DatabaseResource,
+    image_store: ImageStoreResource,
+    outputs: OutputsResource,
 ) -> dg.MaterializeResult:
-    root = config.output_dir or str(curation_home() / "reports")
+    root = config.output_dir or outputs.reports_dir
     out = write_report(
         database.catalog(),
         context.partition_key,
@@ -97,8 +101,8 @@ def curation_report(
 
 class RetrievalPageConfig(dg.Config):
     output_dir: str = ""
-    """Folder for retrieval pages (default: $CURATION_HOME/reports/retrievals); the page goes to
-    <output_dir>/<query name>/index.html."""
+    """Folder for retrieval pages (default: the outputs resource's reports_dir + /retrievals,
+    $CURATION_HOME/reports/retrievals); the page goes to <output_dir>/<query name>/index.html."""
 
 
 @dg.asset(
@@ -118,9 +122,13 @@ class RetrievalPageConfig(dg.Config):
     ],
 )
 def retrieval_page(
-    context: dg.AssetExecutionContext, config: RetrievalPageConfig, database: DatabaseResource, image_store: ImageStoreResource
+    context: dg.AssetExecutionContext,
+    config: RetrievalPageConfig,
+    database: DatabaseResource,
+    image_store: ImageStoreResource,
+    outputs: OutputsResource,
 ) -> dg.MaterializeResult:
-    root = Path(config.output_dir) if config.output_dir else curation_home() / "reports" / "retrievals"
+    root = Path(config.output_dir) if config.output_dir else Path(outputs.reports_dir) / "retrievals"
     page = write_retrieval_page(
         database.catalog(), context.partition_key, root / context.partition_key, stores=image_store.stores()
     )

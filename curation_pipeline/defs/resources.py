@@ -1,6 +1,8 @@
 """Dagster resources: configuration surfaces over the plain classes of resources/ (which know
 nothing of Dagster). Each hands the steps plain objects: a Catalog, ImageStores, an Embedder and
-its EmbedOptions."""
+its EmbedOptions. Their values come from the resource config alone (definitions.py fills it from
+settings.py); nothing here reads the environment, so a step process, wherever it runs, reads
+with the configuration of its run."""
 
 from __future__ import annotations
 
@@ -14,19 +16,21 @@ from pydantic import Field
 
 from curation_pipeline.core.ids import validate_name
 from curation_pipeline.resources.catalog import Catalog
-from curation_pipeline.resources.database import curation_home, resolve_database_url
+from curation_pipeline.resources.database import resolve_database_url
 from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS, Embedder, LoadSpec, embedder_backend, load_embedder
 from curation_pipeline.resources.image_store import ImageStore, ImageStores, S3Settings
 from curation_pipeline.steps.embed import EmbedOptions
 
 
 class DatabaseResource(dg.ConfigurableResource):
-    """PostgreSQL + pgvector. `url` (or $DATABASE_URL) names any server; empty starts the embedded one."""
+    """PostgreSQL + pgvector. `url` names any server; empty: the embedded server in `embedded_pgdata`."""
 
     url: Optional[str] = None
+    embedded_pgdata: Optional[str] = None
+    """Data directory of the embedded server used when `url` is empty (default: $CURATION_HOME/pg)."""
 
     def catalog(self) -> Catalog:
-        return Catalog(resolve_database_url(self.url))
+        return Catalog(resolve_database_url(self.url, self.embedded_pgdata))
 
 
 class CurationS3Resource(S3Resource):
@@ -39,7 +43,7 @@ class CurationS3Resource(S3Resource):
 
     def settings(self) -> S3Settings:
         return S3Settings(
-            endpoint_url=self.endpoint_url or os.environ.get("CURATION_S3_ENDPOINT_URL") or None,
+            endpoint_url=self.endpoint_url or None,
             region_name=self.region_name,
             profile_name=self.profile_name,
             max_attempts=self.max_attempts,
@@ -61,16 +65,25 @@ class ImageStoreResource(dg.ConfigurableResource):
     `stores()` from the asset that calls them."""
 
     drop_root: Optional[str] = None
+    """Where a drop without a registered source is read: <drop_root>/<drop key> (a folder or s3://...)."""
     s3: CurationS3Resource
     drop_marker: str = "_SUCCESS"
     """The object a rig writes last to mark a drop complete (see the drop sensor); not an image, so
     the manifest leaves it out."""
+    watch: list[str] = []
+    """The roots the drop sensor watches (default: the drop root). An export into one is refused:
+    its copies would be ingested as a drop."""
+
+    def watched_roots(self) -> tuple[str, ...]:
+        return tuple(self.watch) or ((self.drop_root,) if self.drop_root else ())
 
     def location_for(self, drop_key: str, registered_source: Optional[str]) -> str:
         validate_name(drop_key, "drop key")
         if registered_source:
             return registered_source
-        root = self.drop_root or os.environ.get("CURATION_DROP_ROOT") or str(curation_home() / "drops")
+        root = self.drop_root
+        if not root:
+            raise ValueError(f"drop {drop_key!r} has no registered source and no drop root is configured")
         return str(Path(root) / drop_key) if "://" not in root else root.rstrip("/") + "/" + drop_key
 
     def stores(self) -> ImageStores:
@@ -80,6 +93,16 @@ class ImageStoreResource(dg.ConfigurableResource):
 
     def store(self, location: str) -> ImageStore:
         return self.stores().for_location(location)
+
+
+class OutputsResource(dg.ConfigurableResource):
+    """Where results go when run config names no place: reports (curation_report, retrieval_page)
+    and exports (curated_export)."""
+
+    reports_dir: str
+    """Reports go to <reports_dir>/<selection>/index.html, retrieval pages to <reports_dir>/retrievals/<name>/."""
+    export_root: str
+    """Default export destination (a folder or s3://bucket/prefix/); a selection goes to <export_root>/<selection>/."""
 
 
 # The backend names, from the registry (resources/embedders.py EMBEDDER_BACKENDS): the config

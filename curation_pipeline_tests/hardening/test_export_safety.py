@@ -10,7 +10,6 @@ import dagster as dg
 import pytest
 
 from curation_pipeline.core.dedup import DedupThresholds
-from curation_pipeline.defs.resources import CurationS3Resource, DatabaseResource, ImageStoreResource
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.embedders import OfflineEmbedder
 from curation_pipeline.resources.export_target import LocalExportTarget, S3ExportTarget, location_within
@@ -226,6 +225,9 @@ def test_location_within_compares_resolved_paths_and_s3_segments(tmp_path):
 def test_the_curated_export_asset_refuses_a_destination_under_curation_watch(
     tmp_path, monkeypatch, curation_env, database_url, local_collision
 ):
+    """The watched roots reach the asset through the image store resource, built from the settings
+    of the environment (CURATION_WATCH, else CURATION_DROP_ROOT) as the code location builds it."""
+    from curation_pipeline.definitions import build_resources
     from curation_pipeline.defs.export import ExportConfig, curated_export
 
     _, folder, _ = local_collision
@@ -233,19 +235,19 @@ def test_the_curated_export_asset_refuses_a_destination_under_curation_watch(
     watched.mkdir()
     monkeypatch.setenv("CURATION_WATCH", f"s3://somewhere/drops/, {watched}")
     monkeypatch.delenv("CURATION_DROP_ROOT", raising=False)
-    resources = {"database": DatabaseResource(url=database_url), "image_store": ImageStoreResource(s3=CurationS3Resource())}
+
+    def export(destination: str):
+        resources = {k: v for k, v in build_resources().items() if k in ("database", "image_store", "outputs")}
+        context = dg.build_asset_context(partition_key="batch-1")
+        return curated_export(context, config=ExportConfig(destination=destination), **resources)
+
     for destination, what in ((str(watched / "exports"), "watched root"), (str(folder / "out"), "drop 'd1'")):
         with pytest.raises(ValueError, match=what):
-            curated_export(
-                dg.build_asset_context(partition_key="batch-1"), config=ExportConfig(destination=destination), **resources
-            )
+            export(destination)
     assert not (watched / "exports").exists() and not (folder / "out").exists()
     # unset, the watched roots default to the drop root
     monkeypatch.delenv("CURATION_WATCH")
     monkeypatch.setenv("CURATION_DROP_ROOT", str(watched))
     with pytest.raises(ValueError, match="watched root"):
-        curated_export(
-            dg.build_asset_context(partition_key="batch-1"),
-            config=ExportConfig(destination=str(watched / "exports")),
-            **resources,
-        )
+        export(str(watched / "exports"))
+    assert not (watched / "exports").exists()
