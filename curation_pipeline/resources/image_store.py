@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 from curation_pipeline.core.decode import STATUS_UNREADABLE, STATUS_UNSUPPORTED
@@ -527,14 +527,28 @@ def _s3_store(settings: S3Settings) -> S3ImageStore:
     return S3ImageStore(settings)
 
 
+def _local_store(s3: S3Settings) -> ImageStore:
+    return LocalImageStore()
+
+
+# URI scheme -> the store that reads it, built from the S3 settings it is handed (only S3 uses them).
+# A new kind of store (another object store, a bag-file reader) is one ImageStore subclass and one
+# entry here; the manifest, embedding, report, export and retrieval steps reach it through store_for.
+IMAGE_STORES: dict[str, Callable[[S3Settings], ImageStore]] = {
+    "": _local_store,
+    "file": _local_store,
+    "s3": _s3_store,
+}
+
+
 def store_for(location: str, s3: S3Settings | None = None) -> ImageStore:
     """The store that reads `location`; s3:// locations through `s3` (default: boto3's own chain)."""
     scheme = urlparse(location).scheme
-    if scheme in ("", "file"):
-        return LocalImageStore()
-    if scheme == "s3":
-        return _s3_store(s3 or S3Settings())
-    raise ValueError(f"no image store for {location!r}: use a local path, file:// or s3://bucket/prefix/")
+    factory = IMAGE_STORES.get(scheme)
+    if factory is None:
+        known = ", ".join(f"{k}://" for k in IMAGE_STORES if k) + " or a local path"
+        raise ValueError(f"no image store for {location!r}: use {known}")
+    return factory(s3 or S3Settings())
 
 
 @dataclass(frozen=True)

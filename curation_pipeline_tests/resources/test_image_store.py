@@ -166,3 +166,43 @@ def test_s3_prefix_reads_are_ranged_and_whole_reads_capped(s3):
     with pytest.raises(ObjectTooLarge, match="10000 bytes"):
         store.read_bytes(loc, "big.bin")
     assert S3ImageStore(s3).read_bytes(loc, "big.bin") == b"0123456789" * 1000
+
+
+def test_a_new_image_store_is_one_class_and_one_registry_entry(database_url, monkeypatch):
+    """An in-memory store registered for mem:// serves the manifest and the embedding steps through
+    store_for, with nothing else changed."""
+    from datetime import datetime, timezone
+
+    from curation_pipeline.resources import image_store
+    from curation_pipeline.resources.catalog import Catalog
+    from curation_pipeline.resources.embedders import OfflineEmbedder
+    from curation_pipeline.resources.image_store import ImageStore, ObjectInfo
+    from curation_pipeline.steps.embed import embed_drop
+    from curation_pipeline.steps.manifest import build_manifest
+    from curation_pipeline_tests.conftest import jpeg, photo_crops
+
+    blobs = {f"frame_{i}.jpg": jpeg(c) for i, c in enumerate(photo_crops(3))}
+
+    class MemoryStore(ImageStore):
+        def list_drops(self, root):
+            yield "d", "mem://d/"
+
+        def list_objects(self, location):
+            for key in sorted(blobs):
+                yield ObjectInfo(key, len(blobs[key]), str(len(blobs[key])), datetime.now(timezone.utc))
+
+        def read_bytes(self, location, key):
+            return blobs[key]
+
+        def object_uri(self, location, key):
+            return f"mem://d/{key}"
+
+        def read_uri(self, uri):
+            return blobs[uri.removeprefix("mem://d/")]
+
+    monkeypatch.setitem(image_store.IMAGE_STORES, "mem", lambda s3: MemoryStore())
+    catalog = Catalog(database_url)
+    stats = build_manifest(catalog, store_for("mem://d/"), "mem://d/", "d")
+    assert stats["valid_images"] == 3
+    embedded = embed_drop(catalog, OfflineEmbedder(), "d")
+    assert embedded["valid_images"] == 3 and embedded["not_embedded"] == 0
