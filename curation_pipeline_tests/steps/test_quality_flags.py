@@ -77,14 +77,20 @@ def test_exclude_blank_keeps_near_uniform_frames_out_of_a_selection(drop_with_bl
     assert picked == {f"photo_{i}.jpg" for i in range(6)}  # all 6 that pass: no blank frame among them
 
 
-def test_the_report_has_a_gallery_per_flag_and_counts_blank_frames(drop_with_blank_frames, tmp_path, monkeypatch):
-    catalog, model = drop_with_blank_frames
+def _report_data(catalog, model, tmp_path, monkeypatch):
+    """Select 4 images, write the report, and return the ReportData it rendered."""
     select_subset(catalog, "weekly", SelectionSpec(budget=4), model=model)
     seen = []
     render = report_step.render_html
     monkeypatch.setattr(report_step, "render_html", lambda data: seen.append(data) or render(data))
     report_step.write_report(catalog, "weekly", tmp_path / "report")
     (data,) = seen
+    return data
+
+
+def test_the_report_has_a_gallery_per_flag_and_counts_blank_frames(drop_with_blank_frames, tmp_path, monkeypatch):
+    catalog, model = drop_with_blank_frames
+    data = _report_data(catalog, model, tmp_path, monkeypatch)
     assert list(data.quality) == list(QUALITY_FLAGS)
     assert data.quality_counts["blank"] == 3
     assert {t.caption for t in data.quality["blank"]} == {f"rig/{name}" for name in BLANK}
@@ -92,12 +98,7 @@ def test_the_report_has_a_gallery_per_flag_and_counts_blank_frames(drop_with_bla
 
 def test_report_tiles_state_the_entropy_and_map_points_show_blank(drop_with_blank_frames, tmp_path, monkeypatch):
     catalog, model = drop_with_blank_frames
-    select_subset(catalog, "weekly", SelectionSpec(budget=4), model=model)
-    seen = []
-    render = report_step.render_html
-    monkeypatch.setattr(report_step, "render_html", lambda data: seen.append(data) or render(data))
-    report_step.write_report(catalog, "weekly", tmp_path / "report")
-    (data,) = seen
+    data = _report_data(catalog, model, tmp_path, monkeypatch)
     details = [t.detail for t in data.quality["blank"]]
     assert len(details) == 3 and all(d.startswith("entropy ") and "?" not in d and "contrast 0.0" in d for d in details)
     by_caption = {p.caption: p.quality for p in data.map_points}
