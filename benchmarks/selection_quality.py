@@ -77,18 +77,10 @@ def main() -> None:
         db = ThrowawayDatabase(Path(tmp) / "pg", Settings.from_env().database_url)
         catalog = Catalog(db.url)
         catalog.register_model(MODEL, "pixels", vectors.shape[1], "8x8 digit pixels, L2-normalised")
-        catalog.replace_manifest(
-            "digits",
-            [
-                (
-                    int(i),
-                    f"digits/{i}.png",
-                    ManifestRecord(object_key=f"{i}.png", bytes=64, sha256=f"d{i}", status="ok", width=8, height=8),
-                    None,
-                )
-                for i in ids
-            ],
-        )
+        with catalog.manifest_writer("digits") as writer:
+            for i in ids:
+                record = ManifestRecord(object_key=f"{i}.png", bytes=64, sha256=f"d{i}", status="ok", width=8, height=8)
+                writer.add(int(i), f"digits/{i}.png", record, None)
         catalog.replace_embeddings("digits", EmbeddingSet(MODEL, ids, [f"d{i}" for i in ids], vectors, ["digits"] * n))
 
         def run(name: str, spec: SelectionSpec) -> dict:

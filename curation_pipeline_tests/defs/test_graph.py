@@ -11,6 +11,7 @@ from curation_pipeline.defs.dedup import dedup_clusters
 from curation_pipeline.defs.ingest import image_embeddings, raw_image_manifest
 from curation_pipeline.defs.resources import EmbedderResource
 from curation_pipeline.resources.catalog import Catalog
+from curation_pipeline_tests.catalog_helpers import dedup_summary
 from curation_pipeline_tests.conftest import jpeg, make_small_drop
 
 INGEST = [raw_image_manifest, image_embeddings, dedup_clusters]
@@ -228,7 +229,7 @@ def test_one_backfill_run_ingests_several_drops_in_arrival_order(tmp_path, datab
     assert per_asset == {a: set(keys) for a in ("raw_image_manifest", "image_embeddings", "dedup_clusters")}
     catalog = Catalog(database_url)
     # later drops are identical copies of the first drop's photos: they dedup against it
-    summary = {k: catalog.dedup_summary(k) for k in keys}
+    summary = {k: dedup_summary(catalog, k) for k in keys}
     assert summary["b-1"]["matched_other_drops"] == 0
     assert summary["b-2"]["matched_other_drops"] > 0 and summary["b-3"]["matched_other_drops"] > 0
 

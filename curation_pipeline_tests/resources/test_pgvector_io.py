@@ -4,13 +4,14 @@ import pytest
 
 from curation_pipeline.defs.io_manager import PgVectorIOManager
 from curation_pipeline.resources.catalog import Catalog, EmbeddingSet
+from curation_pipeline_tests.catalog_helpers import replace_manifest
 
 
 def _seed(catalog: Catalog, drop: str, ids: list[int]):
     from curation_pipeline.core.manifest import ManifestRecord
 
     rows = [(i, f"/x/{i}.jpg", ManifestRecord(object_key=f"{i}.jpg", bytes=1, sha256=f"h{i}", status="ok"), None) for i in ids]
-    catalog.replace_manifest(drop, rows)
+    replace_manifest(catalog, drop, rows)
 
 
 def _emb(ids, drop, seed, dim=8):

@@ -15,6 +15,7 @@ from curation_pipeline.steps import report as report_step
 from curation_pipeline.steps.embed import EmbedOptions, embed_drop
 from curation_pipeline.steps.manifest import build_manifest
 from curation_pipeline.steps.select import SelectionSpec, select_subset
+from curation_pipeline_tests.catalog_helpers import replace_manifest
 from curation_pipeline_tests.conftest import jpeg, photo_crops
 from curation_pipeline_tests.core.test_quality import near_uniform_frame
 
@@ -39,7 +40,7 @@ def test_sql_and_python_raise_the_same_flags_on_the_same_rows(database_url):
         key = f"img_{i:04d}.jpg"
         records[key] = {**signals, "width": width, "height": height}
         rows.append((i + 1, f"/x/{key}", ManifestRecord(key, 1, f"h{i}", "ok", width=width, height=height, **signals), None))
-    catalog.replace_manifest("d", rows)
+    replace_manifest(catalog, "d", rows)
     for flag in QUALITY_FLAGS:
         count, flagged = catalog.quality_flagged(flag, len(rows))
         expected = {key for key, record in records.items() if flag in quality_flags(record)}

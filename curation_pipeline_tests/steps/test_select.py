@@ -10,6 +10,7 @@ from curation_pipeline.core.manifest import ManifestRecord
 from curation_pipeline.resources.catalog import Catalog, EmbeddingSet
 from curation_pipeline.steps.annotate import load_annotations
 from curation_pipeline.steps.select import SelectionSpec, StrategySpec, select_subset
+from curation_pipeline_tests.catalog_helpers import replace_manifest
 
 MODEL = "test:model"
 DIM = 16
@@ -51,7 +52,7 @@ def _seed_corpus(catalog: Catalog, n_per_blob=20, blobs=5, seed=0):
                         None,
                     )
                 )
-        catalog.replace_manifest(drop, rows)
+        replace_manifest(catalog, drop, rows)
     v = np.asarray(vectors, dtype=np.float32)
     ids = np.asarray(ids)
     for drop in ("d1", "d2"):
