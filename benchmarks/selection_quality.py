@@ -88,7 +88,7 @@ def main() -> None:
             select_subset(catalog, name, spec, model=MODEL)
             seconds = time.perf_counter() - t0
             picked = [it["image_id"] for it in catalog.selection_items(name)]
-            cmp = catalog.selection_info(name)["comparison"]
+            cmp = catalog.selection_info(name).comparison
             return {
                 "accuracy": accuracy(picked),
                 "classes": len({label_of[i] for i in picked}),

@@ -172,8 +172,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     run_config = {"ops": {"curated_subset": {"config": config}}}
     meta = _run_job(args.settings, "select_and_report", "selections", name, run_config)
     report = meta.get("curation_report", {}).get("path")
-    info = _catalog(args.settings).selection_info(name) or {}
-    comparison = info.get("comparison") or {}
+    info = _catalog(args.settings).selection_info(name)
+    comparison = (info.comparison if info else None) or {}
     _stderr(
         f"selection {name}: {meta.get('curated_subset', {}).get('selected')} images "
         f"({meta.get('curated_subset', {}).get('strategy')}); report: {report}"
@@ -319,14 +319,14 @@ def cmd_subset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn_lost(lost: list[dict], what: str) -> None:
+def _warn_lost(lost: list, what: str) -> None:
     """Say on stderr that a set lost items since it was materialized, and why."""
     if not lost:
         return
-    reasons = sorted({x["reason"] for x in lost})
+    reasons = sorted({x.reason for x in lost})
     _stderr(
         f"warning: {what} lost {len(lost)} item(s) since it was materialized (ranks "
-        f"{', '.join(str(x['rank']) for x in lost[:20])}{' ...' if len(lost) > 20 else ''}): "
+        f"{', '.join(str(x.rank) for x in lost[:20])}{' ...' if len(lost) > 20 else ''}): "
         f"{'; '.join(reasons)}. Materialize it again to refill it."
     )
 

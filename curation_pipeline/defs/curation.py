@@ -113,11 +113,13 @@ def curated_subset(
                 raise ValueError(f"selection {context.partition_key!r}: cannot read query image {p!r}: {exc}") from exc
         return embed_query_images(loaded, blobs, options)
 
-    stored = (catalog.selection_info(context.partition_key) or {}).get("config")
+    previous = catalog.selection_info(context.partition_key)
+    stored = previous.config if previous else None
     spec = config.spec(stored)
     stats = select_subset(catalog, context.partition_key, spec, model=model, query_embedder=embed_files, logger=context.log)
     dupes = catalog.selected_duplicates(context.partition_key)
-    comparison = (catalog.selection_info(context.partition_key) or {}).get("comparison")
+    info = catalog.selection_info(context.partition_key)
+    comparison = info.comparison if info else None
     metadata = {k: v for k, v in stats.items() if v is not None and not isinstance(v, dict)}
     metadata["picked_by"] = dg.MetadataValue.json(stats["picked_by"])
     if comparison:

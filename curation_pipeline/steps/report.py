@@ -192,7 +192,7 @@ def write_report(
     failed_tiles = [Tile(f"{f['drop_key']}/{f['object_key']}", f"{f['status']}: {f['error']}") for f in failed]
 
     # threshold explorer: nearest-neighbour similarities of a sample, and pairs either side
-    model = info["model"]
+    model = info.model
     threshold = default_min_cosine(model)
     nn = catalog.nearest_neighbour_sample(model, nn_sample)
     # the sampled pairs closest to the threshold on each side (each pair once)
@@ -234,10 +234,10 @@ def write_report(
         counts={**counts, "duplicate_groups": len(groups), "subset_size": len(items)},
         selection={
             "name": selection_name,
-            "strategy": info["strategy"],
-            "model": info["model"],
-            "pool_size": info["pool_size"],
-            **{k: _describe(v) for k, v in info["config"].items() if k not in ("model", "strategies_given")},
+            "strategy": info.strategy,
+            "model": info.model,
+            "pool_size": info.pool_size,
+            **{k: _describe(v) for k, v in info.config.items() if k not in ("model", "strategies_given")},
         },
         duplicate_groups=dup_tiles,
         subset=subset_tiles,
@@ -248,7 +248,7 @@ def write_report(
         pairs_above=[(tile(a), tile(b), sim) for a, b, sim in above],
         pairs_below=[(tile(a), tile(b), sim) for a, b, sim in below],
         leaks=leak_tiles,
-        comparison=info.get("comparison"),
+        comparison=info.comparison,
         **overview,
         quality=quality,
         quality_counts=quality_counts,

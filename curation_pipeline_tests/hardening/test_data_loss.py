@@ -75,9 +75,9 @@ def test_reingesting_from_an_empty_or_mostly_empty_folder_is_refused_and_changes
     _cli("ingest", str(nearly), "--drop", "victim-1", "--allow-shrink")
     after = _snapshot(catalog, "victim-1")
     assert after["keys"] == ["img_00.jpg"] and after["source"] == str(nearly)
-    lost = catalog.selection_info("weekly")["lost"]
+    lost = catalog.selection_info("weekly").lost
     assert len(lost) + after["selection_items"] == 4 and len(lost) >= 3
-    assert all("no longer in drop victim-1" in x["reason"] for x in lost)
+    assert all("no longer in drop victim-1" in x.reason for x in lost)
     assert "lost" in capsys.readouterr().err
 
 
@@ -88,7 +88,7 @@ def test_drop_remove_deletes_a_drop_and_says_what_selections_lost(tmp_path, cura
     assert "lost 4 item(s)" in capsys.readouterr().err
     snap = {t: n for t, n in _snapshot_counts(catalog).items()}
     assert snap == {t: 0 for t in TABLES}
-    assert catalog.known_drops() == [] and len(catalog.selection_info("weekly")["lost"]) == 4
+    assert catalog.known_drops() == [] and len(catalog.selection_info("weekly").lost) == 4
     import dagster as dg
 
     assert not dg.DagsterInstance.get().has_dynamic_partition("capture_drops", "gone")
@@ -143,7 +143,7 @@ def test_files_deleted_under_a_selection_are_reported_as_lost_and_reselection_re
     _cli("ingest", str(folder), "--drop", "shrinks")
     assert "selection weekly lost 3 item(s)" in capsys.readouterr().err
     info_after = catalog.selection_info("weekly")
-    assert sorted(Path(x["source_uri"]).name for x in info_after["lost"]) == sorted(picked[:3])
+    assert sorted(Path(x.source_uri).name for x in info_after.lost) == sorted(picked[:3])
     assert len(catalog.selection_items("weekly")) == 2
 
     _cli("subset", "--name", "weekly", "--json")
@@ -159,7 +159,7 @@ def test_files_deleted_under_a_selection_are_reported_as_lost_and_reselection_re
 
     _run_job(Settings.from_env(), "select_and_report", "selections", "weekly", {"ops": {"curated_subset": {"config": {}}}})
     assert len(catalog.selection_items("weekly")) == 5
-    assert catalog.selection_info("weekly")["lost"] == []
+    assert catalog.selection_info("weekly").lost == []
     assert [it["rank"] for it in catalog.selection_items("weekly")] == [1, 2, 3, 4, 5]
 
 

@@ -70,7 +70,7 @@ def test_default_selection_covers_every_cluster_and_beats_random(database_url):
     assert stats["selected"] == 5 and len({it["object_key"].split("_")[0] for it in items}) == 5
     assert {it["reason"] for it in items} <= {"coverage", "diversity"}
     assert all(it["group_key"].startswith("cluster-") and it["score"] is not None for it in items)
-    cmp = info["comparison"]
+    cmp = info.comparison
     assert cmp["subset"]["fine_clusters_covered"] == 1.0
     assert cmp["subset"]["coverage_distance_mean"] <= cmp["random"]["coverage_distance_mean"]
     # deterministic for a seed: re-running gives the same subset, and replaces the rows

@@ -17,11 +17,13 @@ from .base import Repository, wire_vector
 from .dedup import DedupRepository
 from .drops import DEFAULT_SHRINK_GUARD, DropRepository, DropShrinkRefused, ManifestWriter, ShrinkGuard
 from .embeddings import CacheWriter, EmbeddingRepository, hnsw_index_name
-from .records import STORAGE_TYPES, CachedEmbeddings, EmbeddingSet, KeptImage, ModelInfo
+from .records import STORAGE_TYPES, CachedEmbeddings, EmbeddingSet, KeptImage, LostItem, ModelInfo, SelectionInfo
 from .search import SearchRepository, hnsw_lookup_settings
 from .sets import SetRepository
 
 __all__ = [
+    "LostItem",
+    "SelectionInfo",
     "DEFAULT_SHRINK_GUARD",
     "STORAGE_TYPES",
     "CacheWriter",

@@ -3,7 +3,9 @@ no database handles. Arrays carry their dtype and shape in the field comment."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -89,3 +91,29 @@ class KeptImage:
     sharpness: float
     object_key: str
     phash_mirror: int = 0
+
+
+@dataclass(frozen=True)
+class LostItem:
+    """An item of a selection or retrieval set whose image was removed after it was materialized."""
+
+    rank: int
+    image_id: int
+    drop_key: str
+    source_uri: str
+    reason: str
+    lost_at: datetime
+
+
+@dataclass(frozen=True)
+class SelectionInfo:
+    """A stored selection: its settings, pool, comparison with random, and what it lost since."""
+
+    name: str
+    model: str
+    strategy: str
+    config: dict[str, Any]
+    pool_size: int
+    created_at: datetime
+    comparison: dict[str, Any] | None = None
+    lost: list[LostItem] = field(default_factory=list)

@@ -12,7 +12,7 @@ from psycopg import sql
 
 from .base import READ_VECTOR_E, Repository, dict_rows, one_row, scalar
 from .embeddings import model_info
-from .records import EmbeddingSet
+from .records import EmbeddingSet, LostItem, SelectionInfo
 
 if TYPE_CHECKING:
     from curation_pipeline.resources.filters import Predicate
@@ -149,7 +149,7 @@ class SetRepository(Repository):
             )
             return dict_rows(cur)
 
-    def selection_info(self, name: str) -> dict | None:
+    def selection_info(self, name: str) -> SelectionInfo | None:
         with self.connection() as conn:
             row = conn.execute(
                 "SELECT model, strategy, config, pool_size, created_at, comparison FROM selections WHERE name = %s", (name,)
@@ -157,15 +157,8 @@ class SetRepository(Repository):
             if row is None:
                 return None
             lost = _lost_items(conn, "selection", name)
-        return {
-            "model": row[0],
-            "strategy": row[1],
-            "config": row[2],
-            "pool_size": row[3],
-            "created_at": row[4],
-            "comparison": row[5],
-            "lost": lost,
-        }
+        model, strategy, config, pool_size, created_at, comparison = row
+        return SelectionInfo(name, model, strategy, config, pool_size, created_at, comparison, lost)
 
     def selected_duplicates(self, name: str) -> int:
         """Selected images that are duplicates of another image (should be 0)."""
@@ -180,7 +173,7 @@ class SetRepository(Repository):
                 )
             )
 
-    def lost_items(self, kind: str, name: str) -> list[dict]:
+    def lost_items(self, kind: str, name: str) -> list[LostItem]:
         """Items of a selection / retrieval set lost since it was last materialized (their image was
         removed), in rank order: rank, image_id, drop_key, source_uri, reason, lost_at."""
         with self.connection() as conn:
@@ -305,10 +298,10 @@ class SetRepository(Repository):
         return dict(zip(keys, map(int, row)))
 
 
-def _lost_items(conn, kind: str, name: str) -> list[dict]:
-    cur = conn.execute(
+def _lost_items(conn, kind: str, name: str) -> list[LostItem]:
+    rows = conn.execute(
         "SELECT rank, image_id, drop_key, source_uri, reason, lost_at FROM lost_items"
         " WHERE kind = %s AND name = %s ORDER BY rank",
         (kind, name),
-    )
-    return dict_rows(cur)
+    ).fetchall()
+    return [LostItem(*row) for row in rows]
