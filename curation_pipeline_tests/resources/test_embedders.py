@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from curation_pipeline.defs.resources import EmbedderResource
 from curation_pipeline.resources.embedders import OfflineEmbedder, OpenClipEmbedder, TransformersEmbedder
@@ -200,6 +201,7 @@ def test_every_backend_makes_model_ids_that_map_back_to_it(tiny_open_clip, tiny_
         "open_clip": LoadSpec("tiny-test-clip", str(clip_ckpt), str(config), device="cpu"),
         "transformers": LoadSpec(str(tiny_dinov2), device="cpu"),
         "timm": LoadSpec("test_convnext", str(timm_ckpt), device="cpu"),
+        "pretrained": LoadSpec("efficientnet_lite0", device="cpu"),  # real weights, small, from its package
     }
     assert set(specs) == set(EMBEDDER_BACKENDS), "a new backend needs a tiny local model here"
     for name, spec in specs.items():
@@ -238,3 +240,29 @@ def test_the_resource_schema_and_errors_come_from_the_registry():
     assert all(b.summary in field.description for b in EMBEDDER_BACKENDS.values())
     with pytest.raises(ValueError, match="embedder backend 'timm' needs pretrained .*never downloaded"):
         EmbedderResource(backend="timm", model_name="test_convnext").load()
+
+
+def test_the_pretrained_backend_loads_offline_from_its_package_and_knows_an_espresso():
+    """EfficientNet-Lite0's ImageNet weights ship in a registry package: they load with no network,
+    give unit 1280-d vectors through the registry, and the same weights with timm's ImageNet head
+    call scikit-image's coffee photograph an espresso (class 967)."""
+    import skimage.data
+    import timm
+    import torch
+
+    from curation_pipeline.resources.embedders import PACKAGED_WEIGHTS, LoadSpec, load_embedder
+
+    embedder = load_embedder("pretrained", LoadSpec(model_name="efficientnet_lite0", device="cpu"))
+    assert embedder.dim == 1280 and embedder.model_id.startswith("pretrained:tf_efficientnet_lite0/")
+    coffee = Image.fromarray(skimage.data.coffee()).convert("RGB")
+    vectors = embedder.embed_images([coffee, coffee.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    assert vectors.shape == (2, 1280) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+    weights = PACKAGED_WEIGHTS["efficientnet_lite0"]
+    classifier = timm.create_model(weights.timm_arch, pretrained=False)
+    classifier.load_state_dict(weights.remap(torch.load(weights.path(), map_location="cpu", weights_only=True)))
+    classifier.eval()
+    with torch.inference_mode():
+        pixels = timm.data.create_transform(**timm.data.resolve_model_data_config(classifier))(coffee)
+        probs = torch.softmax(classifier(pixels[None]), dim=1)[0]
+    assert int(probs.argmax()) == 967 and float(probs[967]) > 0.5  # 967: espresso
