@@ -76,6 +76,20 @@ class _Stderr:
         self._thread.join(timeout=10)
 
 
+def _start_ingest(folder, drop: str, env, *, slow: bool = False) -> tuple[subprocess.Popen, "_Stderr"]:
+    """`curation ingest FOLDER --drop DROP` in its own process (slow: the model's forward slowed, so the
+    run sits in image_embeddings), with its stderr collected as it comes."""
+    command = [sys.executable, "-c", SLOW_INGEST.format(root=ROOT)] if slow else [CURATION]
+    proc = subprocess.Popen(
+        [*command, "ingest", str(folder), "--drop", drop],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, _Stderr(proc)
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
@@ -107,14 +121,7 @@ def test_a_run_killed_mid_embedding_frees_the_gpu_slot_for_the_next_ingest(tmp_p
     make_small_drop(first)
     make_small_drop(second, n_distinct=6)
     instance = _instance()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_INGEST.format(root=ROOT), "ingest", str(first), "--drop", "killed"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    err = _Stderr(proc)
+    proc, err = _start_ingest(first, "killed", env, slow=True)
     try:
         _wait_for(lambda: _claimed(instance), 120, proc, "image_embeddings to claim the gpu slot")
         dead_run_id = _claimed(instance)[0].run_id
@@ -170,14 +177,7 @@ def test_an_ingest_waiting_on_a_live_holder_says_who_and_stops_on_a_signal(tmp_p
     make_small_drop(folder)
     instance = _instance()
     holder = _live_holder(instance)
-    proc = subprocess.Popen(
-        [CURATION, "ingest", str(folder), "--drop", "waiting"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    err = _Stderr(proc)
+    proc, err = _start_ingest(folder, "waiting", env)
     try:
         _wait_for(lambda: "waits for" in err.text(), 120, proc, "the waiting message")
         assert holder in err.text() and f"pid {os.getpid()}" in err.text(), err.text()[-2000:]
@@ -240,14 +240,7 @@ def test_a_waiting_ingest_takes_the_slot_as_soon_as_its_holder_dies(tmp_path, en
         )
         instance.event_log_storage.initialize_concurrency_limit_to_default(POOL)
         assert instance.event_log_storage.claim_concurrency_slot(POOL, run_id, "image_embeddings").is_claimed
-        proc = subprocess.Popen(
-            [CURATION, "ingest", str(folder), "--drop", "next"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        err = _Stderr(proc)
+        proc, err = _start_ingest(folder, "next", env)
         try:
             _wait_for(lambda: "waits for" in err.text(), 120, proc, "the waiting message")
             assert f"pid {holder_process.pid}" in err.text()
@@ -273,14 +266,7 @@ def test_sigterm_mid_embedding_ends_the_cli_and_gives_the_slot_back(tmp_path, en
     folder = tmp_path / "drop"
     make_small_drop(folder)
     instance = _instance()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_INGEST.format(root=ROOT), "ingest", str(folder), "--drop", "stopped"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    err = _Stderr(proc)
+    proc, err = _start_ingest(folder, "stopped", env, slow=True)
     try:
         _wait_for(lambda: _claimed(instance), 120, proc, "image_embeddings to claim the gpu slot")
         run_id = _claimed(instance)[0].run_id
