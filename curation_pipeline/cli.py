@@ -53,17 +53,33 @@ def _defs(settings: Settings):
 
 
 def _run_job(
-    settings: Settings, job_name: str, partitions_def_name: str, partition_key: str, run_config: dict | None = None
+    settings: Settings,
+    job_name: str,
+    partitions_def_name: str | None,
+    partition_key: str | None,
+    run_config: dict | None = None,
+    *,
+    partition_range: tuple[str, str] | None = None,
 ) -> dict:
-    """Add the dynamic partition if new and execute the job for it on the persistent instance."""
+    """Add the dynamic partition if new and execute the job for it on the persistent instance (no
+    partition for an unpartitioned job; `partition_range` runs a range of existing partitions in one
+    run, for assets with a multi-run backfill policy)."""
+    from curation_pipeline import runs
+
     instance = _instance(settings)
-    if not instance.has_dynamic_partition(partitions_def_name, partition_key):
+    if partitions_def_name and partition_key and not instance.has_dynamic_partition(partitions_def_name, partition_key):
         instance.add_dynamic_partitions(partitions_def_name, [partition_key])
+    tags = runs.process_tags()
+    if partition_range:
+        from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+        tags = {**tags, ASSET_PARTITION_RANGE_START_TAG: partition_range[0], ASSET_PARTITION_RANGE_END_TAG: partition_range[1]}
+        partition_key = None
+    label = partition_key or (f"{partition_range[0]}..{partition_range[1]}" if partition_range else "all")
     job = _defs(settings).resolve_job_def(job_name)
     started = time.perf_counter()
     # INFO, not DEBUG, on the console: per-batch progress without every engine event.
     config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
-    from curation_pipeline import runs
     from curation_pipeline.core.progress import TerminalBar, subscribe
 
     # A CLI run whose process was killed stays STARTED and keeps its pool slot (the only `gpu` one)
@@ -77,23 +93,23 @@ def _run_job(
                 partition_key=partition_key,
                 run_config=config,
                 raise_on_error=False,
-                tags=runs.process_tags(),
+                tags=tags,
             )
     finally:
         unsubscribe()
     if not result.success and wait.interrupted:
         raise SystemExit(
-            f"curation: run {result.run_id} of {job_name} for {partition_key!r} was interrupted while "
+            f"curation: run {result.run_id} of {job_name} for {label!r} was interrupted while "
             f"waiting for {wait.holders_text()}; it is marked canceled"
         )
     if not result.success:
-        raise SystemExit(runs.failure_line(result, job_name, partition_key))
+        raise SystemExit(runs.failure_line(result, job_name, label))
     metadata = {}
     for ev in result.all_events:
         if ev.is_step_materialization:
             mat = ev.event_specific_data.materialization
             metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
-    _stderr(f"run {result.run_id} ({job_name}, {partition_key}) succeeded in {time.perf_counter() - started:.1f}s")
+    _stderr(f"run {result.run_id} ({job_name}, {label}) succeeded in {time.perf_counter() - started:.1f}s")
     return metadata
 
 
@@ -166,6 +182,8 @@ def cmd_select(args: argparse.Namespace) -> int:
         config["seed"] = args.seed
     if args.pool_cap is not None:
         config["candidate_pool_cap"] = args.pool_cap
+    if args.model:
+        config["model"] = args.model
     if args.annotations:
         config["annotations_file"] = str(Path(args.annotations).expanduser().resolve())
         config["annotations_key_column"] = args.key_column
@@ -231,6 +249,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         ("drop_keys", args.drop),
         ("where", args.where),
         ("exclude", args.exclude),
+        ("model", args.model),
     ):
         if value is not None:
             config[key] = value
@@ -265,6 +284,69 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     else:
         for it in items:
             print(f"{it['rank']:3d}  {it['similarity']:.4f}  {it['source_uri']}")
+    return 0
+
+
+def cmd_train_domain(args: argparse.Namespace) -> int:
+    config = {
+        k: v
+        for k, v in (
+            ("dim", args.dim),
+            ("views", args.views),
+            ("sample", args.sample),
+            ("epochs", args.epochs),
+            ("seed", args.seed),
+        )
+        if v is not None
+    }
+    meta = _run_job(args.settings, "train_domain", None, None, {"ops": {"domain_embedder": {"config": config}}})
+    trained = meta.get("domain_embedder", {})
+    _stderr(
+        f"domain model {trained.get('model')}: {trained.get('dim')}-d, trained on {trained.get('images')} images in "
+        f"{trained.get('seconds')} s ({'new version' if trained.get('new_version') else 'same weights as before'})"
+    )
+    drops = _instance(args.settings).get_dynamic_partitions("capture_drops")  # in the order they arrived
+    if drops:
+        embedded = _run_job(args.settings, "domain_embed", "capture_drops", None, partition_range=(drops[0], drops[-1]))
+        _stderr(f"embedded {embedded.get('domain_embeddings', {}).get('rows_written')} images of {len(drops)} drop(s) with it")
+    if args.json:
+        print(json.dumps(trained, default=str))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from curation_pipeline.definitions import build_resources
+    from curation_pipeline.defs.resources import project_models
+    from curation_pipeline.steps.models import MODEL_ROLES
+
+    resources = build_resources(args.settings)
+    models = project_models(resources["embedder"], resources["descriptor"])
+    catalog = _catalog(args.settings)
+    current = catalog.current_domain_model()
+    roles = {
+        "descriptor": models.descriptor_id(),
+        "semantic": models.semantic_id(),
+        "domain": current.model_id if current else None,
+    }
+    jobs = {
+        "near-duplicate candidates": "descriptor (with sha256 and pHash)",
+        "selections (map, clusters, outliers)": args.settings.selection_model,
+        "retrieval": args.settings.retrieval_model,
+    }
+    versions = [
+        {"model": r.model_id, "version": r.version, "dim": r.dim, "images": r.images, "created": r.created_at.isoformat()}
+        for r in catalog.domain_models()
+    ]
+    if args.json:
+        print(json.dumps({"roles": roles, "jobs": jobs, "domain_versions": versions}))
+        return 0
+    for role, model_id in roles.items():
+        print(f"{role:11s} {model_id or '(not trained: curation train-domain)'}  - {MODEL_ROLES[role]}")
+    print()
+    for job, choice in jobs.items():
+        print(f"{job:38s} {choice}")
+    for v in versions:
+        print(f"domain v{v['version']}: {v['model']} ({v['dim']}-d, {v['images']} images, {v['created']})")
     return 0
 
 
@@ -414,6 +496,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         catalog.register_drop(key, str(path))
         _stderr(f"ingesting {key} from {path}")
         _run_job(args.settings, "ingest_drop", "capture_drops", key)
+    # the domain model: trained on the demo drops, then every drop embedded with it (selectable as
+    # `--model domain`; the demo's selection stays on the project default, the semantic model)
+    _stderr("training the domain model on the demo drops")
+    trained = _run_job(args.settings, "train_domain", None, None).get("domain_embedder", {})
+    drops = _instance(args.settings).get_dynamic_partitions("capture_drops")
+    _run_job(args.settings, "domain_embed", "capture_drops", None, partition_range=(drops[0], drops[-1]))
     _run_job(
         args.settings,
         "select_and_report",
@@ -440,6 +528,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     subset = catalog.selection_items("demo")
     top = catalog.retrieval_items("demo")
     report = args.settings.reports_dir / "demo" / "index.html"
+    info = catalog.selection_info("demo")
+    models = {
+        "near_duplicates": "sha256, pHash, " + ", ".join(catalog.dedup_models()),
+        "selection_map_clusters": info.model if info else None,
+        "retrieval": (catalog.retrieval_config("demo") or {}).get("model"),
+        "domain_model": trained.get("model"),
+    }
     elapsed = time.perf_counter() - started
     summary = {
         "drops": counts["drops"],
@@ -454,6 +549,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "subset_size": len(subset),
         "retrieval_top1": top[0]["object_key"] if top else None,
         "report": str(report),
+        "models": models,
+        "domain_training_seconds": trained.get("seconds"),
         "wall_seconds": round(elapsed, 1),
     }
     if args.json:
@@ -475,6 +572,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  subset size            {summary['subset_size']}")
         print(f"  retrieval top hit      {summary['retrieval_top1']}")
         print(f"  report                 {summary['report']}")
+        print("  models")
+        print(f"    near-duplicates      {models['near_duplicates']}")
+        print(f"    selection, map       {models['selection_map_clusters']}")
+        print(f"    retrieval            {models['retrieval']}")
+        print(f"    domain model         {models['domain_model']} (trained in {trained.get('seconds')} s; --model domain)")
         print(f"  wall time              {summary['wall_seconds']} s")
         print(f"  UI                     make ui  (DAGSTER_HOME={dagster_home(args.settings)})")
     return 0
@@ -490,6 +592,12 @@ def strategy_help() -> str:
     from curation_pipeline.steps.strategies import cli_help
 
     return cli_help()
+
+
+MODEL_HELP = (
+    "model to use: semantic (the pretrained backbone), domain (the trained domain model), descriptor "
+    "(the near-duplicate descriptor) or a stored model id (default ${default}, normally semantic)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -536,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pool-cap", type=int, help="select from a seeded sample of at most this many candidates")
     s.add_argument("--annotations", help="CSV/Parquet of per-image values to load first (e.g. uncertainty)")
     s.add_argument("--key-column", default="uri", help="the annotations column naming each image")
+    s.add_argument("--model", help=MODEL_HELP.format(default="CURATION_SELECTION_MODEL"))
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_select)
 
@@ -558,8 +667,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--exclude", action="append", choices=quality_flags(), help="quality flag to leave out (repeatable)")
     r.add_argument("--export-to", help="also export the results (folder or s3://bucket/prefix/), like a subset")
     r.add_argument("--name", default="default")
+    r.add_argument("--model", help=MODEL_HELP.format(default="CURATION_RETRIEVAL_MODEL"))
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_retrieve)
+
+    td = sub.add_parser(
+        "train-domain",
+        help="train a new version of the domain model on the drops, then embed every drop with it",
+    )
+    td.add_argument("--dim", type=int, help="dimension of the domain vectors (32-128, default 64)")
+    td.add_argument("--views", type=int, help="augmented views per image (default 4)")
+    td.add_argument("--sample", type=int, help="train on at most this many images (default 2000)")
+    td.add_argument("--epochs", type=int)
+    td.add_argument("--seed", type=int)
+    td.add_argument("--json", action="store_true")
+    td.set_defaults(func=cmd_train_domain)
+
+    mo = sub.add_parser("models", help="which model serves which job, and the stored domain model versions")
+    mo.add_argument("--json", action="store_true")
+    mo.set_defaults(func=cmd_models)
 
     ex = sub.add_parser("export", help="copy a selection's images and write its manifest (JSONL + Parquet)")
     ex.add_argument("--name", default="default", help="the selection to export")

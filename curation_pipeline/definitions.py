@@ -10,16 +10,25 @@ import dagster as dg
 
 from curation_pipeline.defs.curation import curated_subset
 from curation_pipeline.defs.dedup import dedup_clusters
+from curation_pipeline.defs.domain import domain_embedder, domain_embeddings
 from curation_pipeline.defs.export import curated_export, retrieval_export
 from curation_pipeline.defs.ingest import image_embeddings, raw_image_manifest
 from curation_pipeline.defs.io_manager import PgVectorIOManager
-from curation_pipeline.defs.jobs import export_job, ingest_drop_job, retrieve_job, select_job
+from curation_pipeline.defs.jobs import (
+    domain_embed_job,
+    export_job,
+    ingest_drop_job,
+    retrieve_job,
+    select_job,
+    train_domain_job,
+)
 from curation_pipeline.defs.report import curation_report, retrieval_page
 from curation_pipeline.defs.resources import (
     CurationS3Resource,
     DatabaseResource,
     EmbedderResource,
     ImageStoreResource,
+    ModelChoiceResource,
     OutputsResource,
 )
 from curation_pipeline.defs.retrieval import retrieval_set
@@ -37,6 +46,8 @@ ASSETS = [
     retrieval_set,
     retrieval_page,
     retrieval_export,
+    domain_embedder,
+    domain_embeddings,
 ]
 
 
@@ -54,6 +65,7 @@ def build_resources(
     *,
     database_url: str | None = None,
     embedder: EmbedderResource | None = None,
+    descriptor: EmbedderResource | None = None,
     drop_root: str | None = None,
     s3: CurationS3Resource | None = None,
 ) -> dict:
@@ -69,10 +81,13 @@ def build_resources(
         "image_store": ImageStoreResource(
             drop_root=settings.drop_root, s3=s3, drop_marker=settings.drop_marker, watch=list(settings.watch)
         ),
+        # the semantic model (selection, map, retrieval) and the near-duplicate descriptor: ingest embeds with both
         "embedder": embedder
         or EmbedderResource(
             backend=settings.embedder_backend, model_name=settings.embedder_model, pretrained=settings.embedder_pretrained
         ),
+        "descriptor": descriptor or EmbedderResource(backend=settings.descriptor_backend),
+        "models": ModelChoiceResource(selection=settings.selection_model, retrieval=settings.retrieval_model),
         "outputs": OutputsResource(reports_dir=str(settings.reports_dir), export_root=settings.export_root),
         "pgvector_io_manager": PgVectorIOManager(url=settings.database_url, embedded_pgdata=pgdata),
     }
@@ -96,7 +111,7 @@ def build_definitions(settings: Settings | None = None, *, watch: WatchSettings 
     )
     return dg.Definitions(
         assets=ASSETS,
-        jobs=[ingest_drop_job, select_job, retrieve_job, export_job],
+        jobs=[ingest_drop_job, select_job, retrieve_job, export_job, train_domain_job, domain_embed_job],
         sensors=[build_drop_sensor(watch), automation_sensor],
         resources=resources,
         executor=_executor(settings.executor),

@@ -49,12 +49,20 @@ class Settings:
     """CURATION_S3_REGION."""
     s3_profile: str | None = None
     """CURATION_S3_PROFILE: a profile of the AWS config files."""
-    embedder_backend: str = "offline"
-    """CURATION_EMBEDDER: an embedder backend (resources/embedders.py EMBEDDER_BACKENDS)."""
+    embedder_backend: str = "pretrained"
+    """CURATION_EMBEDDER: the semantic model's embedder backend (resources/embedders.py
+    EMBEDDER_BACKENDS). Default: the ImageNet-pretrained backbone that installs with the package."""
     embedder_model: str = ""
-    """CURATION_EMBEDDER_MODEL: the backend's model name."""
+    """CURATION_EMBEDDER_MODEL: the semantic backend's model name."""
     embedder_pretrained: str = ""
     """CURATION_EMBEDDER_PRETRAINED: pretrained tag or local checkpoint."""
+    descriptor_backend: str = "offline"
+    """CURATION_DESCRIPTOR: the near-duplicate descriptor's embedder backend (default: the offline
+    colour/layout descriptor; near-duplicates are about pixels, not meaning)."""
+    selection_model: str = "semantic"
+    """CURATION_SELECTION_MODEL: default model of selections: semantic, domain, descriptor or a model id."""
+    retrieval_model: str = "semantic"
+    """CURATION_RETRIEVAL_MODEL: default model of image/folder retrieval: semantic, domain, descriptor or a model id."""
     executor: str = ""
     """CURATION_EXECUTOR: multiprocess (default), in_process, or k8s (one pod per step)."""
     dagster_home: Path | None = None
@@ -110,9 +118,12 @@ class Settings:
             s3_endpoint_url=get("CURATION_S3_ENDPOINT_URL") or get("AWS_ENDPOINT_URL"),
             s3_region=get("CURATION_S3_REGION"),
             s3_profile=get("CURATION_S3_PROFILE"),
-            embedder_backend=get("CURATION_EMBEDDER") or "offline",
+            embedder_backend=get("CURATION_EMBEDDER") or "pretrained",
             embedder_model=get("CURATION_EMBEDDER_MODEL") or "",
             embedder_pretrained=get("CURATION_EMBEDDER_PRETRAINED") or "",
+            descriptor_backend=get("CURATION_DESCRIPTOR") or "offline",
+            selection_model=get("CURATION_SELECTION_MODEL") or "semantic",
+            retrieval_model=get("CURATION_RETRIEVAL_MODEL") or "semantic",
             executor=executor,
             dagster_home=Path(dagster_home).resolve() if (dagster_home := get("DAGSTER_HOME")) else None,
         )

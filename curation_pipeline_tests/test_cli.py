@@ -155,7 +155,7 @@ def test_the_last_error_line_states_the_cause(tmp_path, env):
     last = _last_line(no_corpus)
     assert no_corpus.returncode != 0
     assert last.startswith("curation: run ") and " of retrieve for 'default' failed at retrieval_set: " in last
-    assert "no embeddings stored for model 'offline:" in last and last.endswith("materialize image_embeddings first")
+    assert "no embeddings stored for model 'pretrained:" in last and last.endswith("materialize image_embeddings first")
     assert "Error occurred" not in last and "LookupError" not in last
 
     # a blocking asset check: which check failed and what it measured

@@ -27,6 +27,9 @@ def test_settings_read_every_variable_with_its_default(tmp_path):
         "CURATION_EMBEDDER": "open_clip",
         "CURATION_EXECUTOR": "k8s",
         "DAGSTER_HOME": str(tmp_path / "dh"),
+        "CURATION_DESCRIPTOR": "timm",
+        "CURATION_SELECTION_MODEL": "domain",
+        "CURATION_RETRIEVAL_MODEL": "descriptor",
     }
     s = Settings.from_env(env)
     assert s.home == (tmp_path / "home").resolve() and s.database_url == "postgresql://u@db/x"
@@ -35,11 +38,13 @@ def test_settings_read_every_variable_with_its_default(tmp_path):
     assert (s.drop_completion, s.drop_quiet_seconds, s.sensors_running) == ("quiet", 30.0, True)
     assert (s.s3_endpoint_url, s.s3_region, s.s3_profile) == ("http://minio:9000", "eu-west-1", None)
     assert (s.embedder_backend, s.executor, s.dagster_home) == ("open_clip", "k8s", (tmp_path / "dh").resolve())
+    assert (s.descriptor_backend, s.selection_model, s.retrieval_model) == ("timm", "domain", "descriptor")
     assert Settings.from_env({**env, "CURATION_S3_ENDPOINT_URL": "http://here"}).s3_endpoint_url == "http://here"
 
     bare = Settings.from_env({"CURATION_HOME": str(tmp_path)})
     assert bare.watched_roots == (bare.drop_root,) and bare.database_url is None and bare.dagster_home is None
-    assert (bare.embedder_backend, bare.drop_marker, bare.sensors_running) == ("offline", "_SUCCESS", False)
+    assert (bare.embedder_backend, bare.drop_marker, bare.sensors_running) == ("pretrained", "_SUCCESS", False)
+    assert (bare.descriptor_backend, bare.selection_model, bare.retrieval_model) == ("offline", "semantic", "semantic")
     assert bare.embedded_pgdata == tmp_path.resolve() / "pg" and bare.reports_dir == tmp_path.resolve() / "reports"
 
 

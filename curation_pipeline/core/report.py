@@ -53,7 +53,8 @@ class ReportData:
     subset: list[Tile] = field(default_factory=list)
     failed: list[Tile] = field(default_factory=list)
     groups_total: int = 0
-    threshold: float | None = None  # semantic threshold of the model
+    models: dict[str, str] = field(default_factory=dict)  # report section -> the model that served it
+    threshold: float | None = None  # near-duplicate threshold of the descriptor
     nn_similarities: list[float] = field(default_factory=list)  # nearest-neighbour cosine of a sample
     pairs_above: list[tuple[Tile, Tile, float]] = field(default_factory=list)  # just above the threshold
     pairs_below: list[tuple[Tile, Tile, float]] = field(default_factory=list)  # just below: near misses
@@ -293,6 +294,8 @@ def render_html(data: ReportData) -> str:
 def render_markdown(data: ReportData, report_path: str, max_thumbs: int = 12) -> str:
     lines = [f"### {data.title}", "", "| count | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in data.counts.items()]
+    if data.models:
+        lines += ["", "| section | model |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in data.models.items()]
     lines += ["", f"Full report: `{report_path}`", "", "**Subset (first picks)**", ""]
     thumbs = [t for t in data.subset if t.thumb][:max_thumbs]
     lines.append(" ".join(f"![{t.caption.replace(']', '')}]({t.thumb})" for t in thumbs))

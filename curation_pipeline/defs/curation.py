@@ -10,13 +10,13 @@ import pydantic
 from curation_pipeline.core.quality import QUALITY_FLAGS
 from curation_pipeline.resources.image_store import read_local_file
 from curation_pipeline.steps.annotate import load_annotations
-from curation_pipeline.steps.embed import embed_query_images, model_id_for
+from curation_pipeline.steps.embed import embed_query_images
 from curation_pipeline.steps.select import SelectionSpec, select_subset, spec_from_mapping
 from curation_pipeline.steps.strategies import STRATEGIES, StrategySpec, option_docs
 
 from .dedup import dedup_clusters
 from .partitions import FOLLOW_DEDUP, selections
-from .resources import DatabaseResource, EmbedderResource
+from .resources import DatabaseResource, EmbedderResource, ModelChoiceResource, project_models
 
 
 def _strategy_config() -> type[dg.Config]:
@@ -63,7 +63,9 @@ class SelectionConfig(dg.Config):
     annotations_key_column: str = "uri"
     """Column of annotations_file naming the image (source URI, drop/object_key or unique object key)."""
     model: Optional[str] = None
-    """Model id whose vectors to use (default: the configured embedder's)."""
+    """Model whose vectors to select on: semantic, domain, descriptor or a stored model id (default: the
+    selection's stored choice on an automated re-run, else the project's selection model,
+    CURATION_SELECTION_MODEL, normally semantic). The report's map, clusters and outliers use it too."""
 
     def spec(self, stored: Optional[dict] = None) -> SelectionSpec:
         """The spec from this config, or the stored one when no budget is given (re-selection with
@@ -95,12 +97,21 @@ class SelectionConfig(dg.Config):
     ],
 )
 def curated_subset(
-    context: dg.AssetExecutionContext, config: SelectionConfig, database: DatabaseResource, embedder: EmbedderResource
+    context: dg.AssetExecutionContext,
+    config: SelectionConfig,
+    database: DatabaseResource,
+    embedder: EmbedderResource,
+    descriptor: EmbedderResource,
+    models: ModelChoiceResource,
 ) -> dg.MaterializeResult:
     catalog = database.catalog()
-    loaded = embedder.load()
-    options = embedder.embed_options()
-    model = config.model or model_id_for(loaded, options)
+    previous = catalog.selection_info(context.partition_key)
+    stored = previous.config if previous else None
+    # the selection's own choice, else (an automated re-run) the one it was made with, else the project's
+    choice = config.model or ((stored or {}).get("model_choice") if config.budget is None else None) or models.selection
+    resolved = project_models(embedder, descriptor).resolve(catalog, choice)
+    model = resolved.model_id
+    context.log.info(f"selection {context.partition_key}: model {resolved.describe()}")
     if config.annotations_file:
         load_annotations(catalog, config.annotations_file, key_column=config.annotations_key_column, logger=context.log)
 
@@ -111,17 +122,24 @@ def curated_subset(
                 blobs.append((p, read_local_file(p)))
             except (OSError, ValueError) as exc:
                 raise ValueError(f"selection {context.partition_key!r}: cannot read query image {p!r}: {exc}") from exc
-        return embed_query_images(loaded, blobs, options)
+        return embed_query_images(resolved.embedder(), blobs, resolved.options)
 
-    previous = catalog.selection_info(context.partition_key)
-    stored = previous.config if previous else None
     spec = config.spec(stored)
-    stats = select_subset(catalog, context.partition_key, spec, model=model, query_embedder=embed_files, logger=context.log)
+    stats = select_subset(
+        catalog,
+        context.partition_key,
+        spec,
+        model=model,
+        model_choice=resolved.role or model,
+        query_embedder=embed_files,
+        logger=context.log,
+    )
     dupes = catalog.selected_duplicates(context.partition_key)
     info = catalog.selection_info(context.partition_key)
     comparison = info.comparison if info else None
     metadata = {k: v for k, v in stats.items() if v is not None and not isinstance(v, dict)}
     metadata["picked_by"] = dg.MetadataValue.json(stats["picked_by"])
+    metadata["model_role"] = resolved.role or "explicit id"
     if comparison:
         metadata["vs_random"] = dg.MetadataValue.md(comparison_markdown(comparison))
     return dg.MaterializeResult(

@@ -37,9 +37,12 @@ class DedupConfig(dg.Config):
     backfill_policy=INGEST_BACKFILL_POLICY,
     group_name="dedup",
     kinds={"pgvector"},
+    # near-duplicates are about pixels, not meaning: candidates come from the descriptor's vectors
+    ins={"image_embeddings": dg.AssetIn(metadata={"model_role": "descriptor"})},
     owners=["team:curation"],
-    description="Exact (sha256), perceptual (pHash) and semantic (HNSW + exact cosine) duplicates of the drop, "
-    "within it and against every drop deduplicated before it; star clusters with one representative each.",
+    description="Exact (sha256), perceptual (pHash) and near-duplicate (HNSW + exact cosine on the descriptor's "
+    "vectors) duplicates of the drop, within it and against every drop deduplicated before it; star clusters with "
+    "one representative each.",
     check_specs=[
         dg.AssetCheckSpec(
             "every_image_assigned",

@@ -9,11 +9,11 @@ from typing import Optional
 import dagster as dg
 
 from curation_pipeline.resources.catalog import CachedEmbeddings, DropShrinkRefused, ShrinkGuard
-from curation_pipeline.steps.embed import embed_drop
+from curation_pipeline.steps.embed import embed_drop, model_id_for
 from curation_pipeline.steps.manifest import build_manifest
 
 from .partitions import INGEST_BACKFILL_POLICY, capture_drops
-from .resources import DatabaseResource, EmbedderResource, ImageStoreResource
+from .resources import DatabaseResource, EmbedderResource, ImageStoreResource, project_models
 
 GROUP = "ingest"
 
@@ -167,8 +167,9 @@ GPU_POD_CONFIG = {
     # On Kubernetes with k8s_job_executor (one pod per step) this step alone asks for a GPU node;
     # everywhere else the tag is inert. See deploy/helm/README.md.
     op_tags={"dagster-k8s/config": GPU_POD_CONFIG},
-    description="One L2-normalised vector per valid image and model, stored in pgvector (HNSW, cosine). Each "
-    "distinct content is embedded once per model and preprocessing (content-addressed cache).",
+    description="One L2-normalised vector per valid image for every model the project names (the near-duplicate "
+    "descriptor and the semantic model), stored in pgvector (HNSW, cosine). Each distinct content is embedded once "
+    "per model and preprocessing (content-addressed cache).",
     check_specs=[
         dg.AssetCheckSpec(
             "vectors_match_model",
@@ -184,45 +185,59 @@ GPU_POD_CONFIG = {
     ],
 )
 def image_embeddings(
-    context: dg.AssetExecutionContext, database: DatabaseResource, embedder: EmbedderResource, image_store: ImageStoreResource
+    context: dg.AssetExecutionContext,
+    database: DatabaseResource,
+    embedder: EmbedderResource,
+    descriptor: EmbedderResource,
+    image_store: ImageStoreResource,
 ):
-    model = embedder.load()
     catalog = database.catalog()
-    options = embedder.embed_options()
     stores = image_store.stores()
     keys = catalog.drops_in_order(context.partition_keys)
-    stats = [embed_drop(catalog, model, key, options, stores=stores, logger=context.log) for key in keys]
-    model_id = stats[0]["model"]
-    metadata = (
-        {k: v for k, v in stats[0].items() if v is not None}
-        if len(stats) == 1
-        else {
-            "model": model_id,
-            "drops": len(stats),
-            "computed": _sum(stats, "computed"),
-            "valid_images": _sum(stats, "valid_images"),
-            "not_embedded": _sum(stats, "not_embedded"),
-            "seconds": round(sum(s["seconds"] for s in stats), 3),
+    roles: dict[str, str] = {}
+    per_model: dict[str, list[dict]] = {}
+    dims: dict[str, int] = {}
+    # Every model the project names, each once: the near-duplicate descriptor, then the semantic
+    # model (one pass each over the drop; each content is computed once per model, ever).
+    for role, (model, options) in project_models(embedder, descriptor).ingest_roles().items():
+        model_id = model_id_for(model, options)
+        roles[role] = model_id
+        if model_id in per_model:
+            continue
+        per_model[model_id] = [embed_drop(catalog, model, key, options, stores=stores, logger=context.log) for key in keys]
+        dims[model_id] = model.dim
+    metadata: dict = {"models": dg.MetadataValue.json(roles), "drops": len(keys)}
+    for field in ("computed", "valid_images", "not_embedded"):
+        metadata[field] = dg.MetadataValue.json({m: _sum(stats, field) for m, stats in per_model.items()})
+    metadata["seconds"] = round(sum(s["seconds"] for stats in per_model.values() for s in stats), 3)
+    metadata["images_per_second"] = dg.MetadataValue.json(
+        {
+            m: round(_sum(stats, "computed") / max(sum(s["model_seconds"] for s in stats), 1e-9), 1)
+            for m, stats in per_model.items()
         }
     )
-    yield dg.Output(CachedEmbeddings(model_id, tuple(keys)), metadata=metadata)
-    # The IO manager has published the rows by now: check what is actually stored.
-    checks = [catalog.embedding_stats(key, model_id) for key in keys]
-    dims_ok = all(c["rows"] == 0 or c["min_dim"] == c["max_dim"] == model.dim for c in checks)
-    norm_error = max(c["max_norm_error"] for c in checks)
-    complete = all(c["rows"] + c["failures"] == c["valid_images"] for c in checks)
+    yield dg.Output(CachedEmbeddings(roles, tuple(keys)), metadata=metadata)
+    # The IO manager has published the rows by now: check what is actually stored, for each model.
+    checks = {m: [catalog.embedding_stats(key, m) for key in keys] for m in per_model}
+    dims_ok = all(c["rows"] == 0 or c["min_dim"] == c["max_dim"] == dims[m] for m, cs in checks.items() for c in cs)
+    norm_error = max(c["max_norm_error"] for cs in checks.values() for c in cs)
+    complete = all(c["rows"] + c["failures"] == c["valid_images"] for cs in checks.values() for c in cs)
     yield dg.AssetCheckResult(
         check_name="vectors_match_model",
-        passed=dims_ok and norm_error < 1e-2 and all(c["duplicate_rows"] == 0 for c in checks),
-        metadata={"model_dim": model.dim, "max_norm_error": norm_error, "rows": sum(c["rows"] for c in checks)},
+        passed=dims_ok and norm_error < 1e-2 and all(c["duplicate_rows"] == 0 for cs in checks.values() for c in cs),
+        metadata={
+            "model_dims": dg.MetadataValue.json(dims),
+            "max_norm_error": norm_error,
+            "rows": dg.MetadataValue.json({m: sum(c["rows"] for c in cs) for m, cs in checks.items()}),
+        },
     )
     yield dg.AssetCheckResult(
         check_name="every_valid_image_embedded",
-        passed=complete and all(c["failures"] == 0 for c in checks),
+        passed=complete and all(c["failures"] == 0 for cs in checks.values() for c in cs),
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
-            "valid_images": sum(c["valid_images"] for c in checks),
-            "embedded": sum(c["rows"] for c in checks),
-            "failures": sum(c["failures"] for c in checks),
+            "valid_images": sum(c["valid_images"] for c in next(iter(checks.values()))),
+            "embedded": dg.MetadataValue.json({m: sum(c["rows"] for c in cs) for m, cs in checks.items()}),
+            "failures": dg.MetadataValue.json({m: sum(c["failures"] for c in cs) for m, cs in checks.items()}),
         },
     )

@@ -6,9 +6,21 @@ from .partitions import capture_drops, retrieval_queries, selections
 
 ingest_drop_job = dg.define_asset_job(
     "ingest_drop",
-    selection=dg.AssetSelection.assets("raw_image_manifest", "image_embeddings", "dedup_clusters"),
+    selection=dg.AssetSelection.assets("raw_image_manifest", "image_embeddings", "dedup_clusters", "domain_embeddings"),
     partitions_def=capture_drops,
-    description="Manifest, embeddings and dedup for one capture drop.",
+    description="Manifest, embeddings (every configured model) and dedup for one capture drop, and its domain model "
+    "vectors when a domain model is trained.",
+)
+train_domain_job = dg.define_asset_job(
+    "train_domain",
+    selection=dg.AssetSelection.assets("domain_embedder"),
+    description="Train a new version of the domain model on a sample of every drop.",
+)
+domain_embed_job = dg.define_asset_job(
+    "domain_embed",
+    selection=dg.AssetSelection.assets("domain_embeddings"),
+    partitions_def=capture_drops,
+    description="Project drops' semantic vectors with the current domain model (after training it).",
 )
 select_job = dg.define_asset_job(
     "select_and_report",

@@ -73,6 +73,7 @@ def curation_report(
             "subset_shown": out["subset_shown"],
             "failed_objects": out["failed_objects"],
             "missing_sources": len(missing),
+            "models": dg.MetadataValue.json(out["models"]),
         },
         check_results=[
             # A thumbnail can only be absent because its source could not be read, and each such

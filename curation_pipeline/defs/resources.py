@@ -20,6 +20,7 @@ from curation_pipeline.resources.database import resolve_database_url
 from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS, Embedder, LoadSpec, embedder_backend, load_embedder
 from curation_pipeline.resources.image_store import ImageStore, ImageStores, S3Settings
 from curation_pipeline.steps.embed import EmbedOptions
+from curation_pipeline.steps.models import ProjectModels
 
 
 class DatabaseResource(dg.ConfigurableResource):
@@ -111,14 +112,16 @@ EmbedderBackendName = Literal[tuple(EMBEDDER_BACKENDS)]  # type: ignore[valid-ty
 
 
 class EmbedderResource(dg.ConfigurableResource):
-    """Which model embeds images, and how the input pipeline feeds it.
+    """One model that embeds images, and how the input pipeline feeds it. The project has two (see
+    steps/models.py): `embedder`, the semantic model (default: the pretrained backbone), and
+    `descriptor`, the near-duplicate descriptor (default: offline). Ingest embeds with both.
 
     backend: one of the registered backends (resources/embedders.py EMBEDDER_BACKENDS).
     model_name: open_clip or timm architecture (ViT-B-32, convnext_tiny) or a transformers hub id / local directory.
     pretrained: open_clip pretrained tag (laion2b_s34b_b79k) or a local checkpoint file (open_clip, timm)."""
 
     backend: EmbedderBackendName = Field(  # type: ignore[valid-type]
-        default="offline",
+        default="pretrained",
         description="Embedder backend. " + "; ".join(f"{b.name}: {b.summary}" for b in EMBEDDER_BACKENDS.values()),
     )
     model_name: str = ""
@@ -178,3 +181,24 @@ class EmbedderResource(dg.ConfigurableResource):
             storage=self.storage,
             loader=self.loader,
         )
+
+
+class ModelChoiceResource(dg.ConfigurableResource):
+    """Which model serves which job by default: a role (semantic, descriptor, domain) or a stored
+    model id. A selection's or retrieval's own `model` config wins. Near-duplicate candidates always
+    use the descriptor (with pHash)."""
+
+    selection: str = "semantic"
+    """Model of selections: their pool vectors, typicality, clusters, the report's map and outliers."""
+    retrieval: str = "semantic"
+    """Model of image, folder and prefix retrieval."""
+
+
+def project_models(embedder: EmbedderResource, descriptor: EmbedderResource) -> ProjectModels:
+    """The project's models by role, from the two embedder resources (loaded on first use)."""
+    return ProjectModels(
+        semantic=embedder.load,
+        semantic_options=embedder.embed_options(),
+        descriptor=descriptor.load,
+        descriptor_options=descriptor.embed_options(),
+    )

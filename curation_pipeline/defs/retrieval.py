@@ -12,7 +12,7 @@ from curation_pipeline.steps.retrieve import RetrievalSpec, retrieve_similar
 
 from .ingest import image_embeddings
 from .partitions import retrieval_queries
-from .resources import DatabaseResource, EmbedderResource, ImageStoreResource
+from .resources import DatabaseResource, EmbedderResource, ImageStoreResource, ModelChoiceResource, project_models
 
 
 class RetrievalConfig(dg.Config):
@@ -35,9 +35,14 @@ class RetrievalConfig(dg.Config):
     exclude: list[str] = pydantic.Field(default=[], description="Quality flags to leave out: " + ", ".join(QUALITY_FLAGS))
     include_mirrored: bool = True
     """Also find horizontally flipped copies (models whose vectors mirror exactly: the offline descriptor)."""
+    model: Optional[str] = None
+    """Model to search with: semantic, domain, descriptor or a stored model id (default: the project's
+    retrieval model, CURATION_RETRIEVAL_MODEL, normally semantic). Text needs a CLIP-family model."""
 
     def spec(self) -> RetrievalSpec:
-        fields: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in self.model_dump().items()}
+        fields: dict[str, Any] = {
+            k: (tuple(v) if isinstance(v, list) else v) for k, v in self.model_dump().items() if k != "model"
+        }
         return RetrievalSpec(**fields)
 
 
@@ -64,22 +69,26 @@ def retrieval_set(
     config: RetrievalConfig,
     database: DatabaseResource,
     embedder: EmbedderResource,
+    descriptor: EmbedderResource,
+    models: ModelChoiceResource,
     image_store: ImageStoreResource,
 ) -> dg.MaterializeResult:
     catalog = database.catalog()
+    resolved = project_models(embedder, descriptor).resolve(catalog, config.model or models.retrieval)
+    context.log.info(f"retrieval {context.partition_key}: model {resolved.describe()}")
     stats = retrieve_similar(
         catalog,
-        embedder.load(),
+        resolved.embedder(),
         context.partition_key,
         config.spec(),
-        options=embedder.embed_options(),
+        options=resolved.options,
         stores=image_store.stores(),
         logger=context.log,
     )
     sims = [it["similarity"] for it in catalog.retrieval_items(context.partition_key)]
     ranked = all(a >= b - 1e-9 for a, b in zip(sims, sims[1:]))
     return dg.MaterializeResult(
-        metadata={k: v for k, v in stats.items() if v is not None},
+        metadata={**{k: v for k, v in stats.items() if v is not None}, "model_role": resolved.role or "explicit id"},
         check_results=[
             dg.AssetCheckResult(
                 check_name="results_ranked",

@@ -665,13 +665,60 @@ def model_id_for_backend(backend: str, rest: str) -> str:
 
 
 def backend_for_model(model_id: str) -> EmbedderBackend:
-    """The backend that made a stored model id, from its prefix (`hf:...` -> transformers)."""
+    """The backend that made a stored model id, from its prefix (`hf:...` -> transformers). A domain
+    model's id (`domain:<backbone id>@v<N>-<hash>`) maps to its backbone's backend."""
     prefix = model_id.split(":", 1)[0]
+    if prefix == DOMAIN_PREFIX:
+        return backend_for_model(domain_backbone(model_id))
     for backend in EMBEDDER_BACKENDS.values():
         if backend.model_id_prefix == prefix:
             return backend
     known = ", ".join(f"{b.model_id_prefix}: ({b.name})" for b in EMBEDDER_BACKENDS.values())
     raise ValueError(f"model id {model_id!r} names no known embedder backend (known prefixes: {known})")
+
+
+# ---- domain models: a trained projection over a backbone's stored vectors ------------------------
+
+DOMAIN_PREFIX = "domain"
+
+
+def domain_model_id(backbone_model: str, version: int, sha256: str) -> str:
+    """`domain:<backbone model id>@v<version>-<first 12 hex of the weights' hash>`: the id names the
+    backbone it projects, the version, and the content it was trained to."""
+    return validate_model_id(f"{DOMAIN_PREFIX}:{backbone_model}@v{int(version)}-{sha256[:12]}")
+
+
+def domain_backbone(model_id: str) -> str:
+    """The backbone model id of a domain model id."""
+    if not model_id.startswith(DOMAIN_PREFIX + ":") or "@v" not in model_id:
+        raise ValueError(f"{model_id!r} is not a domain model id (domain:<backbone>@v<N>-<hash>)")
+    return model_id[len(DOMAIN_PREFIX) + 1 :].rsplit("@v", 1)[0]
+
+
+class ProjectedEmbedder(Embedder):
+    """A backbone embedder followed by a trained projection (a domain model's head): preprocessing
+    and the forward pass are the backbone's, and its unit vectors go through `head.project`. Used
+    wherever a domain model must embed something new (query images, a retrieval folder); stored
+    images are projected from their stored backbone vectors instead (steps/domain.py)."""
+
+    def __init__(self, backbone: Embedder, head: Any, model_id: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.backend = DOMAIN_PREFIX
+        self.model_id = validate_model_id(model_id)
+        self.dim = int(head.dim)
+        self.input_size = backbone.input_size
+        self.draft_size = backbone.draft_size
+        self.preprocess_version = backbone.preprocess_version
+        self.preprocessor = backbone.preprocessor
+        self.description = f"domain model {model_id}: {self.dim}-d projection of {backbone.model_id}"
+
+    def preprocess(self, image: Image.Image) -> Any:
+        return self.backbone.preprocess(image)
+
+    def _forward(self, items: Sequence[Any]) -> np.ndarray:
+        return np.asarray(self.head.project(self.backbone.forward(items)), dtype=np.float32)
 
 
 def default_min_cosine(model_id: str) -> float:

@@ -21,7 +21,7 @@ from curation_pipeline.core.decode import DecodedImage, decode_image
 from curation_pipeline.core.hashing import sha256_hex
 from curation_pipeline.core.pipeline import batched, ordered_parallel_map
 from curation_pipeline.resources.catalog import Catalog
-from curation_pipeline.resources.embedders import Embedder
+from curation_pipeline.resources.embedders import Embedder, ProjectedEmbedder
 from curation_pipeline.resources.image_store import DEFAULT_STORES, ImageStores
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,10 @@ DEFAULT_OPTIONS = EmbedOptions()
 
 
 def model_id_for(embedder: Embedder, options: EmbedOptions) -> str:
-    """Reduced-scale decoding changes pixels, so it is part of the cached vectors' identity."""
+    """Reduced-scale decoding changes pixels, so it is part of the cached vectors' identity (a
+    domain model's id already names its backbone's)."""
+    if isinstance(embedder, ProjectedEmbedder):
+        return embedder.model_id
     return embedder.model_id if options.draft or embedder.decode_draft_size is None else embedder.model_id + "+nodraft"
 
 

@@ -191,10 +191,13 @@ def write_report(
     ]
     failed_tiles = [Tile(f"{f['drop_key']}/{f['object_key']}", f"{f['status']}: {f['error']}") for f in failed]
 
-    # threshold explorer: nearest-neighbour similarities of a sample, and pairs either side
+    # threshold explorer: nearest-neighbour similarities of a sample in the near-duplicate
+    # descriptor's space (where the dedup threshold applies), and pairs either side
     model = info.model
-    threshold = default_min_cosine(model)
-    nn = catalog.nearest_neighbour_sample(model, nn_sample)
+    dedup_models = catalog.dedup_models()
+    dedup_model = dedup_models[-1] if dedup_models else model
+    threshold = default_min_cosine(dedup_model)
+    nn = catalog.nearest_neighbour_sample(dedup_model, nn_sample)
     # the sampled pairs closest to the threshold on each side (each pair once)
     unique = {tuple(sorted((a, b))): sim for a, b, sim in nn}
     ranked = [(a, b, sim) for (a, b), sim in unique.items()]
@@ -237,7 +240,12 @@ def write_report(
             "strategy": info.strategy,
             "model": info.model,
             "pool_size": info.pool_size,
-            **{k: _describe(v) for k, v in info.config.items() if k not in ("model", "strategies_given")},
+            **{k: _describe(v) for k, v in info.config.items() if k not in ("model", "model_choice", "strategies_given")},
+        },
+        models={
+            "selection, embedding map, clusters, outliers": info.model
+            + (f" ({info.config['model_choice']})" if info.config.get("model_choice") not in (None, info.model) else ""),
+            "duplicates, threshold explorer": "sha256, pHash and " + (", ".join(dedup_models) or "none yet"),
         },
         duplicate_groups=dup_tiles,
         subset=subset_tiles,
@@ -282,6 +290,7 @@ def write_report(
         "leaks": len(leaks),
         "nn_sampled": len(nn),
         "counts": data.counts,
+        "models": data.models,
     }
 
 

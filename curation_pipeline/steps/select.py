@@ -106,9 +106,13 @@ def select_subset(
     spec: SelectionSpec,
     *,
     model: str,
+    model_choice: str = "",
     query_embedder: QueryEmbedder | None = None,
     logger: logging.Logger = log,
 ) -> dict:
+    """Select `spec.budget` images on `model`'s vectors and store them as selection `name`.
+    `model_choice` is what the model was chosen by (a role such as semantic, or the id): stored
+    with the settings, so an automated re-run after new drops picks the same role's current model."""
     spec.validate(name)
     started = time.perf_counter()
     strategies = spec.resolved_strategies()
@@ -187,7 +191,7 @@ def select_subset(
         name,
         model,
         strategy_label,
-        {**spec.as_config(), "model": model},
+        {**spec.as_config(), "model": model, "model_choice": model_choice or model},
         pool_size,
         image_ids[picked],
         result.distance_at_pick,

@@ -62,11 +62,12 @@ def test_whole_graph_materializes_for_a_small_drop(tmp_path, database_url, curat
     # every object recorded; bad files with their reason, not fatal
     with catalog.connection() as conn:
         rows = dict(conn.execute("SELECT object_key, status FROM images WHERE drop_key = 'drop-1'").fetchall())
-        n_emb = conn.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+        n_emb = dict(conn.execute("SELECT model, count(*) FROM embeddings GROUP BY model").fetchall())
     assert len(rows) == info["files"]
     for key, status in info["bad"].items():
         assert rows[key] == status
-    assert n_emb == info["files"] - len(info["bad"])
+    # every valid image, once per configured model (the near-duplicate descriptor and the semantic model)
+    assert len(n_emb) == 2 and set(n_emb.values()) == {info["files"] - len(info["bad"])}
 
     # each planted duplicate lands in its original's group, and nothing else is grouped
     groups = _groups_by_key(catalog)
@@ -130,14 +131,15 @@ def test_rematerializing_a_partition_leaves_the_same_rows(tmp_path, database_url
     _ingest(instance, database_url, "d", drop)
     catalog = Catalog(database_url)
     before = _snapshot(catalog)
-    model = EmbedderResource().load()  # the process-wide instance the runs use
-    forwards_before = model.images_computed
+    models = [EmbedderResource().load(), EmbedderResource(backend="offline").load()]  # the process-wide instances the runs use
+    forwards_before = [m.images_computed for m in models]
     second = _ingest(instance, database_url, "d", drop)
     assert _snapshot(catalog) == before
-    assert model.images_computed == forwards_before  # no model call at all on the re-run
+    assert [m.images_computed for m in models] == forwards_before  # no model call at all on the re-run
     emb_meta = {m.asset_key.to_user_string(): m for m in second.get_asset_materialization_events()}
     meta = emb_meta["image_embeddings"].materialization.metadata
-    assert meta["computed"].value == 0 and meta["served_from_cache"].value == meta["valid_images"].value
+    assert set(meta["computed"].value.values()) == {0} and len(meta["computed"].value) == 2
+    assert set(meta["not_embedded"].value.values()) == {0}
 
 
 def test_removed_objects_disappear_on_rerun(tmp_path, database_url, curation_env, instance):

@@ -6,6 +6,7 @@ SQL beside it, over pooled connections (database.pooled_connection).
     search.py      HNSW top-k lookups and filtered search; the HNSW session settings, once
     dedup.py       the dedup lock, candidates and representatives, duplicate groups, checks, leaks
     sets.py        selections, retrievals, annotations, lost items, exports, report samples
+    models.py      domain models: trained versions, their weights and content hash
     records.py     the typed records that leave the catalog (EmbeddingSet, KeptImage, ModelInfo, ...)
 
 `Catalog` is the thin facade the steps, Dagster resources and the CLI hold: it is every
@@ -17,7 +18,17 @@ from .base import Repository, wire_vector
 from .dedup import DedupRepository
 from .drops import DEFAULT_SHRINK_GUARD, DropRepository, DropShrinkRefused, ManifestWriter, ShrinkGuard
 from .embeddings import CacheWriter, EmbeddingRepository, hnsw_index_name
-from .records import STORAGE_TYPES, CachedEmbeddings, EmbeddingSet, KeptImage, LostItem, ModelInfo, SelectionInfo
+from .models import ModelRepository
+from .records import (
+    STORAGE_TYPES,
+    CachedEmbeddings,
+    DomainModelRecord,
+    EmbeddingSet,
+    KeptImage,
+    LostItem,
+    ModelInfo,
+    SelectionInfo,
+)
 from .search import SearchRepository, hnsw_lookup_settings
 from .sets import SetRepository
 
@@ -32,6 +43,8 @@ __all__ = [
     "DedupRepository",
     "DropRepository",
     "DropShrinkRefused",
+    "DomainModelRecord",
+    "ModelRepository",
     "EmbeddingRepository",
     "EmbeddingSet",
     "KeptImage",
@@ -47,7 +60,7 @@ __all__ = [
 ]
 
 
-class Catalog(DropRepository, EmbeddingRepository, SearchRepository, DedupRepository, SetRepository):
+class Catalog(DropRepository, EmbeddingRepository, SearchRepository, DedupRepository, SetRepository, ModelRepository):
     """Every repository over one database URL. The repositories share nothing but the URL (and so
     this process's connection pool for it); where one domain needs another's data it reads it with
     that module's function over its own connection, never through this class."""

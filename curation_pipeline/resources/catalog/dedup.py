@@ -137,6 +137,12 @@ class DedupRepository(Repository):
         return {"rows": len(rows), "repaired_members": repaired}
 
     # ---- what checks, reports and the leakage view read --------------------------------------
+    def dedup_models(self) -> list[str]:
+        """The models whose vectors near-duplicate candidates came from (one, unless the project
+        changed its descriptor and not every drop was deduplicated again)."""
+        with self.connection() as conn:
+            return [r[0] for r in conn.execute("SELECT DISTINCT model FROM dedup_members ORDER BY model").fetchall()]
+
     def duplicate_groups(self, drop_keys: Sequence[str] | None = None) -> list[dict]:
         """Groups with at least one duplicate: representative first, members by similarity."""
         keys = list(drop_keys) if drop_keys is not None else None

@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from psycopg import sql
 
-from .base import READ_VECTOR, Repository, one_row, scalar, wire_vector
+from .base import READ_VECTOR, READ_VECTOR_E, Repository, one_row, scalar, wire_vector
 from .records import STORAGE_TYPES, EmbeddingSet, ModelInfo
 
 
@@ -236,6 +236,21 @@ class EmbeddingRepository(Repository):
         if missing:
             raise ValueError(f"{len(missing)} query images have no {model} vector (first: image id {missing[0]})")
         return np.stack([got[i] for i in image_ids]) if image_ids else np.zeros((0, self.model_dim(model)), np.float32)
+
+    def embedded_sample(self, model: str, limit: int, seed: int = 0) -> tuple[list[int], list[str], np.ndarray]:
+        """A seeded sample of at most `limit` distinct contents that have a `model` vector (any drop):
+        (image ids, source URIs, (n, dim) vectors), one image per content."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT image_id, source_uri, vec FROM ("
+                " SELECT DISTINCT ON (e.sha256) e.image_id, i.source_uri, " + READ_VECTOR_E + " AS vec, e.sha256"
+                " FROM embeddings e JOIN images i ON i.image_id = e.image_id WHERE e.model = %s"
+                " ORDER BY e.sha256, e.image_id) d ORDER BY md5(d.sha256 || %s::text) LIMIT %s",
+                (model, str(seed), int(limit)),
+            ).fetchall()
+            dim = len(rows[0][2].to_numpy()) if rows else model_info(conn, model).dim
+        vectors = np.stack([r[2].to_numpy() for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+        return [int(r[0]) for r in rows], [r[1] for r in rows], vectors
 
     # ---- failures and statistics -------------------------------------------------------------
     def replace_embedding_failures(self, drop_key: str, model: str, failures: Sequence[tuple[int, str]]) -> None:

@@ -70,11 +70,18 @@ class EmbeddingSet:
 
 @dataclass(frozen=True)
 class CachedEmbeddings:
-    """What image_embeddings outputs: 'the cache holds vectors of `model` for these drops'. The
-    pgvector IO manager turns it into each partition's rows, one transaction per partition."""
+    """What image_embeddings outputs: 'the cache holds vectors of these models for these drops'.
+    `roles` maps each job role to the model that serves it (near-duplicate `descriptor`,
+    `semantic`); the pgvector IO manager publishes each model's rows for each partition, one
+    transaction per partition and model, and a downstream input asks for a role."""
 
-    model: str
+    roles: dict[str, str]
     drop_keys: tuple[str, ...]
+
+    @property
+    def models(self) -> list[str]:
+        """Each model once, in role order."""
+        return list(dict.fromkeys(self.roles.values()))
 
 
 @dataclass(frozen=True)
@@ -117,3 +124,19 @@ class SelectionInfo:
     created_at: datetime
     comparison: dict[str, Any] | None = None
     lost: list[LostItem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DomainModelRecord:
+    """One stored version of a domain model."""
+
+    model_id: str
+    version: int
+    backbone_model: str
+    dim: int
+    sha256: str
+    weights: bytes
+    config: dict[str, Any]
+    stats: dict[str, Any]
+    images: int
+    created_at: datetime

@@ -1,0 +1,191 @@
+"""The right model for each job (issue 14): ingest embeds with every configured model, dedup keeps
+the near-duplicate descriptor, selections and retrieval use the semantic model by default or the
+one they name, and the domain model trains, versions, and goes stale when retrained. All at the
+project's defaults (the real pretrained backbone), on a real Dagster instance and PostgreSQL."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import pytest
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.loader import LoadingContextForTest
+
+from curation_pipeline.definitions import build_definitions, build_resources
+from curation_pipeline.defs.dedup import dedup_clusters
+from curation_pipeline.defs.ingest import image_embeddings, raw_image_manifest
+from curation_pipeline.resources.catalog import Catalog
+from curation_pipeline.resources.embedders import domain_backbone
+from curation_pipeline_tests.conftest import make_small_drop
+
+INGEST = [raw_image_manifest, image_embeddings, dedup_clusters]
+OFFLINE = "offline:colour-layout-v2"
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def _ingest(instance, database_url, key, folder) -> dg.ExecuteInProcessResult:
+    Catalog(database_url).register_drop(key, str(folder))
+    if not instance.has_dynamic_partition("capture_drops", key):
+        instance.add_dynamic_partitions("capture_drops", [key])
+    result = dg.materialize(INGEST, partition_key=key, instance=instance, resources=build_resources(database_url=database_url))
+    assert result.success
+    return result
+
+
+def _models_by_drop(catalog: Catalog) -> dict[tuple[str, str], int]:
+    with catalog.connection() as conn:
+        rows = conn.execute("SELECT drop_key, model, count(*) FROM embeddings GROUP BY 1, 2").fetchall()
+    return {(d, m): int(n) for d, m, n in rows}
+
+
+def _run_asset(instance, database_url, asset_key: str, partition: str | None = None, config: dict | None = None):
+    job = build_definitions(database_url=database_url).resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(
+        instance=instance,
+        asset_selection=[dg.AssetKey(asset_key)],
+        partition_key=partition,
+        run_config={"ops": {asset_key: {"config": config}}} if config else None,
+        raise_on_error=False,
+    )
+    return result
+
+
+@pytest.fixture
+def two_drops(tmp_path, database_url, curation_env, instance):
+    make_small_drop(tmp_path / "d1")
+    make_small_drop(tmp_path / "d2", n_distinct=5)
+    _ingest(instance, database_url, "d1", tmp_path / "d1")
+    _ingest(instance, database_url, "d2", tmp_path / "d2")
+    return tmp_path
+
+
+def test_ingest_embeds_with_every_configured_model_and_dedup_keeps_the_descriptor(two_drops, database_url, instance):
+    catalog = Catalog(database_url)
+    mat = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("image_embeddings")), limit=1)
+    roles = mat.records[0].asset_materialization.metadata["models"].value
+    assert roles["descriptor"] == OFFLINE
+    assert roles["semantic"].startswith("pretrained:tf_efficientnet_lite0/")
+    counts = _models_by_drop(catalog)
+    for drop in ("d1", "d2"):
+        valid = catalog.valid_image_count(drop)
+        assert counts[(drop, OFFLINE)] == valid > 0
+        assert counts[(drop, roles["semantic"])] == valid
+    assert catalog.model_dim(roles["semantic"]) == 1280
+    # near-duplicate candidates come from the descriptor, never from the semantic model
+    assert catalog.dedup_models() == [OFFLINE]
+    # a re-run computes nothing for either model: each content is cached once per model
+    again = _ingest(instance, database_url, "d1", two_drops / "d1")
+    computed = again.asset_materializations_for_node("image_embeddings")[0].metadata["computed"].value
+    assert computed == {OFFLINE: 0, roles["semantic"]: 0}
+
+
+def test_selection_uses_the_semantic_model_unless_it_names_another(two_drops, database_url, instance):
+    catalog = Catalog(database_url)
+    defs = build_definitions(database_url=database_url)
+    job = defs.resolve_job_def("select_and_report")
+    for name, config, expected in (
+        ("default-model", {"budget": 4}, "pretrained:"),
+        ("on-descriptor", {"budget": 4, "model": "descriptor"}, OFFLINE),
+    ):
+        instance.add_dynamic_partitions("selections", [name])
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=name,
+            run_config={"ops": {"curated_subset": {"config": config}}},
+        )
+        assert result.success
+        info = catalog.selection_info(name)
+        assert info.model.startswith(expected)
+        assert info.config["model_choice"] == config.get("model", "semantic")
+        report = result.asset_materializations_for_node("curation_report")[0].metadata["models"].value
+        assert report["selection, embedding map, clusters, outliers"].startswith(expected)
+        assert OFFLINE in report["duplicates, threshold explorer"]
+    # an unknown role is refused with the roles listed, and nothing was changed
+    instance.add_dynamic_partitions("selections", ["bad"])
+    result = job.execute_in_process(
+        instance=instance,
+        partition_key="bad",
+        run_config={"ops": {"curated_subset": {"config": {"budget": 4, "model": "clip"}}}},
+        raise_on_error=False,
+    )
+    assert not result.success and catalog.selection_info("bad") is None
+    messages = " ".join(str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure)
+    assert "semantic" in messages and "domain" in messages
+
+
+def test_domain_model_is_refused_before_training(two_drops, database_url, instance):
+    defs = build_definitions(database_url=database_url)
+    instance.add_dynamic_partitions("selections", ["dom"])
+    result = defs.resolve_job_def("select_and_report").execute_in_process(
+        instance=instance,
+        partition_key="dom",
+        run_config={"ops": {"curated_subset": {"config": {"budget": 4, "model": "domain"}}}},
+        raise_on_error=False,
+    )
+    assert not result.success
+    messages = " ".join(str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure)
+    assert "no domain model has been trained" in messages and "train-domain" in messages
+
+
+def _stale(instance, database_url, key: str) -> StaleStatus:
+    graph = build_definitions(database_url=database_url).resolve_asset_graph()
+    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+    return resolver.get_status(dg.AssetKey("domain_embeddings"), key)
+
+
+def test_domain_model_trains_embeds_and_goes_stale_when_retrained(two_drops, database_url, instance):
+    catalog = Catalog(database_url)
+    small = {"views": 1, "epochs": 3, "dim": 32}
+    trained = _run_asset(instance, database_url, "domain_embedder", config=small)
+    assert trained.success
+    first = catalog.current_domain_model()
+    assert first is not None and first.version == 1 and first.dim == 32
+    assert domain_backbone(first.model_id).startswith("pretrained:") and first.sha256[:12] in first.model_id
+    for drop in ("d1", "d2"):
+        assert _run_asset(instance, database_url, "domain_embeddings", drop).success
+    counts = _models_by_drop(catalog)
+    emb = catalog.load_embeddings(["d1", "d2"], first.model_id)
+    assert emb.dim == 32 and len(emb) == counts[("d1", first.model_id)] + counts[("d2", first.model_id)]
+    assert counts[("d1", first.model_id)] == catalog.valid_image_count("d1")
+    np.testing.assert_allclose(np.linalg.norm(emb.vectors, axis=1), 1.0, atol=1e-4)
+    assert _stale(instance, database_url, "d1") == StaleStatus.FRESH
+
+    # the same training again reproduces the weights: same version, nothing goes stale
+    assert _run_asset(instance, database_url, "domain_embedder", config=small).success
+    assert catalog.current_domain_model().model_id == first.model_id
+    assert _stale(instance, database_url, "d1") == StaleStatus.FRESH
+
+    # retraining with other settings: a new version, and every drop's domain vectors are stale
+    assert _run_asset(instance, database_url, "domain_embedder", config={**small, "seed": 1}).success
+    second = catalog.current_domain_model()
+    assert second.version == 2 and second.model_id != first.model_id
+    assert _stale(instance, database_url, "d1") == StaleStatus.STALE
+    assert _stale(instance, database_url, "d2") == StaleStatus.STALE
+    assert _run_asset(instance, database_url, "domain_embeddings", "d1").success
+    assert _stale(instance, database_url, "d1") == StaleStatus.FRESH
+    counts = _models_by_drop(catalog)
+    assert (("d1", first.model_id) not in counts) and counts[("d1", second.model_id)] == catalog.valid_image_count("d1")
+
+    # selections can run on it, while dedup keeps its descriptor
+    defs = build_definitions(database_url=database_url)
+    instance.add_dynamic_partitions("selections", ["on-domain"])
+    result = defs.resolve_job_def("select_and_report").execute_in_process(
+        instance=instance,
+        partition_key="on-domain",
+        run_config={"ops": {"curated_subset": {"config": {"budget": 3, "model": "domain", "drop_keys": ["d1"]}}}},
+    )
+    assert result.success
+    assert catalog.selection_info("on-domain").model == second.model_id
+    assert catalog.dedup_models() == [OFFLINE]
+
+
+def test_domain_embeddings_skip_while_no_model_is_trained(two_drops, database_url, instance):
+    result = _run_asset(instance, database_url, "domain_embeddings", "d1")
+    assert result.success
+    assert not result.asset_materializations_for_node("domain_embeddings")
+    assert not [m for (_, m) in _models_by_drop(Catalog(database_url)) if m.startswith("domain:")]
