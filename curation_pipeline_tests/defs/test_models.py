@@ -171,6 +171,14 @@ def test_domain_model_trains_embeds_and_goes_stale_when_retrained(two_drops, dat
     counts = _models_by_drop(catalog)
     assert (("d1", first.model_id) not in counts) and counts[("d1", second.model_id)] == catalog.valid_image_count("d1")
 
+    # a new drop gets its domain vectors in its ingest run
+    make_small_drop(two_drops / "d3", n_distinct=6)
+    Catalog(database_url).register_drop("d3", str(two_drops / "d3"))
+    instance.add_dynamic_partitions("capture_drops", ["d3"])
+    ingest = build_definitions(database_url=database_url).resolve_job_def("ingest_drop")
+    assert ingest.execute_in_process(instance=instance, partition_key="d3").success
+    assert _models_by_drop(catalog)[("d3", second.model_id)] == catalog.valid_image_count("d3")
+
     # selections can run on it, while dedup keeps its descriptor
     defs = build_definitions(database_url=database_url)
     instance.add_dynamic_partitions("selections", ["on-domain"])
