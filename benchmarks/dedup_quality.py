@@ -11,6 +11,16 @@ The peers run in their own virtualenv (benchmarks/.peers-venv, created on first 
 `pip install imagededup cleanvision`), so their dependencies never touch the project's.
 
     .venv/bin/python benchmarks/dedup_quality.py
+
+`--backend pretrained` runs the semantic tier on the `pretrained` backend's vectors (ImageNet
+EfficientNet-Lite0, real weights) instead of the offline descriptor, sweeping min_cosine 0.85-0.99
+at the default Hamming radius, to calibrate that backend's `default_min_cosine` (the threshold with
+precision >= 0.98 and the best F1). `--textures` adds hard negatives: non-overlapping crops of the
+texture photographs (brick, grass, gravel, deep field) as distinct images with no copies, and every
+run reports, per threshold, the false pairs among distinct crops of one photograph and among
+texture crops. `--no-peers` skips imagededup / cleanvision.
+
+    .venv/bin/python benchmarks/dedup_quality.py --backend pretrained --textures --no-peers
 """
 
 from __future__ import annotations
@@ -47,6 +57,8 @@ PHOTOS = [
     "flower",
     "moon",
 ]
+# Hard negatives (--textures): every crop is its own distinct image, never a copy of another.
+TEXTURES = ["brick", "grass", "gravel", "hubble_deep_field"]
 TRANSFORMS = ["jpeg", "resize", "crop", "brightness_contrast", "flip", "rotate", "watermark", "noise", "png", "exact"]
 
 
@@ -145,6 +157,42 @@ def build_dataset(folder: Path, seed: int = 0, grid: tuple[int, int] = (3, 3)) -
     return {"groups": groups, "kinds": kinds}
 
 
+def add_textures(folder: Path, data: dict, seed: int = 1, grid: tuple[int, int] = (3, 3)) -> int:
+    """Hard negatives: non-overlapping crops of the texture photographs, each a distinct image
+    without copies (own random stream, so the main set's files and names do not change)."""
+    from curation_pipeline.demo_data import _crops, _sources
+
+    rng = random.Random(seed)
+    sources = dict(_sources())
+    added = 0
+    for name in TEXTURES:
+        if name not in sources:
+            continue
+        photo = Image.open(sources[name]).convert("RGB")
+        for n, crop in enumerate(_crops(photo, *grid)):
+            if min(crop.size) < 64:
+                continue
+            fname = f"{rng.getrandbits(48):012x}.jpg"
+            (folder / fname).write_bytes(_jpeg(crop, 92))
+            data["groups"][fname], data["kinds"][fname] = f"{name}-{n}", "texture"
+            added += 1
+    return added
+
+
+def hard_negative_pairs(groups: dict[str, str]) -> dict[str, set]:
+    """Non-duplicate pairs that look alike: distinct crops of one photograph (photo crops), and
+    crops of one texture photograph (texture crops)."""
+    photo = {g: g.rsplit("-", 1)[0] for g in set(groups.values())}
+    out: dict[str, set] = {"photo_crops": set(), "texture_crops": set()}
+    files = sorted(groups)
+    for i, a in enumerate(files):
+        for b in files[i + 1 :]:
+            ga, gb = groups[a], groups[b]
+            if ga != gb and photo[ga] == photo[gb]:
+                out["texture_crops" if photo[ga] in TEXTURES else "photo_crops"].add((a, b))
+    return out
+
+
 def true_pairs(groups: dict[str, str]) -> set[tuple[str, str]]:
     by = defaultdict(list)
     for f, g in groups.items():
@@ -173,11 +221,18 @@ def recall_by_kind(pred: set, truth: set, kinds: dict) -> dict:
     return out
 
 
-def ours(folder: Path, sweep: list[tuple[int, float]]) -> dict:
+def _embedder(backend: str):
+    from curation_pipeline.resources.embedders import LoadSpec, OfflineEmbedder, load_embedder
+
+    if backend == "offline":
+        return OfflineEmbedder()
+    return load_embedder(backend, LoadSpec(device="cpu"))  # pretrained: EfficientNet-Lite0, fp32
+
+
+def ours(folder: Path, sweep: list[tuple[int, float]], backend: str = "offline") -> dict:
     from curation_pipeline.core.dedup import DedupThresholds
     from curation_pipeline.resources.catalog import Catalog
     from curation_pipeline.resources.database import ThrowawayDatabase
-    from curation_pipeline.resources.embedders import OfflineEmbedder
     from curation_pipeline.resources.image_store import LocalImageStore
     from curation_pipeline.settings import Settings
     from curation_pipeline.steps.dedup import dedup_drop
@@ -191,10 +246,14 @@ def ours(folder: Path, sweep: list[tuple[int, float]]) -> dict:
         catalog.register_drop("quality", str(folder))
         t0 = time.perf_counter()
         build_manifest(catalog, LocalImageStore(), str(folder), "quality")
-        stats = embed_drop(catalog, OfflineEmbedder(), "quality", EmbedOptions(batch_size=64, workers=2))
+        embedder = _embedder(backend)
+        batch = 64 if backend == "offline" else 32
+        stats = embed_drop(catalog, embedder, "quality", EmbedOptions(batch_size=batch, workers=2))
         catalog.publish_embeddings("quality", stats["model"])
         emb = catalog.load_embeddings(["quality"], stats["model"])
         ingest_s = time.perf_counter() - t0
+        key_of = {c.image_id: c.object_key for c in catalog.dedup_candidates("quality", stats["model"])}
+        file_names = [key_of[int(i)] for i in emb.image_ids]
         results = {}
         for max_hamming, min_cosine in sweep:
             t0 = time.perf_counter()
@@ -205,7 +264,52 @@ def ours(folder: Path, sweep: list[tuple[int, float]]) -> dict:
                 pairs |= {(a, b) for i, a in enumerate(names) for b in names[i + 1 :]}
             results[(max_hamming, min_cosine)] = (pairs, time.perf_counter() - t0)
         db.close()
-    return {"results": results, "ingest_seconds": ingest_s}
+    return {
+        "results": results,
+        "ingest_seconds": ingest_s,
+        "model": stats["model"],
+        "names": file_names,
+        "vectors": emb.vectors,
+    }
+
+
+def cosine_pairs(names: list[str], vectors: np.ndarray, min_cosine: float) -> set:
+    """The semantic tier alone: every pair whose cosine reaches the threshold (no hashes, no clustering)."""
+    sims = vectors @ vectors.T
+    i, j = np.nonzero(np.triu(sims >= min_cosine - 1e-6, k=1))
+    return {tuple(sorted((names[a], names[b]))) for a, b in zip(i.tolist(), j.tolist())}
+
+
+def calibrate(mine: dict, truth: set, hard: dict, kinds: dict, max_hamming: int, cosines: list[float]) -> list[dict]:
+    """Per threshold: the product path (hash tiers + semantic tier at `min_cosine`, star
+    clustering) and the semantic tier alone, with false pairs among the hard negatives."""
+    rows = []
+    for c in cosines:
+        pairs, _ = mine["results"][(max_hamming, c)]
+        alone = cosine_pairs(mine["names"], mine["vectors"], c)
+        rows.append(
+            {
+                "min_cosine": c,
+                **score(pairs, truth),
+                "false_photo_crop_pairs": len(pairs & hard["photo_crops"]),
+                "false_texture_pairs": len(pairs & hard["texture_crops"]),
+                "false_other_pairs": len(pairs - truth - hard["photo_crops"] - hard["texture_crops"]),
+                "by_transform": recall_by_kind(pairs, truth, kinds),
+                "semantic_alone": {
+                    **score(alone, truth),
+                    "false_photo_crop_pairs": len(alone & hard["photo_crops"]),
+                    "false_texture_pairs": len(alone & hard["texture_crops"]),
+                },
+            }
+        )
+    return rows
+
+
+def recommend(rows: list[dict], min_precision: float = 0.98) -> dict | None:
+    """Precision first: among thresholds with precision >= min_precision, the best F1 (ties: the
+    stricter threshold)."""
+    ok = [r for r in rows if r["precision"] >= min_precision]
+    return max(ok, key=lambda r: (r["f1"], r["min_cosine"])) if ok else None
 
 
 def ensure_peers_venv() -> Path:
@@ -217,7 +321,19 @@ def ensure_peers_venv() -> Path:
 
 
 def main() -> None:
+    import argparse
+
     from curation_pipeline.core.dedup import DedupThresholds
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backend", default="offline", choices=["offline", "pretrained"], help="vectors of the semantic tier")
+    ap.add_argument("--textures", action="store_true", help="add texture crops as hard negatives")
+    ap.add_argument("--no-peers", action="store_true", help="skip imagededup and cleanvision")
+    ap.add_argument("--min-precision", type=float, default=0.98)
+    args = ap.parse_args()
+    if args.backend != "offline":
+        pretrained_main(args)
+        return
 
     default = DedupThresholds()
     sweep = sorted(
@@ -227,13 +343,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dedup-quality-") as tmp:
         folder = Path(tmp) / "images"
         data = build_dataset(folder)
+        n_textures = add_textures(folder, data) if args.textures else 0
         truth = true_pairs(data["groups"])
+        hard = hard_negative_pairs(data["groups"])
         n_files = len(data["groups"])
         print(
-            f"dataset: {n_files} files, {len(set(data['groups'].values()))} distinct images, {len(truth)} true duplicate pairs",
+            f"dataset: {n_files} files ({n_textures} texture crops), {len(set(data['groups'].values()))} distinct images, "
+            f"{len(truth)} true duplicate pairs",
             file=sys.stderr,
         )
         mine = ours(folder, sweep)
+        if args.no_peers:
+            _print_calibration(mine, truth, hard, data, default.max_hamming, sorted({c for _, c in sweep}), args)
+            return
         python = ensure_peers_venv()
         t0 = time.perf_counter()
         peers = json.loads(
@@ -318,6 +440,81 @@ def main() -> None:
             },
             indent=1,
         )
+    )
+
+
+def _print_calibration(mine, truth, hard, data, max_hamming, cosines, args, out_name=None) -> dict:
+    rows = calibrate(mine, truth, hard, data["kinds"], max_hamming, cosines)
+    print(
+        f"model {mine['model']}; hash tiers at hamming <= {max_hamming}; hard-negative pairs: "
+        f"{len(hard['photo_crops'])} photo-crop, {len(hard['texture_crops'])} texture"
+    )
+    print(
+        "min_cosine | precision | recall | F1 | pairs | false photo-crop / texture / other pairs"
+        " | semantic alone: precision | recall | F1 | false photo-crop / texture"
+    )
+    for r in rows:
+        a = r["semantic_alone"]
+        print(
+            f"{r['min_cosine']:.2f} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['pairs_predicted']} | "
+            f"{r['false_photo_crop_pairs']} / {r['false_texture_pairs']} / {r['false_other_pairs']} | "
+            f"{a['precision']:.4f} | {a['recall']:.4f} | {a['f1']:.4f} | "
+            f"{a['false_photo_crop_pairs']} / {a['false_texture_pairs']}"
+        )
+    best = recommend(rows, args.min_precision)
+    if best:
+        print(
+            f"\nrecommended min_cosine {best['min_cosine']:.2f} (precision >= {args.min_precision}, best F1): "
+            f"precision {best['precision']:.4f}, recall {best['recall']:.4f}, F1 {best['f1']:.4f}"
+        )
+        print("recall by transform: " + ", ".join(f"{k} {v}" for k, v in best["by_transform"].items()))
+    else:
+        print(f"\nno threshold reaches precision {args.min_precision}")
+    if out_name:
+        out = HERE / "results"
+        out.mkdir(exist_ok=True)
+        (out / out_name).write_text(
+            json.dumps(
+                {
+                    "model": mine["model"],
+                    "backend": args.backend,
+                    "textures": args.textures,
+                    "files": len(data["groups"]),
+                    "true_pairs": len(truth),
+                    "hard_negative_pairs": {k: len(v) for k, v in hard.items()},
+                    "max_hamming": max_hamming,
+                    "ingest_seconds": round(mine["ingest_seconds"], 2),
+                    "recommended": best,
+                    "sweep": rows,
+                },
+                indent=1,
+            )
+        )
+    return {"rows": rows, "best": best}
+
+
+def pretrained_main(args) -> None:
+    """Calibrate the semantic threshold of a learned backend: the product path at the default
+    Hamming radius with min_cosine swept, plus the semantic tier alone, plus the hash tiers alone."""
+    from curation_pipeline.core.dedup import DedupThresholds
+
+    default = DedupThresholds()
+    cosines = [round(c, 2) for c in np.arange(0.85, 0.9901, 0.01)] + [1.0]
+    with tempfile.TemporaryDirectory(prefix="dedup-quality-") as tmp:
+        folder = Path(tmp) / "images"
+        data = build_dataset(folder)
+        n_textures = add_textures(folder, data) if args.textures else 0
+        truth = true_pairs(data["groups"])
+        hard = hard_negative_pairs(data["groups"])
+        print(
+            f"dataset: {len(data['groups'])} files ({n_textures} texture crops), "
+            f"{len(set(data['groups'].values()))} distinct images, {len(truth)} true duplicate pairs",
+            file=sys.stderr,
+        )
+        mine = ours(folder, [(default.max_hamming, c) for c in cosines], backend=args.backend)
+    suffix = "_textures" if args.textures else ""
+    _print_calibration(
+        mine, truth, hard, data, default.max_hamming, cosines, args, out_name=f"dedup_quality_{args.backend}{suffix}.json"
     )
 
 

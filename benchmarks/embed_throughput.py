@@ -1,7 +1,8 @@
 """Embedding throughput against the hardware limits, and memory against drop size.
 
-For each backend (the offline descriptor; open_clip ViT-B-32, random initialisation) and each drop
-size, in a fresh subprocess:
+For each backend (the offline descriptor; open_clip ViT-B-32, random initialisation; the
+`pretrained` backend, ImageNet EfficientNet-Lite0 with its real weights from the package registry)
+and each drop size, in a fresh subprocess:
   (a) model alone: forward on already-preprocessed inputs, batch after batch (the compute limit);
   (b) loader alone: read + sha256 check + decode + preprocess with the same loader threads (the I/O limit);
   (c) end to end: the image_embeddings asset path (embed_drop into the cache, then publish the
@@ -13,6 +14,7 @@ The drops are 640x480 JPEGs cut from the photographs bundled with scikit-image /
 
     .venv/bin/python benchmarks/embed_throughput.py                       # offline 1k + 10k, ViT-B-32 1k
     .venv/bin/python benchmarks/embed_throughput.py --backends offline --sizes 1000
+    .venv/bin/python benchmarks/embed_throughput.py --only pretrained       # EfficientNet-Lite0 1k, batch 32
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ def _embedder(backend: str, device: str = "cpu"):
         return OfflineEmbedder()
     if backend == "vit-b-32":
         return OpenClipEmbedder("ViT-B-32", None, device=device)  # random init: timing only; fp16 autocast on CUDA
+    if backend == "pretrained":
+        from curation_pipeline.resources.embedders import LoadSpec, load_embedder
+
+        # real ImageNet weights (efficientnet_lite0); fp32 on the CPU, fp16 autocast on CUDA
+        return load_embedder("pretrained", LoadSpec(device=device))
     raise ValueError(backend)
 
 
@@ -213,9 +220,12 @@ def run_one(
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--backends", default="offline,vit-b-32")
+    p.add_argument("--backends", default="offline,vit-b-32", help="offline, vit-b-32, pretrained (comma-separated)")
+    p.add_argument("--only", help="run this backend alone (same as --backends NAME), e.g. --only pretrained")
     p.add_argument("--sizes", default="1000,10000", help="drop sizes for the offline backend")
     p.add_argument("--vit-sizes", default="1000", help="drop sizes for ViT-B-32 (~11 img/s on 2 CPU cores)")
+    p.add_argument("--pretrained-sizes", default="1000", help="drop sizes for the pretrained backend (EfficientNet-Lite0)")
+    p.add_argument("--pretrained-batch-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--loader", default="threads", choices=["threads", "processes"])
@@ -229,20 +239,30 @@ def main() -> None:
         print(json.dumps(run_one(**{**cfg, "data_dir": Path(cfg["data_dir"])})))
         return
 
-    sizes = {"offline": [int(s) for s in args.sizes.split(",")], "vit-b-32": [int(s) for s in args.vit_sizes.split(",")]}
-    data = make_dataset(Path(args.data_dir), max(max(v) for v in sizes.values()))
+    sizes = {
+        "offline": [int(s) for s in args.sizes.split(",")],
+        "vit-b-32": [int(s) for s in args.vit_sizes.split(",")],
+        "pretrained": [int(s) for s in args.pretrained_sizes.split(",")],
+    }
+    backends = [args.only] if args.only else args.backends.split(",")
+    unknown = [b for b in backends if b not in sizes]
+    if unknown:
+        raise SystemExit(f"unknown backend(s) {unknown}: use {', '.join(sizes)}")
+    data = make_dataset(Path(args.data_dir), max(max(sizes[b]) for b in backends))
+    batch = {"offline": args.batch_size, "vit-b-32": 32, "pretrained": args.pretrained_batch_size}
+    model_images = {"offline": 20_000, "vit-b-32": 640, "pretrained": 1_280}
     rows = []
-    for backend in args.backends.split(","):
+    for backend in backends:
         for n in sizes[backend]:
             cfg = {
                 "backend": backend,
                 "data_dir": str(data),
                 "n": n,
-                "batch_size": args.batch_size if backend == "offline" else 32,
+                "batch_size": batch[backend],
                 "workers": args.workers,
                 "loader": args.loader,
                 "device": args.device,
-                "model_images": 20_000 if backend == "offline" else 640,
+                "model_images": model_images[backend],
             }
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True, check=True
@@ -275,9 +295,19 @@ def main() -> None:
         print(" | ".join(str(r[c]) for c in cols))
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / "embed_throughput.json").write_text(
+    path = out_dir / "embed_throughput.json"
+    # a partial run (--only pretrained) replaces its own rows and keeps the others'
+    new = {(r["backend"], r["images"]) for r in rows}
+    try:
+        kept = [r for r in json.loads(path.read_text()).get("rows", []) if (r["backend"], r["images"]) not in new]
+    except (OSError, ValueError):
+        kept = []
+    path.write_text(
         json.dumps(
-            {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__}, "rows": rows},
+            {
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__},
+                "rows": kept + rows,
+            },
             indent=1,
         )
     )
