@@ -9,10 +9,15 @@ other image of the batch is a negative. At inference the head projects the store
 vectors (`DomainHead.project`, numpy only), which is why the plain vectors are among the training
 inputs.
 
-The head keeps a linear path from the (centred) backbone vector, initialised to its top principal
-directions, next to the MLP: the projection starts as PCA of the backbone space and the training
-only moves it where the views say the space should be invariant. So a small or unrepresentative
-drop cannot lose much of what the pretrained space already knew.
+The head keeps a linear path from the centred backbone vector, initialised to its top principal
+directions, next to the MLP (whose output starts small): the projection starts as PCA of the
+backbone space. The inputs are the backbone's unit vectors as they are (elements ~1/sqrt(d)), so
+Adam's per-weight steps move the input-side weights slowly and the head stays near that start,
+learning a mild correction (invariance to crop, flip and colour). That is deliberate: on
+benchmarks/selection_semantic.py, rescaling the inputs to unit RMS or dropping the linear path let
+the head drift into instance discrimination (lower loss, crops of one picture further apart) and
+lost to the plain pretrained vectors, and twice the epochs was worse than the default; the head as
+it is beats them (benchmarks/README.md, issue 14).
 
 Pure module: no Dagster, and torch is imported only inside `train_head` (the backbone, if it is a
 torch model, imports its own)."""
@@ -117,10 +122,10 @@ def _shift_hue(image: Image.Image, shift: float) -> Image.Image:
 
 
 def augment(image: Image.Image, rng: np.random.Generator, size: int = _AUG_SIDE) -> Image.Image:
-    """One augmented RGB view (size x size): random resized crop (area 0.2-1.0, aspect 3/4-4/3),
-    horizontal flip (p 0.5), colour jitter (p 0.8: brightness, contrast, saturation 0.4, hue 0.05),
-    grayscale (p 0.2), gaussian blur (p 0.5), then resized to size x size. All random
-    draws are taken from `rng`, so a given rng state gives the same view."""
+    """One augmented RGB view, size x size: random resized crop (area 0.2-1.0, aspect 3/4-4/3,
+    resized to size x size), horizontal flip (p 0.5), colour jitter (p 0.8: brightness, contrast,
+    saturation 0.4, hue 0.05, random order), grayscale (p 0.2), gaussian blur (p 0.5). All random
+    draws come from `rng`, so a given rng state gives the same view."""
     image = image.convert("RGB")
     draws = rng.uniform(size=12)
     box = _random_resized_box(image.width, image.height, rng)
@@ -351,9 +356,7 @@ def train_head(plain: np.ndarray, views: np.ndarray, config: DomainTrainingConfi
         torch.manual_seed(config.seed)
         mean = plain.mean(axis=0)
         centred = plain - mean
-        # one scalar so the centred inputs have unit RMS per element (folded into w1 / w0 at export)
-        scale = float(1.0 / max(np.sqrt(np.mean(centred**2)), 1e-12))
-        items = (np.concatenate([plain[:, None, :], views], axis=1) - mean) * scale  # (n, 1 + V, d)
+        items = np.concatenate([plain[:, None, :], views], axis=1) - mean  # (n, 1 + V, d)
         per = items.shape[1]
         x_all = torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32))
 
@@ -363,7 +366,7 @@ def train_head(plain: np.ndarray, views: np.ndarray, config: DomainTrainingConfi
         lin0 = None
         if config.linear_path:
             # PCA of the centred plain vectors: the head starts as the backbone space's top directions
-            _, sing, vt = np.linalg.svd(centred * scale, full_matrices=False)
+            _, sing, vt = np.linalg.svd(centred, full_matrices=False)
             k = min(config.dim, vt.shape[0])
             w0 = np.zeros((d, config.dim), dtype=np.float32)
             w0[:, :k] = vt[:k].T * (np.sqrt(n) / max(float(sing[0]), 1e-12))
@@ -400,13 +403,13 @@ def train_head(plain: np.ndarray, views: np.ndarray, config: DomainTrainingConfi
             curve.append(epoch_loss / steps_per_epoch)
         weights = {
             "mean": mean.astype(np.float32),
-            "w1": lin1.weight.detach().numpy().T * scale,
+            "w1": lin1.weight.detach().numpy().T.copy(),
             "b1": lin1.bias.detach().numpy().copy(),
             "w2": lin2.weight.detach().numpy().T.copy(),
             "b2": lin2.bias.detach().numpy().copy(),
         }
         if lin0 is not None:
-            weights["w0"] = lin0.detach().numpy() * scale
+            weights["w0"] = lin0.detach().numpy().copy()
     finally:
         torch.set_num_threads(threads)
     stats = {

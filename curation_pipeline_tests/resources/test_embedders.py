@@ -219,6 +219,9 @@ def test_the_default_threshold_is_the_backends_and_an_unknown_backend_is_an_erro
     assert default_min_cosine("offline:colour-layout-v2") == 0.80
     assert default_min_cosine("hf:dinov2-small") == EMBEDDER_BACKENDS["transformers"].default_min_cosine == 0.92
     assert default_min_cosine("timm:convnext_tiny/convnext_tiny.pth") == EMBEDDER_BACKENDS["timm"].default_min_cosine
+    assert default_min_cosine("pretrained:tf_efficientnet_lite0/w.pth") == 0.96
+    # a domain model's id takes its backbone's threshold
+    assert default_min_cosine("domain:pretrained:tf_efficientnet_lite0/w.pth@v3-0123456789ab") == 0.96
     for model_id in ("transformers:dinov2-small", "resnet:50", "no-prefix"):
         with pytest.raises(ValueError, match="names no known embedder backend.*set min_cosine explicitly"):
             default_min_cosine(model_id)
@@ -266,3 +269,30 @@ def test_the_pretrained_backend_loads_offline_from_its_package_and_knows_an_espr
         pixels = timm.data.create_transform(**timm.data.resolve_model_data_config(classifier))(coffee)
         probs = torch.softmax(classifier(pixels[None]), dim=1)[0]
     assert int(probs.argmax()) == 967 and float(probs[967]) > 0.5  # 967: espresso
+
+
+def test_a_cpu_torch_embedder_keeps_its_activation_buffers_mapped():
+    """On glibc, loading a CPU torch model raises malloc's mmap and trim thresholds, so freed
+    activation buffers stay in the heap instead of being unmapped and faulted in on every batch."""
+    import ctypes
+    import platform
+
+    from curation_pipeline.resources import embedders
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.fail("this machine's Python does not run on glibc: the allocator tuning cannot be checked here")
+    embedders.load_embedder("pretrained", embedders.LoadSpec(device="cpu"))
+    assert embedders.keep_cpu_activations_mapped() is True
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (n, ctypes.c_size_t)
+            for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+        ]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB: above glibc's default mmap threshold
+    mmapped = libc.mallinfo2().hblkhd
+    del block
+    assert mmapped == libc.mallinfo2().hblkhd  # it came from the heap, not from its own mapping
