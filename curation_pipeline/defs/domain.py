@@ -72,6 +72,15 @@ def domain_embedder(
     context.log.info(
         f"domain model {record.model_id}: {'new version' if is_new else 'retraining reproduced the current version'}"
     )
+    if is_new and record.version > 1:
+        # Dagster knows these partitions are stale (new data version upstream); say so on each
+        # partition's page too, with what to do, for whoever looks before the automation has run.
+        reason = (
+            f"domain model v{record.version} ({record.model_id}) was trained: this drop's domain vectors are of an "
+            "older version until domain_embeddings is re-materialized (curation_automation does it when on)"
+        )
+        for key in context.instance.get_dynamic_partitions(str(capture_drops.name)):
+            context.log_event(dg.AssetObservation(asset_key="domain_embeddings", partition=key, metadata={"stale": reason}))
     return dg.MaterializeResult(
         metadata={**stats, "config": dg.MetadataValue.json(record.config)},
         data_version=dg.DataVersion(record.sha256),

@@ -166,6 +166,10 @@ def test_domain_model_trains_embeds_and_goes_stale_when_retrained(two_drops, dat
     assert second.version == 2 and second.model_id != first.model_id
     assert _stale(instance, database_url, "d1") == StaleStatus.STALE
     assert _stale(instance, database_url, "d2") == StaleStatus.STALE
+    # ... and each partition's page says so (an observation with the reason)
+    seen = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("domain_embeddings")), limit=10)
+    stale_notes = {r.partition_key: r.asset_observation.metadata["stale"].value for r in reversed(seen.records)}
+    assert set(stale_notes) == {"d1", "d2"} and all(f"v{second.version}" in v for v in stale_notes.values())
     assert _run_asset(instance, database_url, "domain_embeddings", "d1").success
     assert _stale(instance, database_url, "d1") == StaleStatus.FRESH
     counts = _models_by_drop(catalog)
