@@ -526,6 +526,51 @@ def train_timing(n_target: int, measure_views: int) -> dict:
 # ---- main ----------------------------------------------------------------------------------------
 
 
+def cli_run(root: Path, index: dict, budgets: list[float], domain: bool) -> dict:
+    """The product end to end at its defaults, as a user runs it: `curation ingest` of the image
+    folder (manifest, descriptor + semantic embeddings, dedup), `curation select --budget N` (the
+    default model and strategies), optionally `curation train-domain` and `--model domain`, in a
+    throwaway CURATION_HOME. Coverage is read from `curation subset --json`. Unlike the table above,
+    dedup runs first, so near-duplicates leave the pool as they do for users."""
+    labels = np.array(index["labels"])
+    label_of = {str((root / f).resolve()): int(lab) for f, lab in zip(index["files"], labels)}
+    n_sources = len(index["sources"])
+    curation = str(Path(sys.executable).with_name("curation"))
+    out: dict = {"selections": []}
+    with tempfile.TemporaryDirectory(prefix="selection-cli-") as home:
+        env = {**os.environ, "CURATION_HOME": home}
+        env.pop("DAGSTER_HOME", None)
+        env.pop("DATABASE_URL", None)
+
+        def run(*args: str) -> str:
+            t0 = time.perf_counter()
+            done = subprocess.run([curation, *args], env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"curation {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+            out.setdefault("seconds", {})[args[0] + ("-" + args[-1] if args[0] == "select" else "")] = round(
+                time.perf_counter() - t0, 1
+            )
+            return done.stdout
+
+        try:
+            run("ingest", str(root / "images"), "--drop", "bench")
+            if domain:
+                run("train-domain")
+            for frac in budgets:
+                budget = max(1, int(round(frac * len(labels))))
+                for model in ("semantic", "domain") if domain else ("semantic",):
+                    name = f"b{int(frac * 100)}-{model}"
+                    run("select", "--budget", str(budget), "--name", name, *(("--model", model) if model != "semantic" else ()))
+                    picked = json.loads(run("subset", "--name", name, "--json"))
+                    covered = len({label_of[str(Path(p).resolve())] for p in picked})
+                    row = {"budget_fraction": frac, "budget": budget, "model": model, "cover": covered / n_sources}
+                    out["selections"].append(row)
+                    print(json.dumps(row), flush=True)
+        finally:
+            subprocess.run([curation, "db", "stop"], env=env, capture_output=True)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
@@ -535,6 +580,8 @@ def main() -> None:
     p.add_argument("--apt-install", action="store_true", help=f"try apt-get install {' '.join(APT_PACKAGES)}")
     p.add_argument("--train-timing", type=int, metavar="N", help="only measure domain-model training time for N images")
     p.add_argument("--timing-views-on", type=int, default=2000, help="images the view-feature time is measured on")
+    p.add_argument("--cli", action="store_true", help="only run the product's CLI at its defaults on the image set")
+    p.add_argument("--cli-domain", action="store_true", help="with --cli: also train the domain model and select on it")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     import torch
@@ -557,6 +604,11 @@ def main() -> None:
         f"(split into halves: {index['info']['split_into_halves']}; per source {index['per_source']}); cache {root}",
         flush=True,
     )
+    if args.cli:
+        out = cli_run(root, index, [float(b) for b in args.budgets.split(",")], args.cli_domain)
+        (HERE / "results" / "selection_semantic_cli.json").write_text(json.dumps(out, indent=1))
+        print(json.dumps(out["seconds"]))
+        return
     vecs, ids, timing = embed_all(root, index, args.fresh)
     print(json.dumps({k: v for k, v in timing.items() if k != "config"}), flush=True)
     results = run_selections(vecs, ids, labels, [float(b) for b in args.budgets.split(",")], args.seeds)
