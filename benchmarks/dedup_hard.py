@@ -61,6 +61,8 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps  # noqa: E40
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from dedup_quality import _jpeg, _png  # noqa: E402  (the same encoders as the easier set)
+
 ROOT = Path(tempfile.gettempdir()) / "dedup-hard"
 DATA_VERSION = "v3"
 PEERS_VENV = HERE / ".peers-venv"
@@ -105,33 +107,9 @@ def _gradients(rng: random.Random) -> list[tuple[str, Image.Image]]:
 
 def find_all_sources() -> list[dict]:
     """selection_semantic's sources with flat ones kept, plus generated gradients; tagged by kind."""
-    import skimage.data
-    import sklearn.datasets
-    from selection_semantic import BACKGROUND_DIRS, SKIMAGE_NAMES, _contrast, _open_rgb, _variant_key
+    from selection_semantic import _contrast, _open_rgb, source_paths
 
-    found: list[tuple[str, str, Path]] = []
-    sk = Path(skimage.data.__file__).parent
-    found += [(p.stem, "scikit-image", p) for p in (sk / n for n in SKIMAGE_NAMES) if p.exists()]
-    skl = Path(sklearn.datasets.__file__).parent / "images"
-    found += [(p.stem, "scikit-learn", p) for p in (skl / n for n in ("china.jpg", "flower.jpg")) if p.exists()]
-    try:
-        import matplotlib
-
-        mpl = Path(matplotlib.get_data_path()) / "sample_data"
-        found += [(p.stem, "matplotlib", p) for p in sorted(mpl.glob("*")) if p.suffix.lower() in (".jpg", ".png")]
-    except ImportError:
-        pass
-    seen: set[str] = set()
-    for folder in BACKGROUND_DIRS:
-        if not folder.is_dir():
-            continue
-        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
-        paths.sort(key=lambda p: -p.stat().st_size)
-        for p in paths:
-            key = _variant_key(p)
-            if key not in seen:
-                seen.add(key)
-                found.append((key.rsplit("/", 1)[1], "desktop backgrounds", p))
+    found = source_paths()
     out = []
     for name, origin, path in found:
         try:
@@ -177,18 +155,6 @@ def _distinct_boxes(w: int, h: int, count: int, rng: random.Random) -> list[tupl
             if all(_iou(box, b) <= max_iou for b in boxes):
                 boxes.append(box)
     return boxes
-
-
-def _jpeg(img: Image.Image, q: int) -> bytes:
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="JPEG", quality=q)
-    return buf.getvalue()
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def apply_edit(img: Image.Image, kind: str, rng: random.Random) -> tuple[Image.Image, str]:

@@ -129,8 +129,10 @@ def _contrast(im: Image.Image) -> float:
     return float(np.asarray(small.convert("L"), dtype=np.float32).std() / 255.0)
 
 
-def find_sources(min_sources: int) -> tuple[list[tuple[str, str, Image.Image]], dict]:
-    """[(name, origin, image)], and counts by origin."""
+def source_paths() -> list[tuple[str, str, Path]]:
+    """[(name, origin, path)] of every picture that ships with installed packages: scikit-image's
+    data, scikit-learn's samples, matplotlib's sample data and Debian desktop backgrounds, one file
+    per variant group (the largest). Also used by dedup_hard.py."""
     import skimage.data
     import sklearn.datasets
 
@@ -157,6 +159,12 @@ def find_sources(min_sources: int) -> tuple[list[tuple[str, str, Image.Image]], 
             if key not in seen:
                 seen.add(key)
                 found.append((key.rsplit("/", 1)[1], "desktop backgrounds", p))
+    return found
+
+
+def find_sources(min_sources: int) -> tuple[list[tuple[str, str, Image.Image]], dict]:
+    """[(name, origin, image)], and counts by origin."""
+    found = source_paths()
     out, dropped = [], []
     for name, origin, path in found:
         im = _open_rgb(path)

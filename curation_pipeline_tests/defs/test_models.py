@@ -11,14 +11,12 @@ import pytest
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 
-from curation_pipeline.definitions import build_definitions, build_resources
-from curation_pipeline.defs.dedup import dedup_clusters
-from curation_pipeline.defs.ingest import image_embeddings, raw_image_manifest
+from curation_pipeline.definitions import build_definitions
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.embedders import domain_backbone
 from curation_pipeline_tests.conftest import make_small_drop
+from curation_pipeline_tests.defs.test_graph import _ingest
 
-INGEST = [raw_image_manifest, image_embeddings, dedup_clusters]
 OFFLINE = "offline:colour-layout-v2"
 
 
@@ -26,15 +24,6 @@ OFFLINE = "offline:colour-layout-v2"
 def instance():
     with dg.instance_for_test() as inst:
         yield inst
-
-
-def _ingest(instance, database_url, key, folder) -> dg.ExecuteInProcessResult:
-    Catalog(database_url).register_drop(key, str(folder))
-    if not instance.has_dynamic_partition("capture_drops", key):
-        instance.add_dynamic_partitions("capture_drops", [key])
-    result = dg.materialize(INGEST, partition_key=key, instance=instance, resources=build_resources(database_url=database_url))
-    assert result.success
-    return result
 
 
 def _models_by_drop(catalog: Catalog) -> dict[tuple[str, str], int]:
