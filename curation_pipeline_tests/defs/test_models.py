@@ -190,3 +190,32 @@ def test_domain_embeddings_skip_while_no_model_is_trained(two_drops, database_ur
     assert result.success
     assert not result.asset_materializations_for_node("domain_embeddings")
     assert not [m for (_, m) in _models_by_drop(Catalog(database_url)) if m.startswith("domain:")]
+
+
+def test_stored_domain_weights_are_checked_against_their_hash(database_url):
+    """A domain model whose stored weights no longer match their recorded hash is refused by name,
+    never used to embed; an id that names no stored version is refused too."""
+    from curation_pipeline.resources.domain_model import DomainTrainingConfig, train_head
+    from curation_pipeline.resources.embedders import LoadSpec, load_embedder
+    from curation_pipeline.steps.embed import EmbedOptions
+    from curation_pipeline.steps.models import ProjectModels
+
+    offline = load_embedder("offline", LoadSpec())
+    models = ProjectModels(lambda: offline, EmbedOptions(), lambda: offline, EmbedOptions())
+    rng = np.random.default_rng(0)
+    plain = rng.standard_normal((40, offline.dim)).astype(np.float32)
+    views = plain[:, None, :] + 0.1 * rng.standard_normal((40, 2, offline.dim)).astype(np.float32)
+    head = train_head(plain, views, DomainTrainingConfig(dim=32, views=2, epochs=2), backbone_model=OFFLINE)
+    catalog = Catalog(database_url)
+    record, is_new = catalog.save_domain_model(
+        backbone_model=OFFLINE, dim=32, sha256=head.sha256, weights=head.to_bytes(), config={}, stats={}, images=40
+    )
+    assert is_new and models.resolve(catalog, "domain").embedder().embed_images([]).shape == (0, 32)
+    tampered = DomainTrainingConfig(dim=32, views=2, epochs=2, seed=5)
+    other = train_head(plain, views, tampered, backbone_model=OFFLINE).to_bytes()
+    with catalog.connection() as conn:
+        conn.execute("UPDATE domain_models SET weights = %s WHERE model_id = %s", (other, record.model_id))
+    with pytest.raises(ValueError, match=f"domain model {record.model_id}: stored weights do not match"):
+        models.resolve(catalog, "domain").embedder()
+    with pytest.raises(LookupError, match="no domain model 'domain:x@v9-abc'"):
+        models.resolve(catalog, "domain:x@v9-abc")
