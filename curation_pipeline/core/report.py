@@ -54,7 +54,8 @@ class ReportData:
     failed: list[Tile] = field(default_factory=list)
     groups_total: int = 0
     models: dict[str, str] = field(default_factory=dict)  # report section -> the model that served it
-    threshold: float | None = None  # near-duplicate threshold of the descriptor
+    threshold: float | None = None  # near-duplicate threshold the drops were deduplicated with
+    dedup_settings: dict[str, str] = field(default_factory=dict)  # drop -> the thresholds it was deduplicated with
     nn_similarities: list[float] = field(default_factory=list)  # nearest-neighbour cosine of a sample
     pairs_above: list[tuple[Tile, Tile, float]] = field(default_factory=list)  # just above the threshold
     pairs_below: list[tuple[Tile, Tile, float]] = field(default_factory=list)  # just below: near misses

@@ -188,7 +188,7 @@ def _dedup_locked(
         if not is_rep:
             tiers[a.tier] += 1
             cross += a.leader >= n_own
-    written = catalog.replace_dedup(drop_key, model, rows)
+    written = catalog.replace_dedup(drop_key, model, rows, max_hamming=thresholds.max_hamming, min_cosine=thresholds.min_cosine)
     return {
         "mode": "bulk" if bulk else "incremental",
         "images": n_own,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -196,7 +197,11 @@ def write_report(
     model = info.model
     dedup_models = catalog.dedup_models()
     dedup_model = dedup_models[-1] if dedup_models else model
-    threshold = default_min_cosine(dedup_model)
+    settings = catalog.dedup_settings()
+    # the threshold the drops were actually deduplicated with (the most common one, if run config
+    # made them differ); the model's default only when nothing was deduplicated yet
+    used = Counter(round(st.min_cosine, 6) for st in settings if st.model == dedup_model)
+    threshold = used.most_common(1)[0][0] if used else default_min_cosine(dedup_model)
     nn = catalog.nearest_neighbour_sample(dedup_model, nn_sample)
     # the sampled pairs closest to the threshold on each side (each pair once)
     unique = {tuple(sorted((a, b))): sim for a, b, sim in nn}
@@ -246,6 +251,11 @@ def write_report(
             "selection, embedding map, clusters, outliers": info.model
             + (f" ({info.config['model_choice']})" if info.config.get("model_choice") not in (None, info.model) else ""),
             "duplicates, threshold explorer": "sha256, pHash and " + (", ".join(dedup_models) or "none yet"),
+        },
+        dedup_settings={
+            st.drop_key: f"pHash Hamming <= {st.max_hamming}, cosine >= {st.min_cosine:g} on {st.model} "
+            f"({st.deduplicated_at:%Y-%m-%d %H:%M})"
+            for st in settings
         },
         duplicate_groups=dup_tiles,
         subset=subset_tiles,

@@ -219,3 +219,27 @@ def test_stored_domain_weights_are_checked_against_their_hash(database_url):
         models.resolve(catalog, "domain").embedder()
     with pytest.raises(LookupError, match="no domain model 'domain:x@v9-abc'"):
         models.resolve(catalog, "domain:x@v9-abc")
+
+
+def test_the_report_shows_the_thresholds_the_drops_were_deduplicated_with(tmp_path, database_url, curation_env, instance):
+    """A run that overrides the near-duplicate threshold: the report's threshold explorer marks the
+    value used (not the descriptor's default 0.80) and lists what each drop was deduplicated with."""
+    make_small_drop(tmp_path / "d1")
+    Catalog(database_url).register_drop("d1", str(tmp_path / "d1"))
+    instance.add_dynamic_partitions("capture_drops", ["d1"])
+    defs = build_definitions(database_url=database_url)
+    ingest = defs.resolve_job_def("ingest_drop").execute_in_process(
+        instance=instance, partition_key="d1", run_config={"ops": {"dedup_clusters": {"config": {"min_cosine": 0.9}}}}
+    )
+    assert ingest.success
+    settings = Catalog(database_url).dedup_settings()
+    assert [(s.drop_key, s.model, s.max_hamming, s.min_cosine) for s in settings] == [("d1", OFFLINE, 4, 0.9)]
+    instance.add_dynamic_partitions("selections", ["s"])
+    report = defs.resolve_job_def("select_and_report").execute_in_process(
+        instance=instance, partition_key="s", run_config={"ops": {"curated_subset": {"config": {"budget": 3}}}}
+    )
+    path = report.asset_materializations_for_node("curation_report")[0].metadata["path"].value
+    page = open(path, encoding="utf-8").read()
+    explorer = page.split('id="threshold"')[1].split('id="leaks"')[0]
+    assert "threshold 0.90" in explorer and "threshold 0.80" not in explorer
+    assert f"pHash Hamming &lt;= 4, cosine &gt;= 0.9 on {OFFLINE}" in explorer

@@ -201,7 +201,7 @@ def test_the_dedup_check_accepts_mirror_matches_within_cores_radius_only(databas
     catalog = Catalog(database_url)
     _manifest(catalog, "d", records)
     rows = [(1, 1, True, None, 1.0), (2, 1, False, "perceptual", 0.9), (3, 1, False, "perceptual", 0.9)]
-    catalog.replace_dedup("d", "test:model", rows)
+    catalog.replace_dedup("d", "test:model", rows, max_hamming=4, min_cosine=0.8)
     assert catalog.dedup_violations("d", "test:model", 0.9, max_hamming)["below_threshold"] == 1
-    catalog.replace_dedup("d", "test:model", rows[:2])
+    catalog.replace_dedup("d", "test:model", rows[:2], max_hamming=4, min_cosine=0.8)
     assert catalog.dedup_violations("d", "test:model", 0.9, max_hamming)["below_threshold"] == 0

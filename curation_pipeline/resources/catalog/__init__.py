@@ -22,6 +22,7 @@ from .models import ModelRepository
 from .records import (
     STORAGE_TYPES,
     CachedEmbeddings,
+    DedupSettings,
     DomainModelRecord,
     EmbeddingSet,
     KeptImage,
@@ -44,6 +45,7 @@ __all__ = [
     "DropRepository",
     "DropShrinkRefused",
     "DomainModelRecord",
+    "DedupSettings",
     "ModelRepository",
     "EmbeddingRepository",
     "EmbeddingSet",

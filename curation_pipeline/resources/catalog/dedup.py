@@ -14,7 +14,7 @@ from curation_pipeline.core.dedup import mirror_max_hamming
 from curation_pipeline.core.quality import QualitySignals
 
 from .base import Repository, dict_rows, one_row, scalar
-from .records import KeptImage
+from .records import DedupSettings, KeptImage
 
 _DEDUP_LOCK_ID = 0x6375726164  # "curad"
 
@@ -121,12 +121,26 @@ class DedupRepository(Repository):
         return {int(a): int(b) for a, b in rows}
 
     # ---- what dedup writes -------------------------------------------------------------------
-    def replace_dedup(self, drop_key: str, model: str, rows: Sequence[tuple[int, int, bool, str | None, float]]) -> dict:
+    def replace_dedup(
+        self,
+        drop_key: str,
+        model: str,
+        rows: Sequence[tuple[int, int, bool, str | None, float]],
+        *,
+        max_hamming: int,
+        min_cosine: float,
+    ) -> dict:
         """rows: (image_id, representative_id, is_representative, tier, similarity). Replaces the
-        drop's rows and repairs other drops' members whose representative stopped being one, in one
-        transaction."""
+        drop's rows, records the thresholds they were made with, and repairs other drops' members
+        whose representative stopped being one, in one transaction."""
         with self.connection() as conn, conn.transaction():
             conn.execute("DELETE FROM dedup_members WHERE drop_key = %s", (drop_key,))
+            conn.execute(
+                "INSERT INTO dedup_settings (drop_key, model, max_hamming, min_cosine) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (drop_key) DO UPDATE SET model = EXCLUDED.model, max_hamming = EXCLUDED.max_hamming,"
+                " min_cosine = EXCLUDED.min_cosine, deduplicated_at = now()",
+                (drop_key, model, int(max_hamming), float(min_cosine)),
+            )
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO dedup_members (image_id, drop_key, model, representative_id, is_representative, tier,"
@@ -142,6 +156,15 @@ class DedupRepository(Repository):
         changed its descriptor and not every drop was deduplicated again)."""
         with self.connection() as conn:
             return [r[0] for r in conn.execute("SELECT DISTINCT model FROM dedup_members ORDER BY model").fetchall()]
+
+    def dedup_settings(self) -> list[DedupSettings]:
+        """The thresholds each drop was last deduplicated with, in arrival order."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT s.drop_key, s.model, s.max_hamming, s.min_cosine, s.deduplicated_at FROM dedup_settings s"
+                " JOIN drops d ON d.drop_key = s.drop_key ORDER BY d.ordinal"
+            ).fetchall()
+        return [DedupSettings(r[0], r[1], int(r[2]), float(r[3]), r[4]) for r in rows]
 
     def duplicate_groups(self, drop_keys: Sequence[str] | None = None) -> list[dict]:
         """Groups with at least one duplicate: representative first, members by similarity."""

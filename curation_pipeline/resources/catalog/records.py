@@ -140,3 +140,14 @@ class DomainModelRecord:
     stats: dict[str, Any]
     images: int
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class DedupSettings:
+    """The thresholds one drop was last deduplicated with (run config may override the defaults)."""
+
+    drop_key: str
+    model: str
+    max_hamming: int
+    min_cosine: float
+    deduplicated_at: datetime
