@@ -11,8 +11,8 @@ A selection or retrieval names a role or a stored model id (`model`); empty, the
 (settings: CURATION_SELECTION_MODEL / CURATION_RETRIEVAL_MODEL, both `semantic`). Ingest embeds
 with every model the project names (descriptor and semantic, each once per content).
 
-Models are loaded only when something must be embedded (a query image, a folder): choosing the
-descriptor never loads the semantic network."""
+A role's model is loaded when its id is needed (ids name the weights and preprocessing), once per
+process and configuration: choosing the descriptor never loads the semantic network."""
 
 from __future__ import annotations
 
