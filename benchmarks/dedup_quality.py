@@ -342,16 +342,8 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="dedup-quality-") as tmp:
         folder = Path(tmp) / "images"
-        data = build_dataset(folder)
-        n_textures = add_textures(folder, data) if args.textures else 0
-        truth = true_pairs(data["groups"])
-        hard = hard_negative_pairs(data["groups"])
+        data, truth, hard = labelled_set(folder, args.textures)
         n_files = len(data["groups"])
-        print(
-            f"dataset: {n_files} files ({n_textures} texture crops), {len(set(data['groups'].values()))} distinct images, "
-            f"{len(truth)} true duplicate pairs",
-            file=sys.stderr,
-        )
         mine = ours(folder, sweep)
         if args.no_peers:
             _print_calibration(mine, truth, hard, data, default.max_hamming, sorted({c for _, c in sweep}), args)
@@ -493,6 +485,21 @@ def _print_calibration(mine, truth, hard, data, max_hamming, cosines, args, out_
     return {"rows": rows, "best": best}
 
 
+def labelled_set(folder: Path, textures: bool) -> tuple[dict, set, dict]:
+    """Write the labelled set into `folder` (with the texture hard negatives if asked) and return
+    (dataset, true pairs, hard-negative pairs), saying what it holds on stderr."""
+    data = build_dataset(folder)
+    n_textures = add_textures(folder, data) if textures else 0
+    truth = true_pairs(data["groups"])
+    hard = hard_negative_pairs(data["groups"])
+    print(
+        f"dataset: {len(data['groups'])} files ({n_textures} texture crops), "
+        f"{len(set(data['groups'].values()))} distinct images, {len(truth)} true duplicate pairs",
+        file=sys.stderr,
+    )
+    return data, truth, hard
+
+
 def pretrained_main(args) -> None:
     """Calibrate the semantic threshold of a learned backend: the product path at the default
     Hamming radius with min_cosine swept, plus the semantic tier alone, plus the hash tiers alone."""
@@ -502,15 +509,7 @@ def pretrained_main(args) -> None:
     cosines = [round(c, 2) for c in np.arange(0.85, 0.9901, 0.01)] + [1.0]
     with tempfile.TemporaryDirectory(prefix="dedup-quality-") as tmp:
         folder = Path(tmp) / "images"
-        data = build_dataset(folder)
-        n_textures = add_textures(folder, data) if args.textures else 0
-        truth = true_pairs(data["groups"])
-        hard = hard_negative_pairs(data["groups"])
-        print(
-            f"dataset: {len(data['groups'])} files ({n_textures} texture crops), "
-            f"{len(set(data['groups'].values()))} distinct images, {len(truth)} true duplicate pairs",
-            file=sys.stderr,
-        )
+        data, truth, hard = labelled_set(folder, args.textures)
         mine = ours(folder, [(default.max_hamming, c) for c in cosines], backend=args.backend)
     suffix = "_textures" if args.textures else ""
     _print_calibration(
