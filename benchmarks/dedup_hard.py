@@ -367,14 +367,17 @@ class Scorer:
 
 
 def ours(folder: Path, sweep: list[tuple[int, float]]) -> dict:
-    """The product's steps at their defaults (as dedup_quality.ours), then the sweep."""
+    """The product's steps at their defaults (manifest -> descriptor embeddings -> dedup_drop with
+    the asset's defaults: proposal thresholds, pixel verification, mirrored proposals), then the
+    thresholds-only dedup (verification off, as before issue 15) at its defaults and over `sweep`."""
     from curation_pipeline.core.dedup import DedupThresholds
+    from curation_pipeline.core.verify import VerifierSettings
     from curation_pipeline.resources.catalog import Catalog
     from curation_pipeline.resources.database import ThrowawayDatabase
-    from curation_pipeline.resources.embedders import default_min_cosine
+    from curation_pipeline.resources.embedders import mirror_permutation_for
     from curation_pipeline.resources.image_store import LocalImageStore
     from curation_pipeline.settings import Settings
-    from curation_pipeline.steps.dedup import dedup_drop
+    from curation_pipeline.steps.dedup import dedup_drop, default_thresholds
     from curation_pipeline.steps.embed import DEFAULT_OPTIONS, embed_drop
     from curation_pipeline.steps.manifest import build_manifest
 
@@ -391,24 +394,39 @@ def ours(folder: Path, sweep: list[tuple[int, float]]) -> dict:
         catalog.publish_embeddings("hard", stats["model"])
         emb = catalog.load_embeddings(["hard"], stats["model"])
         embed_s = time.perf_counter() - t1
-        default = (DedupThresholds().max_hamming, default_min_cosine(stats["model"]))
-        results, timings = {}, {}
-        for key in [default] + [k for k in sweep if k != default]:
+        model = stats["model"]
+        verified = default_thresholds(model)
+        strict = default_thresholds(model, verify=False)
+        runs = {("verified", verified.max_hamming, verified.min_cosine): (verified, VerifierSettings())}
+        for key in [(strict.max_hamming, strict.min_cosine)] + [
+            k for k in sweep if k != (strict.max_hamming, strict.min_cosine)
+        ]:
+            runs[("thresholds", *key)] = (DedupThresholds(max_hamming=key[0], min_cosine=key[1]), None)
+        results, timings, dedup_stats = {}, {}, {}
+        for key, (th, verifier) in runs.items():
             t0 = time.perf_counter()
-            dedup_drop(catalog, "hard", emb, DedupThresholds(max_hamming=key[0], min_cosine=key[1]))
+            dedup_stats[key] = dedup_drop(
+                catalog, "hard", emb, th, verifier=verifier, mirror_perm=mirror_permutation_for(model)
+            )
             timings[key] = time.perf_counter() - t0
             results[key] = [
                 [g["representative"]["object_key"]] + [m["object_key"] for m in g["members"]]
                 for g in catalog.duplicate_groups()
             ]
+            if verifier is not None:
+                pairs = catalog.dedup_pairs(["hard"])
         db.close()
+    default = next(iter(runs))
     return {
         "groups": results,
         "default": default,
-        "model": stats["model"],
+        "strict": ("thresholds", strict.max_hamming, strict.min_cosine),
+        "model": model,
         "manifest_seconds": manifest_s,
         "embed_seconds": embed_s,
         "dedup_seconds": timings,
+        "dedup_stats": {k: dedup_stats[k] for k in (default,)},
+        "pairs": pairs,
     }
 
 
@@ -417,6 +435,21 @@ def _descriptor():
     from curation_pipeline.resources.embedders import OfflineEmbedder
 
     return OfflineEmbedder()
+
+
+def _verdict_table(pairs: list[dict], scorer: "Scorer", files: dict) -> dict:
+    """Proposed pairs and the verifier's verdicts by truth type (true duplicates / hard negatives)."""
+    out: dict[str, dict] = {}
+    for p in pairs:
+        t = scorer.pair_type(p["key_a"], p["key_b"])
+        row = out.setdefault(t, {"proposed": 0, "accepted": 0, "reasons": defaultdict(int)})
+        row["proposed"] += 1
+        row["accepted"] += bool(p["accepted"])
+        if not p["accepted"]:
+            row["reasons"][p["reason"] if ":" not in p["reason"] else "unreadable"] += 1
+    for row in out.values():
+        row["reasons"] = dict(sorted(row["reasons"].items(), key=lambda kv: -kv[1]))
+    return dict(sorted(out.items()))
 
 
 # ---- peers ---------------------------------------------------------------------------------------
@@ -525,22 +558,24 @@ def main() -> None:
     rows, curve = [], []
     for key, groups in mine["groups"].items():
         s = scorer.score(_pairs_of(groups), groups)
-        label = f"hamming<={key[0]}, cosine>={key[1]}" + (" (DEFAULT)" if key == default else "")
-        curve.append({"max_hamming": key[0], "min_cosine": key[1], "default": key == default, **s})
         if key == default:
-            rows.append(_row(f"curation_pipeline defaults ({label})", s, ingest_s))
-    best = max(curve, key=lambda r: (r["f1"], r["min_cosine"]))
-    rows.append(_row(f"curation_pipeline best of sweep (hamming<={best['max_hamming']}, cosine>={best['min_cosine']})", best))
-    ok = [r for r in curve if r["precision"] >= TARGET_PRECISION]
-    if ok:
-        strict = max(ok, key=lambda r: (r["f1"], r["min_cosine"]))
-        rows.append(
-            _row(
-                f"curation_pipeline best with precision>={TARGET_PRECISION} "
-                f"(hamming<={strict['max_hamming']}, cosine>={strict['min_cosine']})",
-                strict,
+            rows.append(
+                _row(f"curation_pipeline defaults (verified; proposals hamming<={key[1]}, cosine>={key[2]})", s, ingest_s)
             )
+            continue
+        curve.append({"max_hamming": key[1], "min_cosine": key[2], "default": key == mine["strict"], **s})
+        if key == mine["strict"]:
+            rows.append(
+                _row(f"curation_pipeline thresholds only, before verification (hamming<={key[1]}, cosine>={key[2]})", s)
+            )
+    best = max(curve, key=lambda r: (r["f1"], r["min_cosine"]))
+    rows.append(
+        _row(
+            f"curation_pipeline thresholds only, best of sweep (hamming<={best['max_hamming']}, cosine>={best['min_cosine']})",
+            best,
         )
+    )
+    verdicts = _verdict_table(mine["pairs"], scorer, files)
 
     peers = {}
     if not args.no_peers:
@@ -595,7 +630,17 @@ def main() -> None:
             + " | ".join(f"{re_.get(e, '-')}" for e in edits)
             + f" | {rl.get('1', '-')} | {rl.get('2', '-')} |"
         )
-    print("\nours, operating curve:\n")
+    print("\nverifier verdicts on the proposed pairs (by truth type):\n")
+    print("| pair type | proposed | accepted | rejected | rejected by reason |")
+    print("|---|---|---|---|---|")
+    for t, v in verdicts.items():
+        print(f"| {t} | {v['proposed']} | {v['accepted']} | {v['proposed'] - v['accepted']} | {v['reasons']} |")
+    st = mine["dedup_stats"][default]
+    print(
+        f"\nverification: {st['pairs_verified']} pairs ({st['pairs_accepted']} accepted), {st['images_prepared']} images "
+        f"prepared, {st['verify_seconds']:.1f} s; dedup stats {json.dumps(st)}"
+    )
+    print("\nours without verification, operating curve:\n")
     print("| max_hamming | min_cosine | precision | recall | F1 | false merges | false pairs photo / texture / flat / other |")
     print("|---|---|---|---|---|---|---|")
     for r in sorted(curve, key=lambda r: (r["max_hamming"], r["min_cosine"])):
@@ -640,7 +685,9 @@ def main() -> None:
                     "skipped_distinct_crops": truth["skipped_distinct_crops"],
                 },
                 "model": mine["model"],
-                "default": {"max_hamming": default[0], "min_cosine": default[1]},
+                "default": {"verified": True, "proposal_max_hamming": default[1], "proposal_min_cosine": default[2]},
+                "verifier_verdicts": verdicts,
+                "dedup_stats": mine["dedup_stats"][default],
                 "rows": rows,
                 "curve": curve,
                 "timing": {

@@ -15,6 +15,7 @@ hash matches); nothing here builds an all-pairs matrix."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,8 @@ _TIER_RANK = {TIER_EXACT: 3, TIER_PERCEPTUAL: 2, TIER_SEMANTIC: 1}
 # benchmarks/dedup_quality.py (precision 1.0, best F1 region 0.74-0.82 on its labelled set).
 OFFLINE_MIN_COSINE = 0.80
 DEFAULT_MAX_HAMMING = 4  # calibrated by the same benchmark: 6 already merges distinct crops
+# With pixel verification (core.verify) the hashes only propose: benchmarks/dedup_hard.py
+PROPOSAL_MAX_HAMMING = 12
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Link:
     j: int
     tier: str
     similarity: float
+    mirrored: bool = False  # the similarity is the mirrored image's (a horizontal flip)
 
 
 @dataclass(frozen=True)
@@ -109,55 +113,100 @@ def cluster_duplicates(
     pairs: np.ndarray,
     thresholds: DedupThresholds,
     phash_mirror: np.ndarray | None = None,
+    mirror_perm: np.ndarray | None = None,
+    verify: Callable[[list[Link]], list[bool]] | None = None,
 ) -> list[Assignment]:
     """Assign every candidate position to a representative.
 
     sha256 (n,), phash (n,) int64, vectors (n, d) unit rows (rows without a vector: has_vector
     False), order: preference permutation (see representative_order), locked (n,) bool: existing
     representatives, pairs (m, 2): candidate pairs to check for perceptual/semantic links,
-    phash_mirror (n,): pHash of each mirrored image, so a horizontal flip counts as perceptual."""
-    n = len(sha256)
-    if n == 0:
-        return []
-    rank = np.empty(n, dtype=np.int64)
-    rank[np.asarray(order, dtype=np.int64)] = np.arange(n)
+    phash_mirror (n,): pHash of each mirrored image, so a horizontal flip counts as perceptual;
+    mirror_perm: the index permutation turning a vector into its mirrored image's (the offline
+    descriptor has one), so a flip with a second edit counts as semantic.
 
-    # 1. identical content -> one node, anchored at its most preferred member
+    Without `verify`, every link within the thresholds is a duplicate link. With it, the
+    thresholds only *propose*: `verify` gets the proposed links between distinct contents and
+    returns a verdict for each; only accepted links (and identical contents) cluster."""
+    if len(sha256) == 0:
+        return []
+    node = content_nodes(sha256, order)
+    links = proposed_links(node, phash, vectors, has_vector, pairs, thresholds, phash_mirror, mirror_perm)
+    if verify is not None and links:
+        links = [link for link, ok in zip(links, verify(links)) if ok]
+    return star_clusters(node, links, order, locked)
+
+
+def content_nodes(sha256: list[str], order: np.ndarray) -> np.ndarray:
+    """Identical contents (same sha256) as one node: the anchor position (the most preferred
+    member, by `order`) of each position."""
     anchor_of: dict[str, int] = {}
     for pos in np.asarray(order).tolist():
         anchor_of.setdefault(sha256[pos], pos)
-    node = np.asarray([anchor_of[h] for h in sha256], dtype=np.int64)  # anchor position of each position
+    return np.asarray([anchor_of[h] for h in sha256], dtype=np.int64)
 
-    # 2. links between nodes, strongest tier per node pair, similarity computed exactly
-    links: dict[tuple[int, int], Link] = {}
+
+def proposed_links(
+    node: np.ndarray,
+    phash: np.ndarray,
+    vectors: np.ndarray,
+    has_vector: np.ndarray,
+    pairs: np.ndarray,
+    thresholds: DedupThresholds,
+    phash_mirror: np.ndarray | None = None,
+    mirror_perm: np.ndarray | None = None,
+) -> list[Link]:
+    """Links between content nodes (anchor positions, see content_nodes) for the candidate
+    `pairs`, strongest tier per node pair, similarity computed exactly; sorted by (i, j)."""
+    links: list[Link] = []
     p = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    if len(p):
-        a, b = node[p[:, 0]], node[p[:, 1]]
-        keep = a != b
-        a, b = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
-        uniq = np.unique(np.stack([a, b], axis=1), axis=0) if len(a) else np.zeros((0, 2), np.int64)
-        if len(uniq):
-            ph = np.asarray(phash, dtype=np.int64)
-            ham = np.bitwise_count(np.bitwise_xor(ph[uniq[:, 0]], ph[uniq[:, 1]]).view(np.uint64)).astype(np.int64)
-            if phash_mirror is not None:
-                # Mirror matches must be twice as close: left/right halves of symmetric scenes
-                # (a fundus photo, a corridor) are mirror images of each other without being copies.
-                pm = np.asarray(phash_mirror, dtype=np.int64)
-                for x, y in ((pm[uniq[:, 0]], ph[uniq[:, 1]]), (ph[uniq[:, 0]], pm[uniq[:, 1]])):
-                    mirrored = np.bitwise_count(np.bitwise_xor(x, y).view(np.uint64)).astype(np.int64)
-                    ham = np.where(mirrored <= mirror_max_hamming(thresholds.max_hamming), np.minimum(ham, mirrored), ham)
-            v = np.asarray(vectors, dtype=np.float32)
-            both = np.asarray(has_vector, dtype=bool)[uniq[:, 0]] & np.asarray(has_vector, dtype=bool)[uniq[:, 1]]
-            cos = np.where(both, np.einsum("ij,ij->i", v[uniq[:, 0]], v[uniq[:, 1]]), -1.0)
-            for (i, j), h, c in zip(uniq.tolist(), ham.tolist(), cos.tolist()):
-                if h <= thresholds.max_hamming:
-                    links[(i, j)] = Link(i, j, TIER_PERCEPTUAL, 1.0 - h / HASH_BITS)
-                elif c >= thresholds.min_cosine:
-                    links[(i, j)] = Link(i, j, TIER_SEMANTIC, float(c))
+    if not len(p):
+        return links
+    a, b = node[p[:, 0]], node[p[:, 1]]
+    keep = a != b
+    a, b = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+    if not len(a):
+        return links
+    uniq = np.unique(np.stack([a, b], axis=1), axis=0)
+    ph = np.asarray(phash, dtype=np.int64)
+    ham = np.bitwise_count(np.bitwise_xor(ph[uniq[:, 0]], ph[uniq[:, 1]]).view(np.uint64)).astype(np.int64)
+    ham_mirrored = np.zeros(len(uniq), dtype=bool)
+    if phash_mirror is not None:
+        # Mirror matches must be twice as close: left/right halves of symmetric scenes
+        # (a fundus photo, a corridor) are mirror images of each other without being copies.
+        pm = np.asarray(phash_mirror, dtype=np.int64)
+        for x, y in ((pm[uniq[:, 0]], ph[uniq[:, 1]]), (ph[uniq[:, 0]], pm[uniq[:, 1]])):
+            mirrored = np.bitwise_count(np.bitwise_xor(x, y).view(np.uint64)).astype(np.int64)
+            use = (mirrored <= mirror_max_hamming(thresholds.max_hamming)) & (mirrored < ham)
+            ham = np.where(use, mirrored, ham)
+            ham_mirrored |= use
+    v = np.asarray(vectors, dtype=np.float32)
+    both = np.asarray(has_vector, dtype=bool)[uniq[:, 0]] & np.asarray(has_vector, dtype=bool)[uniq[:, 1]]
+    cos = np.where(both, np.einsum("ij,ij->i", v[uniq[:, 0]], v[uniq[:, 1]]), -1.0)
+    cos_mirrored = np.zeros(len(uniq), dtype=bool)
+    if mirror_perm is not None:
+        # a flipped copy's vector is (close to) the original's vector permuted: a flip with a
+        # second edit (crop, text, JPEG) fails the pHash radius but not this
+        cm = np.where(both, np.einsum("ij,ij->i", v[uniq[:, 0]][:, mirror_perm], v[uniq[:, 1]]), -1.0)
+        cos_mirrored = cm > cos
+        cos = np.maximum(cos, cm)
+    for (i, j), h, hm, c, cmir in zip(uniq.tolist(), ham.tolist(), ham_mirrored.tolist(), cos.tolist(), cos_mirrored.tolist()):
+        if h <= thresholds.max_hamming:
+            links.append(Link(i, j, TIER_PERCEPTUAL, 1.0 - h / HASH_BITS, bool(hm)))
+        elif c >= thresholds.min_cosine:
+            links.append(Link(i, j, TIER_SEMANTIC, float(c), bool(cmir)))
+    return links
 
-    # 3. star clustering over nodes: locked nodes lead first and are never absorbed
+
+def star_clusters(node: np.ndarray, links: list[Link], order: np.ndarray, locked: np.ndarray) -> list[Assignment]:
+    """Star clustering over content nodes: nodes visited in preference order (locked nodes first,
+    never absorbed); an unassigned node leads, and the unassigned nodes with a direct link to it
+    join it (strongest tier, then highest similarity first). Expanded back to positions."""
+    n = len(node)
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.asarray(order, dtype=np.int64)] = np.arange(n)
     neighbours: dict[int, list[Link]] = {}
-    for link in links.values():
+    for link in links:
         neighbours.setdefault(link.i, []).append(link)
         neighbours.setdefault(link.j, []).append(link)
     is_locked = {int(x) for x in node[np.asarray(locked, dtype=bool)]}
@@ -171,8 +220,6 @@ def cluster_duplicates(
             other = link.j if link.i == lead else link.i
             if other not in leader_of and other not in is_locked:
                 leader_of[other] = (lead, link.tier, link.similarity)
-
-    # 4. expand nodes back to positions
     out = []
     for pos in range(n):
         anchor = int(node[pos])

@@ -5,22 +5,31 @@ from typing import Optional
 import dagster as dg
 import pydantic
 
-from curation_pipeline.core.dedup import DEFAULT_MAX_HAMMING, DedupThresholds
+from curation_pipeline.core.dedup import DEFAULT_MAX_HAMMING, PROPOSAL_MAX_HAMMING, DedupThresholds
+from curation_pipeline.core.verify import VerifierSettings
 from curation_pipeline.resources.catalog import EmbeddingSet
-from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS, default_min_cosine
-from curation_pipeline.steps.dedup import dedup_drop
+from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS, mirror_permutation_for
+from curation_pipeline.steps.dedup import dedup_drop, default_thresholds
 
 from .partitions import INGEST_BACKFILL_POLICY, capture_drops
-from .resources import DatabaseResource
+from .resources import DatabaseResource, ImageStoreResource
 
 
 class DedupConfig(dg.Config):
-    max_hamming: int = DEFAULT_MAX_HAMMING
-    """pHash Hamming radius (of 64 bits) for the perceptual tier."""
+    verify: bool = True
+    """Verify every proposed pair on its pixels (local features, alignment, photometric agreement)
+    before it counts as a duplicate. Off: the thresholds alone decide (the strict ones)."""
+    max_hamming: Optional[int] = pydantic.Field(
+        default=None,
+        description=f"pHash Hamming radius (of 64 bits) of the perceptual tier. Default: {PROPOSAL_MAX_HAMMING} when "
+        f"verifying (it only proposes), {DEFAULT_MAX_HAMMING} when not.",
+    )
     min_cosine: Optional[float] = pydantic.Field(
         default=None,
-        description="Cosine similarity at or above which two embeddings are semantic duplicates. Default: per embedder "
-        "backend (" + ", ".join(f"{b.name} {b.default_min_cosine}" for b in EMBEDDER_BACKENDS.values()) + ").",
+        description="Cosine similarity of the near-duplicate tier. Default: per embedder backend; when verifying, its "
+        "looser proposal cosine, else its deciding one ("
+        + ", ".join(f"{b.name} {b.default_min_cosine}" for b in EMBEDDER_BACKENDS.values())
+        + ").",
     )
     neighbours: int = 16
     """HNSW neighbours fetched per image before exact re-checking."""
@@ -41,8 +50,9 @@ class DedupConfig(dg.Config):
     ins={"image_embeddings": dg.AssetIn(metadata={"model_role": "descriptor"})},
     owners=["team:curation"],
     description="Exact (sha256), perceptual (pHash) and near-duplicate (HNSW + exact cosine on the descriptor's "
-    "vectors) duplicates of the drop, within it and against every drop deduplicated before it; star clusters with "
-    "one representative each.",
+    "vectors, mirrored too) candidates of the drop, within it and against every drop deduplicated before it; every "
+    "proposed pair verified on its pixels (local features, alignment, coverage, photometric agreement); star "
+    "clusters of the accepted pairs with one representative each.",
     check_specs=[
         dg.AssetCheckSpec(
             "every_image_assigned",
@@ -66,10 +76,19 @@ class DedupConfig(dg.Config):
     ],
 )
 def dedup_clusters(
-    context: dg.AssetExecutionContext, config: DedupConfig, database: DatabaseResource, image_embeddings: EmbeddingSet
+    context: dg.AssetExecutionContext,
+    config: DedupConfig,
+    database: DatabaseResource,
+    image_store: ImageStoreResource,
+    image_embeddings: EmbeddingSet,
 ) -> dg.MaterializeResult:
-    min_cosine = config.min_cosine if config.min_cosine is not None else default_min_cosine(image_embeddings.model)
-    thresholds = DedupThresholds(max_hamming=config.max_hamming, min_cosine=min_cosine)
+    defaults = default_thresholds(image_embeddings.model, verify=config.verify)
+    thresholds = DedupThresholds(
+        max_hamming=config.max_hamming if config.max_hamming is not None else defaults.max_hamming,
+        min_cosine=config.min_cosine if config.min_cosine is not None else defaults.min_cosine,
+    )
+    verifier = VerifierSettings() if config.verify else None
+    stores = image_store.stores()
     catalog = database.catalog()
     all_stats, violations = [], []
     # Earlier drops first: each drop is compared with the ones that arrived before it.
@@ -82,6 +101,9 @@ def dedup_clusters(
             neighbours=config.neighbours,
             bulk_from=config.bulk_from,
             ef_search=config.hnsw_ef_search,
+            verifier=verifier,
+            mirror_perm=mirror_permutation_for(image_embeddings.model),
+            stores=stores,
             logger=context.log,
         )
         all_stats.append(stats)
@@ -106,6 +128,8 @@ def dedup_clusters(
                     "perceptual_duplicates",
                     "semantic_duplicates",
                     "duplicates_of_other_drops",
+                    "pairs_verified",
+                    "pairs_accepted",
                 )
             },
             "max_hamming": thresholds.max_hamming,

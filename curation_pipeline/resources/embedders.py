@@ -596,6 +596,9 @@ class EmbedderBackend:
     embeds_text: bool | None  # None: depends on the model (transformers: CLIP-family only)
     default_model: tuple[str, str] | None = None  # (model_name, pretrained) used when model_name is empty
     requires: Mapping[str, str] = field(default_factory=dict)  # LoadSpec field -> what to give (when empty)
+    # the looser cosine at which its vectors only *propose* near-duplicate pairs for pixel
+    # verification (core.verify); None: default_min_cosine - PROPOSAL_MARGIN
+    proposal_min_cosine: float | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.model_id_prefix):
@@ -627,6 +630,8 @@ EMBEDDER_BACKENDS: dict[str, EmbedderBackend] = _registry(
         load=lambda spec: OfflineEmbedder(),
         model_id_prefix="offline",
         default_min_cosine=0.80,
+        # benchmarks/dedup_hard.py: 0.65 (+ mirrored cosine) proposes 97.5% of the true pairs, 0.80 only 77%
+        proposal_min_cosine=0.65,
         min_cosine_basis="calibrated by benchmarks/dedup_quality.py: precision 1.0, best F1 region 0.74-0.82",
         embeds_text=False,
     ),
@@ -766,6 +771,25 @@ def default_min_cosine(model_id: str) -> float:
         return backend_for_model(model_id).default_min_cosine
     except ValueError as exc:
         raise ValueError(f"{exc}: no default semantic threshold; set min_cosine explicitly") from None
+
+
+PROPOSAL_MARGIN = 0.10
+
+
+def proposal_min_cosine(model_id: str) -> float:
+    """The cosine at which vectors of `model_id` propose near-duplicate pairs for verification."""
+    backend = backend_for_model(model_id)
+    if backend.proposal_min_cosine is not None:
+        return backend.proposal_min_cosine
+    return max(0.5, default_min_cosine(model_id) - PROPOSAL_MARGIN)
+
+
+def mirror_permutation_for(model_id: str) -> np.ndarray | None:
+    """The vector permutation that mirrors an image, for models that have one (the offline
+    descriptor); None for learned models."""
+    if model_id.split(":", 1)[0] == EMBEDDER_BACKENDS[OfflineEmbedder.backend].model_id_prefix:
+        return colour_layout.mirror_permutation()
+    return None  # learned models, and domain projections even of the descriptor
 
 
 def load_embedder(backend: str, spec: LoadSpec) -> Embedder:

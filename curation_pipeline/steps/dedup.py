@@ -14,13 +14,23 @@ into representatives in the same transaction, so no row ever points at a missing
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
+from PIL import Image
+from threadpoolctl import threadpool_limits
 
 from curation_pipeline.core.dedup import (
+    DEFAULT_MAX_HAMMING,
+    PROPOSAL_MAX_HAMMING,
     DedupThresholds,
+    Link,
     cluster_duplicates,
     hamming_cross_pairs,
     hamming_pairs_indexed,
@@ -28,12 +38,24 @@ from curation_pipeline.core.dedup import (
     representative_order,
     semdedup_pairs,
 )
+from curation_pipeline.core.hashing import sha256_hex
+from curation_pipeline.core.verify import PairVerdict, VerifierSettings, VerifyImage, prepare, verify_pair
 from curation_pipeline.resources.catalog import Catalog, EmbeddingSet, KeptImage
+from curation_pipeline.resources.embedders import default_min_cosine, proposal_min_cosine
+from curation_pipeline.resources.image_store import DEFAULT_STORES, ImageStores
 
 log = logging.getLogger(__name__)
 
 
 BULK_FROM = 50_000  # a drop this large is deduplicated within itself in bulk mode
+
+
+def default_thresholds(model: str, *, verify: bool = True) -> DedupThresholds:
+    """The product's thresholds for vectors of `model`. Verified (the default): loose ones that only
+    propose pairs for pixel verification. Unverified: the strict ones that decide alone."""
+    if verify:
+        return DedupThresholds(max_hamming=PROPOSAL_MAX_HAMMING, min_cosine=proposal_min_cosine(model))
+    return DedupThresholds(max_hamming=DEFAULT_MAX_HAMMING, min_cosine=default_min_cosine(model))
 
 
 def ef_search_for(corpus_rows: int) -> int:
@@ -54,18 +76,40 @@ def dedup_drop(
     neighbours: int = 16,
     bulk_from: int = BULK_FROM,
     ef_search: int | None = None,
+    verifier: VerifierSettings | None = None,
+    mirror_perm: np.ndarray | None = None,
+    stores: ImageStores = DEFAULT_STORES,
+    workers: int | None = None,
     logger: logging.Logger = log,
 ) -> dict:
     """Incremental mode: within-drop and cross-drop semantic candidates from the HNSW index.
     Bulk mode (drops of `bulk_from` images or more, e.g. the first import of a large corpus):
     within-drop semantic candidates from SemDeDup-style k-means buckets with exact similarities
     inside each bucket; other drops are still searched through HNSW. Same output tables.
-    `ef_search` overrides the HNSW beam width chosen from the corpus size (`ef_search_for`)."""
+    `ef_search` overrides the HNSW beam width chosen from the corpus size (`ef_search_for`).
+
+    With `verifier`, the thresholds only propose pairs (use looser ones: PROPOSAL_MAX_HAMMING and
+    the backend's proposal cosine): every proposed pair of distinct contents is verified on its
+    pixels (core.verify, read through `stores`, `workers` threads), only accepted pairs link, and
+    every verdict is stored (dedup_pairs). `mirror_perm` (the descriptor's mirror permutation)
+    also proposes flips: a mirrored HNSW lookup and a mirrored cosine."""
     started = time.perf_counter()
     model = embeddings.model
     with catalog.dedup_lock():
         waited = time.perf_counter() - started
-        stats = _dedup_locked(catalog, drop_key, embeddings, thresholds, neighbours, bulk_from, ef_search)
+        stats = _dedup_locked(
+            catalog,
+            drop_key,
+            embeddings,
+            thresholds,
+            neighbours,
+            bulk_from,
+            ef_search,
+            verifier,
+            mirror_perm if verifier is not None else None,
+            stores,
+            workers or min(4, os.cpu_count() or 1),
+        )
     stats["lock_wait_seconds"] = round(waited, 3)
     stats["seconds"] = round(time.perf_counter() - started, 3)
     stats["model"] = model
@@ -81,6 +125,10 @@ def _dedup_locked(
     neighbours: int,
     bulk_from: int,
     ef_search: int | None,
+    verifier: VerifierSettings | None,
+    mirror_perm: np.ndarray | None,
+    stores: ImageStores,
+    workers: int,
 ) -> dict:
     model = embeddings.model
     own = catalog.dedup_candidates(drop_key, model)
@@ -117,6 +165,13 @@ def _dedup_locked(
     floor = thresholds.min_cosine - 0.02
     for c, hits in zip(own, ann):
         id_pairs.extend((c.image_id, other) for other, sim in hits if other != c.image_id and sim >= floor)
+    if mirror_perm is not None and own and search:
+        # flips: the mirrored image's vector is the permuted vector (exact for the descriptor)
+        mirrored_ann = catalog.nearest(
+            model, own_vectors[:, mirror_perm], neighbours + 1, drop_keys=search, ef_search=max(ef, neighbours + 1)
+        )
+        for c, hits in zip(own, mirrored_ann):
+            id_pairs.extend((c.image_id, other) for other, sim in hits if other != c.image_id and sim >= floor)
     if bulk:
         for i, j in semdedup_pairs(own_vectors, thresholds.min_cosine).tolist():
             id_pairs.append((own[i].image_id, own[j].image_id))
@@ -168,6 +223,10 @@ def _dedup_locked(
         prior_leader=np.arange(len(candidates)) >= n_own,
         keys=[f"{c.drop_key}/{c.object_key}" for c in candidates],
     )
+    pair_records: list[dict] = []
+    verify = None
+    if verifier is not None:
+        verify = PairVerifier(candidates, verifier, stores, workers, pair_records)
     assignments = cluster_duplicates(
         [c.sha256 for c in candidates],
         np.asarray([c.phash for c in candidates]),
@@ -178,6 +237,8 @@ def _dedup_locked(
         pair_array,
         thresholds,
         phash_mirror=np.asarray([c.phash_mirror for c in candidates]),
+        mirror_perm=mirror_perm,
+        verify=verify,
     )
     rows = []
     tiers = {"exact": 0, "perceptual": 0, "semantic": 0}
@@ -188,7 +249,21 @@ def _dedup_locked(
         if not is_rep:
             tiers[a.tier] += 1
             cross += a.leader >= n_own
-    written = catalog.replace_dedup(drop_key, model, rows, max_hamming=thresholds.max_hamming, min_cosine=thresholds.min_cosine)
+    written = catalog.replace_dedup(
+        drop_key,
+        model,
+        rows,
+        max_hamming=thresholds.max_hamming,
+        min_cosine=thresholds.min_cosine,
+        pairs=pair_records,
+        verifier=None if verifier is None else dataclasses.asdict(verifier),
+    )
+    verified = {
+        "pairs_verified": len(pair_records),
+        "pairs_accepted": sum(1 for p in pair_records if p["accepted"]),
+        "verify_seconds": round(verify.seconds, 3) if verify is not None else 0.0,
+        "images_prepared": verify.prepared if verify is not None else 0,
+    }
     return {
         "mode": "bulk" if bulk else "incremental",
         "images": n_own,
@@ -205,4 +280,101 @@ def _dedup_locked(
         "repaired_members_elsewhere": written["repaired_members"],
         "max_hamming": thresholds.max_hamming,
         "min_cosine": thresholds.min_cosine,
+        "verified": verifier is not None,
+        **verified,
     }
+
+
+class PairVerifier:
+    """The `verify` callback of cluster_duplicates: reads both images of every proposed link
+    (candidate positions) through `stores`, computes each image's verification features once,
+    verifies the pairs in `workers` threads (OpenCV and numpy release the GIL), and appends one
+    record per pair to `records`. Links are processed in chunks so that at most about
+    `max_cached` images' features are held at once. An image that cannot be read, changed since
+    its manifest, or cannot be decoded rejects its pairs (reason says which) and fails nothing."""
+
+    def __init__(
+        self,
+        candidates: list[KeptImage],
+        settings: VerifierSettings,
+        stores: ImageStores,
+        workers: int,
+        records: list[dict],
+        *,
+        chunk: int = 4000,
+        max_cached: int = 3000,
+    ) -> None:
+        self.candidates = candidates
+        self.settings = settings
+        self.stores = stores
+        self.workers = max(1, workers)
+        self.records = records
+        self.chunk = chunk
+        self.max_cached = max_cached
+        self.seconds = 0.0
+        self.prepared = 0
+
+    def _load(self, pos: int) -> VerifyImage | str:
+        c = self.candidates[pos]
+        try:
+            data = self.stores.read_uri(c.source_uri)
+        except OSError as exc:
+            return f"unreadable: {exc}"
+        if sha256_hex(data) != c.sha256:
+            return "changed since its manifest"
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return prepare(im)
+        except Exception as exc:  # noqa: BLE001 - one odd image rejects its pairs, never the drop
+            return f"undecodable: {type(exc).__name__}: {exc}"
+
+    def __call__(self, links: list[Link]) -> list[bool]:
+        started = time.perf_counter()
+        cache: dict[int, VerifyImage | str] = {}
+        out: list[bool] = []
+        # parallel across pairs, so OpenCV and BLAS single-threaded inside each (nested pools
+        # oversubscribe the cores: measured 66 s instead of 40 s on benchmarks/dedup_hard.py)
+        cv_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            with threadpool_limits(1), ThreadPoolExecutor(self.workers) as pool:
+                out = self._run(links, cache, pool)
+        finally:
+            cv2.setNumThreads(cv_threads)
+        self.seconds += time.perf_counter() - started
+        return out
+
+    def _run(self, links: list[Link], cache: dict, pool: ThreadPoolExecutor) -> list[bool]:
+        out: list[bool] = []
+        for start in range(0, len(links), self.chunk):
+            part = links[start : start + self.chunk]
+            needed = {p for link in part for p in (link.i, link.j)}
+            if len(cache) + len(needed) > self.max_cached:
+                for pos in [p for p in cache if p not in needed]:
+                    del cache[pos]
+            missing = sorted(needed - set(cache))
+            for pos, features in zip(missing, pool.map(self._load, missing)):
+                cache[pos] = features
+            self.prepared += len(missing)
+            out += pool.map(lambda link: self._verify(link, cache), part)
+        return out
+
+    def _verify(self, link: Link, cache: dict) -> bool:
+        a, b = cache[link.i], cache[link.j]
+        if isinstance(a, str) or isinstance(b, str):
+            problem = a if isinstance(a, str) else b
+            key = self.candidates[link.i if isinstance(a, str) else link.j].object_key
+            verdict = PairVerdict(False, f"{key}: {problem}"[:500])
+        else:
+            verdict = verify_pair(a, b, self.settings)
+        ia, ib = self.candidates[link.i].image_id, self.candidates[link.j].image_id
+        record = verdict.as_dict()
+        record.update(
+            image_a=min(ia, ib),
+            image_b=max(ia, ib),
+            tier=link.tier,
+            similarity=float(link.similarity),
+            mirrored=bool(link.mirrored or verdict.mirrored),
+        )
+        self.records.append(record)
+        return verdict.accepted

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import numpy as np
+from psycopg.types.json import Jsonb
 
 from curation_pipeline.core.dedup import mirror_max_hamming
 from curation_pipeline.core.quality import QualitySignals
@@ -31,13 +32,46 @@ def repair_orphaned_members(conn) -> int:
 
 
 def _kept_image(row) -> KeptImage:
-    (image_id, drop_key, ordinal, sha256, phash, pixels, object_key, mirror, blur, brightness, contrast, entropy, aspect) = row
+    (image_id, drop_key, ordinal, sha256, phash, pixels, object_key, mirror, blur, brightness, contrast, entropy, aspect) = row[
+        :13
+    ]
+    source_uri, size, exif = row[13:]
     signals = QualitySignals(
         blur_variance=float(blur), brightness=brightness, contrast=contrast, entropy=entropy, aspect_ratio=aspect
     )
     return KeptImage(
-        int(image_id), drop_key, int(ordinal), sha256, int(phash), int(pixels), signals.sharpness_score, object_key, int(mirror)
+        int(image_id),
+        drop_key,
+        int(ordinal),
+        sha256,
+        int(phash),
+        int(pixels),
+        signals.sharpness_score,
+        object_key,
+        int(mirror),
+        source_uri,
+        int(size),
+        exif,
     )
+
+
+PAIR_COLUMNS = (
+    "image_a",
+    "image_b",
+    "tier",
+    "similarity",
+    "mirrored",
+    "accepted",
+    "reason",
+    "inliers",
+    "matches",
+    "coverage",
+    "agreement",
+    "correlation",
+    "colour_difference",
+    "scale",
+    "rotation_deg",
+)
 
 
 class DedupRepository(Repository):
@@ -94,7 +128,8 @@ class DedupRepository(Repository):
             rows = conn.execute(
                 "SELECT i.image_id, i.drop_key, d.ordinal, i.sha256, coalesce(i.phash, 0),"
                 " coalesce(i.width, 0)::bigint * coalesce(i.height, 0), i.object_key, coalesce(i.phash_mirror, i.phash, 0),"
-                " coalesce(i.blur_variance, 0), i.brightness, i.contrast, i.entropy, i.aspect_ratio"
+                " coalesce(i.blur_variance, 0), i.brightness, i.contrast, i.entropy, i.aspect_ratio,"
+                " i.source_uri, i.bytes, i.exif_datetime"
                 " FROM images i JOIN drops d ON d.drop_key = i.drop_key " + where + " ORDER BY i.image_id",
                 params,
             ).fetchall()
@@ -129,18 +164,34 @@ class DedupRepository(Repository):
         *,
         max_hamming: int,
         min_cosine: float,
+        pairs: Sequence[dict] = (),
+        verifier: dict | None = None,
     ) -> dict:
         """rows: (image_id, representative_id, is_representative, tier, similarity). Replaces the
-        drop's rows, records the thresholds they were made with, and repairs other drops' members
-        whose representative stopped being one, in one transaction."""
+        drop's rows and its verified pairs (`pairs`: dicts with image_a, image_b, tier, similarity
+        and the verdict's fields, see core.verify.PairVerdict), records the thresholds and verifier
+        settings they were made with, and repairs other drops' members whose representative
+        stopped being one, in one transaction."""
         with self.connection() as conn, conn.transaction():
             conn.execute("DELETE FROM dedup_members WHERE drop_key = %s", (drop_key,))
+            conn.execute("DELETE FROM dedup_pairs WHERE drop_key = %s", (drop_key,))
             conn.execute(
-                "INSERT INTO dedup_settings (drop_key, model, max_hamming, min_cosine) VALUES (%s, %s, %s, %s)"
+                "INSERT INTO dedup_settings (drop_key, model, max_hamming, min_cosine, verifier)"
+                " VALUES (%s, %s, %s, %s, %s)"
                 " ON CONFLICT (drop_key) DO UPDATE SET model = EXCLUDED.model, max_hamming = EXCLUDED.max_hamming,"
-                " min_cosine = EXCLUDED.min_cosine, deduplicated_at = now()",
-                (drop_key, model, int(max_hamming), float(min_cosine)),
+                " min_cosine = EXCLUDED.min_cosine, verifier = EXCLUDED.verifier, deduplicated_at = now()",
+                (drop_key, model, int(max_hamming), float(min_cosine), None if verifier is None else Jsonb(verifier)),
             )
+            if pairs:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO dedup_pairs (drop_key, "
+                        + ", ".join(PAIR_COLUMNS)
+                        + ") VALUES (%s"
+                        + ", %s" * len(PAIR_COLUMNS)
+                        + ")",
+                        [(drop_key, *(p.get(c) for c in PAIR_COLUMNS)) for p in pairs],
+                    )
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO dedup_members (image_id, drop_key, model, representative_id, is_representative, tier,"
@@ -161,10 +212,28 @@ class DedupRepository(Repository):
         """The thresholds each drop was last deduplicated with, in arrival order."""
         with self.connection() as conn:
             rows = conn.execute(
-                "SELECT s.drop_key, s.model, s.max_hamming, s.min_cosine, s.deduplicated_at FROM dedup_settings s"
+                "SELECT s.drop_key, s.model, s.max_hamming, s.min_cosine, s.deduplicated_at, s.verifier FROM dedup_settings s"
                 " JOIN drops d ON d.drop_key = s.drop_key ORDER BY d.ordinal"
             ).fetchall()
-        return [DedupSettings(r[0], r[1], int(r[2]), float(r[3]), r[4]) for r in rows]
+        return [DedupSettings(r[0], r[1], int(r[2]), float(r[3]), r[4], r[5]) for r in rows]
+
+    def dedup_pairs(
+        self, drop_keys: Sequence[str] | None = None, *, accepted: bool | None = None, limit: int | None = None
+    ) -> list[dict]:
+        """The pairs proposed for the given drops (all drops: None) and the verifier's verdicts,
+        with both images' keys and URIs; rejected pairs with the most convincing proposal first."""
+        keys = list(drop_keys) if drop_keys is not None else None
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT p.drop_key, " + ", ".join("p." + c for c in PAIR_COLUMNS) + ","
+                " a.object_key, a.source_uri, b.object_key, b.source_uri FROM dedup_pairs p"
+                " JOIN images a ON a.image_id = p.image_a JOIN images b ON b.image_id = p.image_b"
+                " WHERE (%s::text[] IS NULL OR p.drop_key = ANY(%s::text[])) AND (%s::boolean IS NULL OR p.accepted = %s)"
+                " ORDER BY p.similarity DESC, p.image_a, p.image_b LIMIT %s",
+                (keys, keys, accepted, accepted, limit),
+            ).fetchall()
+        cols = ["drop_key", *PAIR_COLUMNS, "key_a", "uri_a", "key_b", "uri_b"]
+        return [dict(zip(cols, r)) for r in rows]
 
     def duplicate_groups(self, drop_keys: Sequence[str] | None = None) -> list[dict]:
         """Groups with at least one duplicate: representative first, members by similarity."""
@@ -226,7 +295,11 @@ class DedupRepository(Repository):
                     "       AND bit_count(int8send(coalesce(mi.phash_mirror, mi.phash) # ri.phash)) > %s"
                     "       AND bit_count(int8send(mi.phash # coalesce(ri.phash_mirror, ri.phash))) > %s)"
                     "   OR (m.tier = 'semantic' AND (me.image_id IS NULL OR re.image_id IS NULL"
-                    "       OR 1 - (" + vec_m + " <=> " + vec_r + ") < %s))))"
+                    "       OR 1 - (" + vec_m + " <=> " + vec_r + ") < %s)"
+                    # a flip's similarity is its mirrored vector's: the verified mirrored pair vouches
+                    "       AND NOT EXISTS (SELECT 1 FROM dedup_pairs p WHERE p.accepted AND p.mirrored"
+                    "           AND p.image_a = least(m.image_id, m.representative_id)"
+                    "           AND p.image_b = greatest(m.image_id, m.representative_id)))))"
                     " FROM dedup_members m"
                     " JOIN images mi ON mi.image_id = m.image_id"
                     " LEFT JOIN dedup_members r ON r.image_id = m.representative_id AND r.is_representative"

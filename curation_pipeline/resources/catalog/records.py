@@ -98,6 +98,9 @@ class KeptImage:
     sharpness: float
     object_key: str
     phash_mirror: int = 0
+    source_uri: str = ""
+    bytes: int = 0
+    exif_datetime: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -151,3 +154,4 @@ class DedupSettings:
     max_hamming: int
     min_cosine: float
     deduplicated_at: datetime
+    verifier: dict | None = None  # the verifier's settings; None: the thresholds alone decided
