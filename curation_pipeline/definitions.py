@@ -9,12 +9,13 @@ import dataclasses
 import dagster as dg
 
 from curation_pipeline.defs.curation import curated_subset
-from curation_pipeline.defs.dedup import dedup_clusters
+from curation_pipeline.defs.dedup import dedup_calibration, dedup_clusters
 from curation_pipeline.defs.domain import domain_embedder, domain_embeddings
 from curation_pipeline.defs.export import curated_export, retrieval_export
 from curation_pipeline.defs.ingest import image_embeddings, raw_image_manifest
 from curation_pipeline.defs.io_manager import PgVectorIOManager
 from curation_pipeline.defs.jobs import (
+    calibrate_dedup_job,
     domain_embed_job,
     export_job,
     ingest_drop_job,
@@ -48,6 +49,7 @@ ASSETS = [
     retrieval_export,
     domain_embedder,
     domain_embeddings,
+    dedup_calibration,
 ]
 
 
@@ -111,7 +113,15 @@ def build_definitions(settings: Settings | None = None, *, watch: WatchSettings 
     )
     return dg.Definitions(
         assets=ASSETS,
-        jobs=[ingest_drop_job, select_job, retrieve_job, export_job, train_domain_job, domain_embed_job],
+        jobs=[
+            ingest_drop_job,
+            select_job,
+            retrieve_job,
+            export_job,
+            train_domain_job,
+            domain_embed_job,
+            calibrate_dedup_job,
+        ],
         sensors=[build_drop_sensor(watch), automation_sensor],
         resources=resources,
         executor=_executor(settings.executor),

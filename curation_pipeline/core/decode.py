@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow's default bomb limit (~89 Mpx warn, 2x that error) is global state; we pass our own limit
@@ -53,6 +54,32 @@ class DecodedImage:
     exif_datetime: datetime | None
     camera_make: str | None
     camera_model: str | None
+    jpeg_quality: int | None = None  # estimated from the quantisation tables (JPEG only)
+
+
+# The IJG (libjpeg) standard luminance quantisation table, in natural order: JPEG encoders scale it
+# by the quality setting, so a file's own table gives its quality back.
+_IJG_LUMINANCE = (
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+)  # fmt: skip
+
+
+def estimate_jpeg_quality(quantization: dict | None) -> int | None:
+    """The IJG quality (1-100) a JPEG was saved at, from its luminance quantisation table (the
+    inverse of libjpeg's scaling: scale = mean(q / standard) * 100; quality = (200 - scale) / 2
+    above 50, 5000 / scale below). None without a table. Tables are compared as sets of values
+    (PIL may hand them in zig-zag or natural order; the mean does not depend on it)."""
+    if not quantization:
+        return None
+    table = quantization.get(0)
+    if table is None or len(table) != 64:
+        return None
+    scale = 100.0 * float(np.mean(np.asarray(table, dtype=np.float64) / np.asarray(_IJG_LUMINANCE, dtype=np.float64)))
+    quality = (200.0 - scale) / 2.0 if scale <= 100.0 else 5000.0 / scale
+    return int(min(100, max(1, round(quality))))
 
 
 @dataclass(frozen=True)
@@ -232,6 +259,7 @@ def decode_image(
             if w * h > max_pixels:
                 return DecodeFailure(STATUS_TOO_LARGE, _too_many_pixels(w, h, max_pixels), fmt)
             stored_mode = img.mode
+            quality = estimate_jpeg_quality(getattr(img, "quantization", None)) if fmt == "JPEG" else None
             exif = img.getexif()
             orientation = exif.get(_EXIF_ORIENTATION, 1)
             full_w, full_h = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
@@ -273,4 +301,5 @@ def decode_image(
         exif_datetime=_parse_exif_datetime(exif_ifd.get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME)),
         camera_make=_clean_text(exif.get(_EXIF_MAKE)),
         camera_model=_clean_text(exif.get(_EXIF_MODEL)),
+        jpeg_quality=quality,
     )

@@ -15,8 +15,9 @@ hash matches); nothing here builds an all-pairs matrix."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -71,15 +72,48 @@ class Assignment:
 
 
 def representative_order(
-    pixels: np.ndarray, sharpness: np.ndarray, drop_rank: np.ndarray, prior_leader: np.ndarray, keys: list[str]
+    pixels: np.ndarray,
+    drop_rank: np.ndarray,
+    prior_leader: np.ndarray,
+    keys: list[str],
+    *,
+    jpeg_quality: Sequence[int | None] | None = None,
+    captured: Sequence[datetime | None] | None = None,
+    modified: Sequence[datetime | None] | None = None,
 ) -> np.ndarray:
-    """Candidate positions, most preferred representative first: already a representative of
-    another drop, then largest resolution, then sharpest, then earliest drop, then key (stable)."""
-    order = sorted(
-        range(len(keys)),
-        key=lambda i: (not bool(prior_leader[i]), -int(pixels[i]), -float(sharpness[i]), int(drop_rank[i]), keys[i]),
-    )
-    return np.asarray(order, dtype=np.int64)
+    """Candidate positions, most preferred representative first, i.e. the original of a group:
+    1. already a representative of another drop (groups stay stable);
+    2. the largest resolution (resizes and crops lose);
+    3. a camera capture time (EXIF): originals carry it, edited and re-saved copies mostly lose it;
+    4. the least re-encoding damage: the JPEG quality its quantisation tables give (a lossless
+       file counts as 100);
+    5. the earliest drop, then the earliest capture time, then the earliest last-modified time
+       (of identical copies, the one that was there first), then the key.
+    Sharpness does not decide: brightening or sharpening an edit raises it."""
+    n = len(keys)
+    quality = list(jpeg_quality) if jpeg_quality is not None else [None] * n
+    shot = list(captured) if captured is not None else [None] * n
+    changed = list(modified) if modified is not None else [None] * n
+
+    def key(i: int) -> tuple:
+        return (
+            not bool(prior_leader[i]),
+            -int(pixels[i]),
+            shot[i] is None,
+            -(100 if quality[i] is None else int(quality[i])),
+            int(drop_rank[i]),
+            (shot[i] is None, _stamp(shot[i])),
+            (changed[i] is None, _stamp(changed[i])),
+            keys[i],
+        )
+
+    return np.asarray(sorted(range(n), key=key), dtype=np.int64)
+
+
+def _stamp(t: datetime | None) -> float:
+    if t is None:
+        return 0.0
+    return t.timestamp() if t.tzinfo is not None else t.replace(tzinfo=timezone.utc).timestamp()
 
 
 def hamming_pairs(a: np.ndarray, b: np.ndarray | None, max_hamming: int, *, max_cells: int = 1 << 21) -> np.ndarray:

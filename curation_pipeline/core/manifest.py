@@ -31,6 +31,7 @@ class ManifestRecord:
     contrast: float | None = None
     entropy: float | None = None
     aspect_ratio: float | None = None
+    jpeg_quality: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +71,7 @@ def inspect_object(object_key: str, data: bytes) -> ManifestRecord:
         contrast=q.contrast,
         entropy=q.entropy,
         aspect_ratio=q.aspect_ratio,
+        jpeg_quality=decoded.jpeg_quality,
     )
 
 

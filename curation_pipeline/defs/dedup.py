@@ -1,4 +1,6 @@
-"""dedup_clusters: per capture drop, against itself and every earlier drop."""
+"""dedup_clusters: per capture drop, against itself and every earlier drop; dedup_calibration: the
+near-duplicate thresholds calibrated on the corpus for the descriptor model (read by dedup_clusters
+from the catalog, so a drop never waits for a calibration)."""
 
 from typing import Optional
 
@@ -9,10 +11,12 @@ from curation_pipeline.core.dedup import DEFAULT_MAX_HAMMING, PROPOSAL_MAX_HAMMI
 from curation_pipeline.core.verify import VerifierSettings
 from curation_pipeline.resources.catalog import EmbeddingSet
 from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS, mirror_permutation_for
+from curation_pipeline.steps.calibrate import calibrate_dedup
 from curation_pipeline.steps.dedup import dedup_drop, default_thresholds
 
+from .ingest import image_embeddings as image_embeddings_asset
 from .partitions import INGEST_BACKFILL_POLICY, capture_drops
-from .resources import DatabaseResource, ImageStoreResource
+from .resources import DatabaseResource, EmbedderResource, ImageStoreResource, project_models
 
 
 class DedupConfig(dg.Config):
@@ -31,6 +35,9 @@ class DedupConfig(dg.Config):
         + ", ".join(f"{b.name} {b.default_min_cosine}" for b in EMBEDDER_BACKENDS.values())
         + ").",
     )
+    use_calibration: bool = True
+    """Use the latest dedup_calibration of the descriptor model (its proposal cosine and verifier
+    acceptance) where one exists; explicit max_hamming / min_cosine still win."""
     neighbours: int = 16
     """HNSW neighbours fetched per image before exact re-checking."""
     bulk_from: int = 50_000
@@ -82,14 +89,18 @@ def dedup_clusters(
     image_store: ImageStoreResource,
     image_embeddings: EmbeddingSet,
 ) -> dg.MaterializeResult:
+    catalog = database.catalog()
     defaults = default_thresholds(image_embeddings.model, verify=config.verify)
+    verifier = VerifierSettings() if config.verify else None
+    calibration = catalog.dedup_calibration(image_embeddings.model) if config.verify and config.use_calibration else None
+    if calibration is not None:
+        defaults = DedupThresholds(max_hamming=calibration.proposal_max_hamming, min_cosine=calibration.proposal_min_cosine)
+        verifier = VerifierSettings(**calibration.verifier)
     thresholds = DedupThresholds(
         max_hamming=config.max_hamming if config.max_hamming is not None else defaults.max_hamming,
         min_cosine=config.min_cosine if config.min_cosine is not None else defaults.min_cosine,
     )
-    verifier = VerifierSettings() if config.verify else None
     stores = image_store.stores()
-    catalog = database.catalog()
     all_stats, violations = [], []
     # Earlier drops first: each drop is compared with the ones that arrived before it.
     for drop_key in catalog.drops_in_order(context.partition_keys):
@@ -136,6 +147,7 @@ def dedup_clusters(
             "min_cosine": thresholds.min_cosine,
         }
     )
+    metadata = {**metadata, "calibration_id": calibration.calibration_id if calibration is not None else None}
     return dg.MaterializeResult(
         metadata=metadata,
         check_results=[
@@ -166,4 +178,60 @@ def dedup_clusters(
                 metadata=total,
             ),
         ],
+    )
+
+
+class CalibrationConfig(dg.Config):
+    sample: int = 200
+    """Kept images to edit synthetically (and as many nearest distinct neighbours)."""
+    seed: int = 0
+    target_recall: float = 0.97
+    """Share of the synthetic edits the proposal cosine must still propose."""
+    target_precision: float = 0.99
+    """Precision the verifier's acceptance must reach on the calibration pairs (it is never
+    loosened below the default, only tightened)."""
+
+
+@dg.asset(
+    group_name="dedup",
+    kinds={"opencv", "pgvector"},
+    owners=["team:curation"],
+    deps=[dg.AssetDep(image_embeddings_asset, partition_mapping=dg.AllPartitionMapping())],
+    description="Near-duplicate thresholds calibrated on the corpus, without labels, for the descriptor model: "
+    "sampled kept images are edited synthetically (JPEG, resize, crop, brightness, flip, rotation, text, noise, "
+    "PNG, chains of two) and scored against their nearest distinct neighbours; the proposal cosine keeps "
+    "target_recall of the edits and the verifier's acceptance reaches target_precision. dedup_clusters uses the "
+    "latest calibration of its model unless its run config overrides the thresholds.",
+)
+def dedup_calibration(
+    context: dg.AssetExecutionContext,
+    config: CalibrationConfig,
+    database: DatabaseResource,
+    image_store: ImageStoreResource,
+    embedder: EmbedderResource,
+    descriptor: EmbedderResource,
+) -> dg.MaterializeResult:
+    models = project_models(embedder, descriptor)
+    model, options = models.ingest_roles()["descriptor"]
+    record = calibrate_dedup(
+        database.catalog(),
+        model,
+        models.descriptor_id(),
+        stores=image_store.stores(),
+        sample=config.sample,
+        seed=config.seed,
+        target_recall=config.target_recall,
+        target_precision=config.target_precision,
+        logger=context.log,
+    )
+    summary = record["summary"]
+    return dg.MaterializeResult(
+        metadata={
+            "calibration_id": record["calibration_id"],
+            "model": record["model"],
+            "proposal_min_cosine": record["proposal_min_cosine"],
+            "proposal_max_hamming": record["proposal_max_hamming"],
+            "verifier_min_share": record["verifier"]["min_share"],
+            **{k: v for k, v in summary.items() if isinstance(v, (int, float))},
+        }
     )

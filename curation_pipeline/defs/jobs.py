@@ -22,6 +22,11 @@ domain_embed_job = dg.define_asset_job(
     partitions_def=capture_drops,
     description="Project drops' semantic vectors with the current domain model (after training it).",
 )
+calibrate_dedup_job = dg.define_asset_job(
+    "calibrate_dedup",
+    selection=dg.AssetSelection.assets("dedup_calibration"),
+    description="Calibrate the near-duplicate thresholds on the corpus (used by every later dedup of its model).",
+)
 select_job = dg.define_asset_job(
     "select_and_report",
     selection=dg.AssetSelection.assets("curated_subset", "curation_report"),

@@ -218,10 +218,12 @@ def _dedup_locked(
 
     order = representative_order(
         pixels=np.asarray([c.pixels for c in candidates]),
-        sharpness=np.asarray([c.sharpness for c in candidates]),
         drop_rank=np.asarray([c.drop_ordinal for c in candidates]),
         prior_leader=np.arange(len(candidates)) >= n_own,
         keys=[f"{c.drop_key}/{c.object_key}" for c in candidates],
+        jpeg_quality=[c.jpeg_quality for c in candidates],
+        captured=[c.exif_datetime for c in candidates],
+        modified=[c.last_modified for c in candidates],
     )
     pair_records: list[dict] = []
     verify = None

@@ -87,7 +87,9 @@ def build_manifest(
             if record.status != STATUS_OK:
                 logger.warning("drop %s: %s recorded as %s: %s", drop_key, info.key, record.status, record.error)
             bytes_total += record.bytes
-            writer.add(image_id_for(drop_key, info.key), store.object_uri(location, info.key), record, info.etag)
+            writer.add(
+                image_id_for(drop_key, info.key), store.object_uri(location, info.key), record, info.etag, info.last_modified
+            )
             progress.report(f"manifest {drop_key}", listed)
             if listed % progress_every == 0:
                 logger.info("drop %s: inspected %d objects", drop_key, listed)

@@ -1,3 +1,5 @@
+from datetime import datetime, timedelta, timezone
+
 import numpy as np
 import pytest
 
@@ -118,15 +120,40 @@ def test_hamming_pairs_match_brute_force_in_small_chunks():
     assert {tuple(p) for p in cross.tolist()} >= {(i, i) for i in range(5)}
 
 
-def test_representative_prefers_prior_leader_then_resolution_then_sharpness():
+def test_representative_prefers_prior_leader_then_resolution():
     order = representative_order(
         pixels=np.array([100, 400, 400, 50]),
-        sharpness=np.array([0.9, 0.2, 0.5, 0.1]),
         drop_rank=np.array([2, 2, 2, 1]),
         prior_leader=np.array([False, False, False, True]),
-        keys=["a", "b", "c", "d"],
+        keys=["a", "c", "b", "d"],
     )
     assert order.tolist() == [3, 2, 1, 0]
+
+
+def test_representative_is_the_original_not_an_edit_or_a_later_copy():
+    t0 = datetime(2026, 10, 1, 8, 0, tzinfo=timezone.utc)
+    # 0: camera original (EXIF, q92); 1: brightened re-save (q90, no EXIF, sharper); 2: an identical
+    # copy written later under copies/ (sorts first by key); 3: a lossless contrast edit (PNG)
+    order = representative_order(
+        pixels=np.array([640 * 480] * 4),
+        drop_rank=np.zeros(4, int),
+        prior_leader=np.zeros(4, bool),
+        keys=["rig-A/x.jpg", "edited/x-brighter.jpg", "copies/x-copy.jpg", "edited/x-contrast.png"],
+        jpeg_quality=[92, 90, 92, None],
+        captured=[t0, None, t0, None],
+        modified=[t0, t0 + timedelta(seconds=5), t0 + timedelta(seconds=9), t0 + timedelta(seconds=7)],
+    )
+    assert order[0] == 0 and order[1] == 2  # the original, then its identical copy
+    # without capture times: a lossless file outranks a lossy re-save, then the earliest wins
+    order = representative_order(
+        pixels=np.array([100, 100, 100]),
+        drop_rank=np.zeros(3, int),
+        prior_leader=np.zeros(3, bool),
+        keys=["c.png", "b.jpg", "a.jpg"],
+        jpeg_quality=[None, 45, 60],
+        modified=[t0, t0, t0 - timedelta(days=1)],
+    )
+    assert order.tolist() == [0, 2, 1]
 
 
 def test_thresholds_are_validated():

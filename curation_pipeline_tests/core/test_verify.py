@@ -27,7 +27,9 @@ def _jpeg(img: Image.Image, q: int) -> Image.Image:
 def _text(img: Image.Image) -> Image.Image:
     out = img.copy()
     size = img.height // 10
-    ImageDraw.Draw(out).text((10, img.height // 3), "(c) ACME 2026", fill=(255, 255, 255), font=ImageFont.load_default(size=size))
+    ImageDraw.Draw(out).text(
+        (10, img.height // 3), "(c) ACME 2026", fill=(255, 255, 255), font=ImageFont.load_default(size=size)
+    )
     return out
 
 
@@ -100,5 +102,15 @@ def test_unrelated_photographs_are_rejected(photo):
 
 def test_verdict_records_its_evidence(photo):
     d = verify_pair(prepare(photo), prepare(EDITS["rotate 2.5"](photo))).as_dict()
-    assert set(d) >= {"accepted", "reason", "inliers", "matches", "coverage", "agreement", "correlation", "scale", "rotation_deg"}
+    assert set(d) >= {
+        "accepted",
+        "reason",
+        "inliers",
+        "matches",
+        "coverage",
+        "agreement",
+        "correlation",
+        "scale",
+        "rotation_deg",
+    }
     assert abs(abs(d["rotation_deg"]) - 2.5) < 0.5 and abs(d["scale"] - 1.0) < 0.05

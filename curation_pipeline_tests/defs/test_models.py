@@ -233,7 +233,8 @@ def test_the_report_shows_the_thresholds_the_drops_were_deduplicated_with(tmp_pa
     )
     assert ingest.success
     settings = Catalog(database_url).dedup_settings()
-    assert [(s.drop_key, s.model, s.max_hamming, s.min_cosine) for s in settings] == [("d1", OFFLINE, 4, 0.9)]
+    # the verified default: the proposal radius (12), the run's cosine
+    assert [(s.drop_key, s.model, s.max_hamming, s.min_cosine) for s in settings] == [("d1", OFFLINE, 12, 0.9)]
     instance.add_dynamic_partitions("selections", ["s"])
     report = defs.resolve_job_def("select_and_report").execute_in_process(
         instance=instance, partition_key="s", run_config={"ops": {"curated_subset": {"config": {"budget": 3}}}}
@@ -242,4 +243,4 @@ def test_the_report_shows_the_thresholds_the_drops_were_deduplicated_with(tmp_pa
     page = open(path, encoding="utf-8").read()
     explorer = page.split('id="threshold"')[1].split('id="leaks"')[0]
     assert "threshold 0.90" in explorer and "threshold 0.80" not in explorer
-    assert f"pHash Hamming &lt;= 4, cosine &gt;= 0.9 on {OFFLINE}" in explorer
+    assert f"pHash Hamming &lt;= 12, cosine &gt;= 0.9 on {OFFLINE}" in explorer

@@ -176,3 +176,46 @@ def test_bulk_mode_gives_the_same_clusters_as_incremental(tmp_path, database_url
     bulk = dedup_drop(catalog, "one", emb, TH, bulk_from=1)
     assert (incremental["mode"], bulk["mode"]) == ("incremental", "bulk")
     assert _pairs(catalog) == pairs_incremental and len(pairs_incremental) == 4
+
+
+def test_verified_dedup_of_the_demo_keeps_the_originals_as_representatives(tmp_path, database_url):
+    """The demo's planted duplicates (identical copies under copies/, edits under edited/: JPEG
+    q45, resize, crop, brightened, lower contrast as PNG, resize + q60) at the product defaults
+    (proposal thresholds + pixel verification): no distinct images merged, and every group that
+    holds the camera original is represented by it, not by a copy or an edit."""
+    import json
+
+    from curation_pipeline.core.verify import VerifierSettings
+    from curation_pipeline.demo_data import build_demo_drops, score_dedup
+    from curation_pipeline.resources.embedders import mirror_permutation_for
+    from curation_pipeline.steps.dedup import default_thresholds
+
+    demo = build_demo_drops(tmp_path / "demo")
+    catalog = Catalog(database_url)
+    drop = "demo-0001"
+    catalog.register_drop(drop, str(demo.drops[drop]))
+    build_manifest(catalog, LocalImageStore(), str(demo.drops[drop]), drop)
+    stats = embed_drop(catalog, OfflineEmbedder(), drop, OPTIONS)
+    catalog.publish_embeddings(drop, stats["model"])
+    model = stats["model"]
+    dedup = dedup_drop(
+        catalog,
+        drop,
+        catalog.load_embeddings([drop], model),
+        default_thresholds(model),
+        verifier=VerifierSettings(),
+        mirror_perm=mirror_permutation_for(model),
+    )
+    assert dedup["verified"] and dedup["pairs_verified"] > 0
+    truth = {k: v for k, v in json.loads(demo.ground_truth.read_text())["files"].items() if k.startswith(drop + "/")}
+    member_to_rep = {
+        f"{drop}/{m['object_key']}": f"{drop}/{g['representative']['object_key']}"
+        for g in catalog.duplicate_groups([drop])
+        for m in g["members"]
+    }
+    score = score_dedup(truth, member_to_rep)
+    assert score["precision"] == 1.0 and score["recall"] >= 0.9, score
+    reps = {rep for rep in member_to_rep.values()}
+    originals = {k for k in truth if "/rig-" in k}
+    wrong = sorted(r for r in reps if r not in originals and any(truth[o] == truth[r] for o in originals))
+    assert not wrong, f"copies or edits chosen over their original: {wrong}"

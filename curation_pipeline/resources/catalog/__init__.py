@@ -22,6 +22,7 @@ from .models import ModelRepository
 from .records import (
     STORAGE_TYPES,
     CachedEmbeddings,
+    DedupCalibration,
     DedupSettings,
     DomainModelRecord,
     EmbeddingSet,
@@ -45,6 +46,7 @@ __all__ = [
     "DropRepository",
     "DropShrinkRefused",
     "DomainModelRecord",
+    "DedupCalibration",
     "DedupSettings",
     "ModelRepository",
     "EmbeddingRepository",

@@ -15,7 +15,7 @@ from curation_pipeline.core.dedup import mirror_max_hamming
 from curation_pipeline.core.quality import QualitySignals
 
 from .base import Repository, dict_rows, one_row, scalar
-from .records import DedupSettings, KeptImage
+from .records import DedupCalibration, DedupSettings, KeptImage
 
 _DEDUP_LOCK_ID = 0x6375726164  # "curad"
 
@@ -35,7 +35,7 @@ def _kept_image(row) -> KeptImage:
     (image_id, drop_key, ordinal, sha256, phash, pixels, object_key, mirror, blur, brightness, contrast, entropy, aspect) = row[
         :13
     ]
-    source_uri, size, exif = row[13:]
+    source_uri, size, exif, quality, modified = row[13:]
     signals = QualitySignals(
         blur_variance=float(blur), brightness=brightness, contrast=contrast, entropy=entropy, aspect_ratio=aspect
     )
@@ -52,6 +52,8 @@ def _kept_image(row) -> KeptImage:
         source_uri,
         int(size),
         exif,
+        None if quality is None else int(quality),
+        modified,
     )
 
 
@@ -115,6 +117,10 @@ class DedupRepository(Repository):
             (list(map(int, image_ids)),),
         )
 
+    def candidate_images(self, image_ids: Sequence[int]) -> list[KeptImage]:
+        """The given images (any status of dedup) with what dedup and calibration read of them."""
+        return self._image_query("WHERE i.image_id = ANY(%s)", (list(map(int, image_ids)),))
+
     def kept_images_with_hashes(self, drop_keys: Sequence[str], sha256s: Sequence[str]) -> list[KeptImage]:
         """Representatives in the given drops whose content hash is one of `sha256s` (exact tier)."""
         return self._image_query(
@@ -123,14 +129,14 @@ class DedupRepository(Repository):
             (list(drop_keys), list(sha256s)),
         )
 
-    def _image_query(self, where: str, params: tuple) -> list[KeptImage]:
+    def _image_query(self, where: str, params: tuple, *, order: bool = True) -> list[KeptImage]:
         with self.connection() as conn:
             rows = conn.execute(
                 "SELECT i.image_id, i.drop_key, d.ordinal, i.sha256, coalesce(i.phash, 0),"
                 " coalesce(i.width, 0)::bigint * coalesce(i.height, 0), i.object_key, coalesce(i.phash_mirror, i.phash, 0),"
                 " coalesce(i.blur_variance, 0), i.brightness, i.contrast, i.entropy, i.aspect_ratio,"
-                " i.source_uri, i.bytes, i.exif_datetime"
-                " FROM images i JOIN drops d ON d.drop_key = i.drop_key " + where + " ORDER BY i.image_id",
+                " i.source_uri, i.bytes, i.exif_datetime, i.jpeg_quality, i.last_modified"
+                " FROM images i JOIN drops d ON d.drop_key = i.drop_key " + where + (" ORDER BY i.image_id" if order else ""),
                 params,
             ).fetchall()
         return [_kept_image(r) for r in rows]
@@ -200,6 +206,51 @@ class DedupRepository(Repository):
                 )
             repaired = repair_orphaned_members(conn)
         return {"rows": len(rows), "repaired_members": repaired}
+
+    # ---- calibration ---------------------------------------------------------------------------
+    def calibration_sample(self, model: str, size: int, seed: int = 0) -> list[KeptImage]:
+        """A seeded sample of valid images with a `model` vector, over every drop: kept images
+        (representatives) where dedup has run, any embedded image otherwise."""
+        return self._image_query(
+            "JOIN embeddings e ON e.image_id = i.image_id AND e.model = %s"
+            " LEFT JOIN dedup_members m ON m.image_id = i.image_id"
+            " WHERE i.status = 'ok' AND coalesce(m.is_representative, true)"
+            " ORDER BY md5(i.image_id::text || %s::text) LIMIT %s",
+            (model, str(seed), int(size)),
+            order=False,
+        )
+
+    def save_dedup_calibration(self, record: dict) -> int:
+        """Store one calibration (the fields of DedupCalibration but the id and time); its id."""
+        with self.connection() as conn, conn.transaction():
+            row = conn.execute(
+                "INSERT INTO dedup_calibrations (model, sample_size, target_recall, target_precision,"
+                " proposal_min_cosine, proposal_max_hamming, verifier, summary, curve)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING calibration_id",
+                (
+                    record["model"],
+                    int(record["sample_size"]),
+                    float(record["target_recall"]),
+                    float(record["target_precision"]),
+                    float(record["proposal_min_cosine"]),
+                    int(record["proposal_max_hamming"]),
+                    Jsonb(record["verifier"]),
+                    Jsonb(record["summary"]),
+                    Jsonb(record["curve"]),
+                ),
+            ).fetchone()
+        return int(row[0])
+
+    def dedup_calibration(self, model: str) -> DedupCalibration | None:
+        """The latest calibration for `model`, if any."""
+        with self.connection() as conn:
+            row = conn.execute(
+                "SELECT calibration_id, model, created_at, sample_size, target_recall, target_precision,"
+                " proposal_min_cosine, proposal_max_hamming, verifier, summary, curve FROM dedup_calibrations"
+                " WHERE model = %s ORDER BY calibration_id DESC LIMIT 1",
+                (model,),
+            ).fetchone()
+        return None if row is None else DedupCalibration(*row)
 
     # ---- what checks, reports and the leakage view read --------------------------------------
     def dedup_models(self) -> list[str]:

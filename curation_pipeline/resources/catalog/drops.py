@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Iterable, Iterator, Sequence
 
 from psycopg import sql
@@ -38,6 +39,8 @@ _IMAGE_COLUMNS = (
     "contrast",
     "entropy",
     "aspect_ratio",
+    "jpeg_quality",
+    "last_modified",
 )
 
 
@@ -98,7 +101,9 @@ class ManifestWriter:
         self.repaired_members = 0
         self.lost_items: dict[str, dict[str, int]] = {}
 
-    def add(self, image_id: int, source_uri: str, r: ManifestRecord, etag: str | None) -> None:
+    def add(
+        self, image_id: int, source_uri: str, r: ManifestRecord, etag: str | None, last_modified: datetime | None = None
+    ) -> None:
         self.buffer.append(
             (
                 image_id,
@@ -124,6 +129,8 @@ class ManifestWriter:
                 r.contrast,
                 r.entropy,
                 r.aspect_ratio,
+                r.jpeg_quality,
+                last_modified,
             )
         )
         if len(self.buffer) >= self.chunk:

@@ -101,6 +101,25 @@ class KeptImage:
     source_uri: str = ""
     bytes: int = 0
     exif_datetime: datetime | None = None
+    jpeg_quality: int | None = None
+    last_modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DedupCalibration:
+    """Near-duplicate thresholds calibrated on the corpus for one descriptor model."""
+
+    calibration_id: int
+    model: str
+    created_at: datetime
+    sample_size: int
+    target_recall: float
+    target_precision: float
+    proposal_min_cosine: float
+    proposal_max_hamming: int
+    verifier: dict
+    summary: dict
+    curve: dict
 
 
 @dataclass(frozen=True)
