@@ -287,6 +287,21 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    config = {k: v for k, v in (("sample", args.sample), ("seed", args.seed)) if v is not None}
+    meta = _run_job(args.settings, "calibrate_dedup", None, None, {"ops": {"dedup_calibration": {"config": config}}})
+    cal = meta.get("dedup_calibration", {})
+    _stderr(
+        f"calibration {cal.get('calibration_id')} of {cal.get('model')}: proposal cosine {cal.get('proposal_min_cosine')} "
+        f"(proposes {cal.get('proposal_recall')} of {cal.get('edits')} synthetic edits), verifier agreeing share >= "
+        f"{cal.get('verifier_min_share')} (precision {cal.get('verifier_precision')}, recall {cal.get('verifier_recall')}); "
+        "every later dedup of this model uses them"
+    )
+    if args.json:
+        print(json.dumps(cal, default=str, indent=1))
+    return 0
+
+
 def cmd_train_domain(args: argparse.Namespace) -> int:
     config = {
         k: v
@@ -682,6 +697,15 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--seed", type=int)
     td.add_argument("--json", action="store_true")
     td.set_defaults(func=cmd_train_domain)
+
+    ca = sub.add_parser(
+        "calibrate",
+        help="calibrate the near-duplicate thresholds on your own images (synthetic edits vs nearest neighbours)",
+    )
+    ca.add_argument("--sample", type=int, help="images to edit synthetically (default 200)")
+    ca.add_argument("--seed", type=int)
+    ca.add_argument("--json", action="store_true")
+    ca.set_defaults(func=cmd_calibrate)
 
     mo = sub.add_parser("models", help="which model serves which job, and the stored domain model versions")
     mo.add_argument("--json", action="store_true")

@@ -60,6 +60,11 @@ class ReportData:
     pairs_above: list[tuple[Tile, Tile, float]] = field(default_factory=list)  # just above the threshold
     pairs_below: list[tuple[Tile, Tile, float]] = field(default_factory=list)  # just below: near misses
     leaks: list[tuple[Tile, Tile]] = field(default_factory=list)  # (leaked image, protected image)
+    # the latest dedup_calibration of the near-duplicate model: summary rows and curve tables
+    calibration: dict | None = None
+    # proposed pairs the pixel verifier rejected: (tile, tile, proposing tier + similarity, evidence)
+    rejected_pairs: list[tuple[Tile, Tile, str, str]] = field(default_factory=list)
+    rejected_total: int = 0
     comparison: dict | None = None  # {"subset": {...}, "random": {...}, "fine_clusters": n}
     map_points: list["MapPoint"] = field(default_factory=list)
     map_method: str = ""

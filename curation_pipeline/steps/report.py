@@ -214,6 +214,19 @@ def write_report(
         m = meta[image_id]
         return Tile(f"{m['drop_key']}/{m['object_key']}", "", thumbs(m["source_uri"], thumb_side))
 
+    calibration = _calibration_view(catalog.dedup_calibration(dedup_model))
+    rejected = catalog.dedup_pairs(accepted=False, limit=max_groups)
+    rejected_total = catalog.dedup_pair_count(accepted=False)
+    rejected_tiles = [
+        (
+            Tile(f"{p['drop_key']}/{p['key_a']}", "", thumbs(p["uri_a"], thumb_side)),
+            Tile(p["key_b"], "", thumbs(p["uri_b"], thumb_side)),
+            f"proposed by {p['tier']} ({p['similarity']:.3f}{', mirrored' if p['mirrored'] else ''})",
+            _evidence(p),
+        )
+        for p in rejected
+    ]
+
     leaks = catalog.leaks()
     leak_tiles = [
         (
@@ -253,10 +266,19 @@ def write_report(
             "duplicates, threshold explorer": "sha256, pHash and " + (", ".join(dedup_models) or "none yet"),
         },
         dedup_settings={
-            st.drop_key: f"pHash Hamming <= {st.max_hamming}, cosine >= {st.min_cosine:g} on {st.model} "
-            f"({st.deduplicated_at:%Y-%m-%d %H:%M})"
+            st.drop_key: f"pHash Hamming <= {st.max_hamming}, cosine >= {st.min_cosine:g} on {st.model}"
+            + (
+                f", pixel-verified (agreeing share >= {st.verifier.get('min_share', 0):g}, coverage >= "
+                f"{st.verifier.get('min_coverage', 0):g})"
+                if st.verifier
+                else ", thresholds only (not verified)"
+            )
+            + f" ({st.deduplicated_at:%Y-%m-%d %H:%M})"
             for st in settings
         },
+        calibration=calibration,
+        rejected_pairs=rejected_tiles,
+        rejected_total=rejected_total,
         duplicate_groups=dup_tiles,
         subset=subset_tiles,
         failed=failed_tiles,
@@ -338,3 +360,53 @@ def write_retrieval_page(
     )
     tmp.replace(path)
     return {"path": str(path), "results": len(results), "thumbnails_missing": sum(1 for t in results if t.thumb is None)}
+
+
+def _evidence(p: dict) -> str:
+    """One line of what the verifier saw for a pair."""
+    parts = [p["reason"]]
+    if p.get("inliers"):
+        parts.append(f"{p['inliers']}/{p['matches']} keypoint matches agree")
+    if p.get("coverage"):
+        parts.append(f"overlap {p['coverage']:.0%} of the smaller share")
+    if p.get("agreement"):
+        parts.append(f"{p['agreement']:.0%} of pixels agree")
+    if p.get("scale") and p.get("reason") == "transform not an edit":
+        parts.append(f"scale {p['scale']:.2f}, rotation {p['rotation_deg']:.1f} deg")
+    return "; ".join(parts)
+
+
+def _calibration_view(record) -> dict | None:
+    """The latest calibration as the report shows it: a summary and the two curves (every 0.05,
+    plus the values in use), the used rows marked."""
+    if record is None:
+        return None
+    used_c = record.proposal_min_cosine
+    used_s = record.verifier.get("min_share")
+    cosine = [
+        {**r, "picked": abs(r["min_cosine"] - used_c) < 1e-9}
+        for r in record.curve.get("cosine", [])
+        if round(r["min_cosine"] * 100) % 5 == 0 or abs(r["min_cosine"] - used_c) < 1e-9
+    ]
+    share = [
+        {**r, "picked": used_s is not None and abs(r["min_share"] - used_s) < 1e-9}
+        for r in record.curve.get("share", [])
+        if round(r["min_share"] * 100) % 5 == 0 or (used_s is not None and abs(r["min_share"] - used_s) < 1e-9)
+    ]
+    s = record.summary
+    return {
+        "note": f"Calibration #{record.calibration_id} of {record.model} ({record.created_at:%Y-%m-%d %H:%M}): "
+        f"{s.get('edits', 0)} synthetic edits of sampled images against {s.get('neighbours', 0)} nearest distinct "
+        f"neighbours; targets: recall {record.target_recall:g} for proposals, precision {record.target_precision:g} "
+        "for the verifier.",
+        "summary": {
+            "proposal cosine (used)": f"{used_c:g}: proposes {s.get('proposal_recall', 0):.1%} of edits, "
+            f"{s.get('neighbours_proposed', 0):.1%} of nearest neighbours",
+            "proposal pHash radius": f"{record.proposal_max_hamming} bits ({s.get('edits_within_proposal_hamming', 0):.1%} "
+            "of edits within it)",
+            "verifier acceptance (used)": f"agreeing share >= {used_s:g}: accepts {s.get('verifier_recall', 0):.1%} of "
+            f"edits at precision {s.get('verifier_precision', 0):.3f}",
+        },
+        "cosine": cosine,
+        "share": share,
+    }

@@ -21,8 +21,8 @@ def instance():
 
 
 def _hard_drop(folder) -> None:
-    """The small drop, plus a flipped-and-captioned copy of img_05 and two overlapping crops of
-    one texture-rich photo (each pair of crops shares a strip of identical pixels)."""
+    """The small drop, plus a flipped-and-captioned copy of img_05, two overlapping crops of one
+    photo (they share a strip of identical pixels), and a photo with a tighter framing of it."""
     make_small_drop(folder)
     im = Image.open(folder / "img_05.jpg").convert("RGB")
     flipped = ImageOps.mirror(im)
@@ -33,6 +33,9 @@ def _hard_drop(folder) -> None:
     big = Image.fromarray(data.astronaut())
     (folder / "crop_left.jpg").write_bytes(jpeg(big.crop((0, 100, 300, 400))))
     (folder / "crop_right.jpg").write_bytes(jpeg(big.crop((200, 100, 500, 400))))
+    coffee = Image.fromarray(data.coffee())  # 600 x 400; its centre, 75% a side: another framing
+    (folder / "coffee.jpg").write_bytes(jpeg(coffee))
+    (folder / "coffee_centre.jpg").write_bytes(jpeg(coffee.crop((75, 50, 525, 350))))
 
 
 def test_verified_dedup_stores_every_verdict_and_keeps_look_alike_crops_apart(tmp_path, database_url, curation_env, instance):
@@ -63,6 +66,9 @@ def test_verified_dedup_stores_every_verdict_and_keeps_look_alike_crops_apart(tm
     assert frozenset(("img_00.jpg", "copy_of_00.jpg")) not in by_keys
     settings = catalog.dedup_settings()[0]
     assert settings.verifier is not None and settings.verifier["min_share"] > 0
+    framing = by_keys[frozenset(("coffee.jpg", "coffee_centre.jpg"))]  # proposed: the descriptor sees one scene
+    assert not framing["accepted"] and framing["reason"] == "overlap too small"  # the verifier said no, and why
+    assert all(not {"coffee.jpg", "coffee_centre.jpg"} <= g for g in groups)
 
 
 def test_calibration_is_stored_and_used_by_the_next_dedup(tmp_path, database_url, curation_env, instance):
@@ -86,3 +92,17 @@ def test_calibration_is_stored_and_used_by_the_next_dedup(tmp_path, database_url
     assert dedup_meta["calibration_id"].value == record.calibration_id
     assert dedup_meta["min_cosine"].value == record.proposal_min_cosine
     assert catalog.dedup_settings()[0].verifier["min_share"] == record.verifier["min_share"]
+    # the report's threshold explorer shows the calibration in use and the rejected pairs
+    instance.add_dynamic_partitions("selections", ["s"])
+    report = defs.resolve_job_def("select_and_report").execute_in_process(
+        instance=instance, partition_key="s", run_config={"ops": {"curated_subset": {"config": {"budget": 3}}}}
+    )
+    page = open(report.asset_materializations_for_node("curation_report")[0].metadata["path"].value, encoding="utf-8").read()
+    explorer = page.split('id="threshold"')[1].split('id="leaks"')[0]
+    assert f"Calibration #{record.calibration_id} of {record.model}" in explorer
+    assert f"{record.proposal_min_cosine:.2f} (used)" in explorer and f"{record.verifier['min_share']:.2f} (used)" in explorer
+    assert "pixel-verified (agreeing share &gt;= " in explorer
+    rejected = catalog.dedup_pair_count(accepted=False)
+    assert f"Proposed but rejected by the pixel verifier ({rejected} pairs" in explorer
+    for shown in catalog.dedup_pairs(accepted=False, limit=3):
+        assert shown["key_b"] in explorer and shown["reason"] in explorer

@@ -268,6 +268,19 @@ class DedupRepository(Repository):
             ).fetchall()
         return [DedupSettings(r[0], r[1], int(r[2]), float(r[3]), r[4], r[5]) for r in rows]
 
+    def dedup_pair_count(self, drop_keys: Sequence[str] | None = None, *, accepted: bool | None = None) -> int:
+        keys = list(drop_keys) if drop_keys is not None else None
+        with self.connection() as conn:
+            return int(
+                scalar(
+                    conn.execute(
+                        "SELECT count(*) FROM dedup_pairs WHERE (%s::text[] IS NULL OR drop_key = ANY(%s::text[]))"
+                        " AND (%s::boolean IS NULL OR accepted = %s)",
+                        (keys, keys, accepted, accepted),
+                    )
+                )
+            )
+
     def dedup_pairs(
         self, drop_keys: Sequence[str] | None = None, *, accepted: bool | None = None, limit: int | None = None
     ) -> list[dict]:
