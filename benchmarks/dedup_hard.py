@@ -366,7 +366,7 @@ class Scorer:
 # ---- ours ----------------------------------------------------------------------------------------
 
 
-def ours(folder: Path, sweep: list[tuple[int, float]]) -> dict:
+def ours(folder: Path, sweep: list[tuple[int, float]], calibrate: bool = True) -> dict:
     """The product's steps at their defaults (manifest -> descriptor embeddings -> dedup_drop with
     the asset's defaults: proposal thresholds, pixel verification, mirrored proposals), then the
     thresholds-only dedup (verification off, as before issue 15) at its defaults and over `sweep`."""
@@ -415,6 +415,37 @@ def ours(folder: Path, sweep: list[tuple[int, float]]) -> dict:
             ]
             if verifier is not None:
                 pairs = catalog.dedup_pairs(["hard"])
+        calibration = None
+        if calibrate:
+            # what `curation calibrate` would pick on this corpus, then a dedup with it
+            from curation_pipeline.steps.calibrate import calibrate_dedup
+
+            dedup_drop(catalog, "hard", emb, verified, verifier=VerifierSettings(), mirror_perm=mirror_permutation_for(model))
+            t0 = time.perf_counter()
+            calibration = calibrate_dedup(catalog, embedder, model, sample=200)
+            calibration_s = time.perf_counter() - t0
+            th = DedupThresholds(max_hamming=calibration["proposal_max_hamming"], min_cosine=calibration["proposal_min_cosine"])
+            key = ("calibrated", th.max_hamming, th.min_cosine)
+            t0 = time.perf_counter()
+            dedup_stats[key] = dedup_drop(
+                catalog,
+                "hard",
+                emb,
+                th,
+                verifier=VerifierSettings(**calibration["verifier"]),
+                mirror_perm=mirror_permutation_for(model),
+            )
+            timings[key] = time.perf_counter() - t0
+            results[key] = [
+                [g["representative"]["object_key"]] + [m["object_key"] for m in g["members"]]
+                for g in catalog.duplicate_groups()
+            ]
+            calibration = {
+                "seconds": round(calibration_s, 1),
+                "proposal_min_cosine": calibration["proposal_min_cosine"],
+                "verifier_min_share": calibration["verifier"]["min_share"],
+                "summary": calibration["summary"],
+            }
         db.close()
     default = next(iter(runs))
     return {
@@ -427,6 +458,7 @@ def ours(folder: Path, sweep: list[tuple[int, float]]) -> dict:
         "dedup_seconds": timings,
         "dedup_stats": {k: dedup_stats[k] for k in (default,)},
         "pairs": pairs,
+        "calibration": calibration,
     }
 
 
@@ -531,6 +563,7 @@ def _row(method: str, s: dict, seconds: float | None = None) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--no-calibration", action="store_true", help="skip the `curation calibrate` row (~1 min)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -552,7 +585,7 @@ def main() -> None:
 
     sweep = [(4, c) for c in (0.76, 0.80, 0.84, 0.88, 0.90, 0.92, 0.94, 0.96, 0.98, 1.0)]
     sweep += [(h, 0.80) for h in (0, 2, 6, 8)] + [(h, 1.0) for h in (0, 2)]
-    mine = ours(folder, sweep)
+    mine = ours(folder, sweep, calibrate=not args.no_calibration)
     default = mine["default"]
     ingest_s = mine["manifest_seconds"] + mine["embed_seconds"] + mine["dedup_seconds"][default]
     rows, curve = [], []
@@ -561,6 +594,16 @@ def main() -> None:
         if key == default:
             rows.append(
                 _row(f"curation_pipeline defaults (verified; proposals hamming<={key[1]}, cosine>={key[2]})", s, ingest_s)
+            )
+            continue
+        if key[0] == "calibrated":
+            rows.append(
+                _row(
+                    f"curation_pipeline after `curation calibrate` (proposals cosine>={key[2]}, agreeing share>="
+                    f"{mine['calibration']['verifier_min_share']})",
+                    s,
+                    mine["dedup_seconds"][key],
+                )
             )
             continue
         curve.append({"max_hamming": key[1], "min_cosine": key[2], "default": key == mine["strict"], **s})
@@ -687,6 +730,7 @@ def main() -> None:
                 "model": mine["model"],
                 "default": {"verified": True, "proposal_max_hamming": default[1], "proposal_min_cosine": default[2]},
                 "verifier_verdicts": verdicts,
+                "calibration": mine["calibration"],
                 "dedup_stats": mine["dedup_stats"][default],
                 "rows": rows,
                 "curve": curve,

@@ -560,6 +560,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "near_duplicates_perceptual": counts["perceptual_duplicates"],
         "near_duplicates_semantic": counts["semantic_duplicates"],
         "duplicate_groups": len(groups),
+        "pairs_verified": catalog.dedup_pair_count(),
+        "pairs_rejected_by_verifier": catalog.dedup_pair_count(accepted=False),
         "dedup_vs_planted": score,
         "subset_size": len(subset),
         "retrieval_top1": top[0]["object_key"] if top else None,
@@ -579,6 +581,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(
             f"  near duplicates        {summary['near_duplicates']} "
             f"(perceptual {summary['near_duplicates_perceptual']}, semantic {summary['near_duplicates_semantic']})"
+        )
+        print(
+            f"  pixel verification     {summary['pairs_verified']} proposed pairs checked, "
+            f"{summary['pairs_rejected_by_verifier']} rejected (look-alikes, not copies)"
         )
         print(
             f"  vs planted             precision {score['precision']}, recall {score['recall']} "

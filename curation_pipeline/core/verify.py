@@ -122,6 +122,9 @@ class PairVerdict:
     scale: float = 0.0  # content scale B / A (1.0: same framing)
     rotation_deg: float = 0.0
     keypoints: int = 0  # the smaller of the two images' keypoint counts
+    # geometric path, aligned: every test but the share of agreeing pixels passed (what calibration
+    # varies); photometric-path verdicts are False here
+    only_share_decides: bool = False
 
     def as_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -377,13 +380,24 @@ def _judge(
     if cov < s.min_coverage:
         return PairVerdict(False, REJECTED_COVERAGE, coverage=cov, **common)
     share, corr, colour = _agreement(a, b, m)
+    others = False
     if photometric:
         ok = share >= s.min_photometric_share and corr >= s.min_photometric_correlation
         ok = ok and colour <= s.max_photometric_colour_difference
     else:
-        ok = share >= s.min_share and corr >= s.min_correlation and colour <= s.max_colour_difference
+        others = corr >= s.min_correlation and colour <= s.max_colour_difference
+        ok = share >= s.min_share and others
     reason = (ACCEPTED_PHOTOMETRIC if photometric else ACCEPTED_GEOMETRIC) if ok else REJECTED_AGREEMENT
-    return PairVerdict(ok, reason, coverage=cov, agreement=share, correlation=corr, colour_difference=colour, **common)
+    return PairVerdict(
+        ok,
+        reason,
+        coverage=cov,
+        agreement=share,
+        correlation=corr,
+        colour_difference=colour,
+        only_share_decides=others,
+        **common,
+    )
 
 
 def verify_pair(a: VerifyImage, b: VerifyImage, settings: VerifierSettings = VerifierSettings()) -> PairVerdict:

@@ -46,10 +46,12 @@ def _read(stores: ImageStores, image: KeptImage) -> Image.Image | None:
 
 
 def _share(verdict) -> float:
-    """The verifier's agreeing share where it aligned the pair geometrically or photometrically
-    and the alignment passed the transform and coverage tests; NaN otherwise (never accepted)."""
-    aligned = verdict.accepted or verdict.reason == "pixels disagree"
-    return float(verdict.agreement) if aligned else float("nan")
+    """What the calibrated acceptance (the geometric path's agreeing share) decides about a pair:
+    its share where every other test passed; +inf where the pair is accepted whatever that
+    threshold (the photometric path); NaN where another test rejects it whatever the threshold."""
+    if verdict.only_share_decides:
+        return float(verdict.agreement)
+    return float("inf") if verdict.accepted else float("nan")
 
 
 def calibrate_dedup(
@@ -139,6 +141,7 @@ def calibrate_dedup(
         "edits_within_proposal_hamming": round(float((hamming <= PROPOSAL_MAX_HAMMING).mean()), 4),
         "verifier_recall": round(pick.verifier_recall, 4),
         "verifier_precision": round(pick.verifier_precision, 4),
+        "precision_target_met": pick.precision_target_met,
         "verifier_accepts_edits_at_defaults": round(float(np.mean([p[3] for p in positives])), 4),
         "verifier_accepts_neighbours_at_defaults": int(sum(n[2] for n in negatives)),
         "geometric_path": ACCEPTED_GEOMETRIC,

@@ -368,7 +368,10 @@ class PairVerifier:
             key = self.candidates[link.i if isinstance(a, str) else link.j].object_key
             verdict = PairVerdict(False, f"{key}: {problem}"[:500])
         else:
-            verdict = verify_pair(a, b, self.settings)
+            try:
+                verdict = verify_pair(a, b, self.settings)
+            except Exception as exc:  # noqa: BLE001 - one odd pair is rejected, never the drop
+                verdict = PairVerdict(False, f"verification failed: {type(exc).__name__}: {exc}"[:500])
         ia, ib = self.candidates[link.i].image_id, self.candidates[link.j].image_id
         record = verdict.as_dict()
         record.update(

@@ -405,7 +405,14 @@ def _calibration_view(record) -> dict | None:
             "proposal pHash radius": f"{record.proposal_max_hamming} bits ({s.get('edits_within_proposal_hamming', 0):.1%} "
             "of edits within it)",
             "verifier acceptance (used)": f"agreeing share >= {used_s:g}: accepts {s.get('verifier_recall', 0):.1%} of "
-            f"edits at precision {s.get('verifier_precision', 0):.3f}",
+            f"edits at precision {s.get('verifier_precision', 0):.3f}"
+            + (
+                ""
+                if s.get("precision_target_met", True)
+                else f" (target {record.target_precision:g} not reachable without discarding most copies: "
+                f"{s.get('verifier_accepts_neighbours_at_defaults', 0)} nearest neighbours agree like copies; "
+                "they may be duplicates the corpus still holds, so the default was kept)"
+            ),
         },
         "cosine": cosine,
         "share": share,

@@ -58,5 +58,22 @@ def test_verifier_acceptance_is_tightened_by_look_alike_neighbours_never_loosene
     assert easy.min_share == 0.75 and easy.verifier_precision == 1.0  # not loosened below the default
     hard_neighbours = np.r_[np.full(90, 0.3), np.full(10, 0.85)]  # 10 neighbours agree on 85% of pixels
     hard = pick_thresholds(np.ones(100), np.zeros(100), pos_share, hard_neighbours, default_share=0.75)
-    assert hard.min_share > 0.85 and hard.verifier_precision >= 0.99
+    assert hard.min_share > 0.85 and hard.verifier_precision >= 0.99 and hard.precision_target_met
     assert 0.9 <= hard.verifier_recall <= 0.95
+
+
+def test_an_unreachable_precision_keeps_the_default_instead_of_discarding_true_copies():
+    # 4 neighbours agree as well as most edits do (unmerged real duplicates, perhaps): only a share
+    # of 0.99 would exclude them, and it would keep a tenth of the edits
+    pos_share = np.r_[np.full(10, 0.995), np.linspace(0.76, 0.98, 90)]
+    neg_share = np.r_[np.full(4, 0.97), np.full(196, np.nan)]
+    pick = pick_thresholds(np.ones(100), np.zeros(200), pos_share, neg_share, default_share=0.75)
+    assert pick.min_share == 0.75 and not pick.precision_target_met
+    assert pick.verifier_recall == 1.0
+
+
+def test_pairs_other_tests_decide_count_at_every_threshold():
+    # inf: accepted whatever the share threshold (photometric path); NaN: rejected whatever it
+    pos = np.r_[np.full(50, np.inf), np.full(50, np.nan)]
+    pick = pick_thresholds(np.ones(100), np.zeros(10), pos, np.full(10, np.nan), default_share=0.75)
+    assert all(r["recall"] == 0.5 and r["false_accepts"] == 0 for r in pick.share_curve)

@@ -219,3 +219,47 @@ def test_verified_dedup_of_the_demo_keeps_the_originals_as_representatives(tmp_p
     originals = {k for k in truth if "/rig-" in k}
     wrong = sorted(r for r in reps if r not in originals and any(truth[o] == truth[r] for o in originals))
     assert not wrong, f"copies or edits chosen over their original: {wrong}"
+
+
+def test_a_pair_whose_image_cannot_be_read_or_verified_is_rejected_not_fatal(tmp_path, database_url, monkeypatch):
+    """Verification reads pixels again: an image deleted since its manifest, or a verifier error on
+    one pair, rejects that pair with the reason and the drop is still deduplicated."""
+    from curation_pipeline.core.verify import VerifierSettings
+    from curation_pipeline.resources.embedders import mirror_permutation_for
+    from curation_pipeline.steps import dedup as dedup_step
+    from curation_pipeline.steps.dedup import default_thresholds
+
+    folder = tmp_path / "d"
+    make_small_drop(folder)
+    catalog = Catalog(database_url)
+    stats = _ingest(catalog, folder, "d", dedup=False)
+    (folder / "reencoded_03.jpg").unlink()  # gone after the manifest
+    real = dedup_step.verify_pair
+    calls = []
+
+    def flaky(a, b, settings):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return real(a, b, settings)
+
+    monkeypatch.setattr(dedup_step, "verify_pair", flaky)
+    result = dedup_drop(
+        catalog,
+        "d",
+        catalog.load_embeddings(["d"], stats["model"]),
+        default_thresholds(stats["model"]),
+        verifier=VerifierSettings(),
+        mirror_perm=mirror_permutation_for(stats["model"]),
+    )
+    assert result["images"] == len(catalog.dedup_candidates("d", stats["model"])) and result["pairs_verified"] >= 2
+    pairs = {frozenset((p["key_a"], p["key_b"])): p for p in catalog.dedup_pairs(["d"])}
+    failed = [p for p in pairs.values() if p["reason"].startswith("verification failed: RuntimeError: boom")]
+    assert len(failed) == 1 and not failed[0]["accepted"]
+    gone = pairs[frozenset(("img_03.jpg", "reencoded_03.jpg"))]
+    assert not gone["accepted"] and gone["reason"].startswith("reencoded_03.jpg: unreadable")
+    grouped = [
+        {g["representative"]["object_key"]} | {m["object_key"] for m in g["members"]} for g in catalog.duplicate_groups(["d"])
+    ]
+    assert not any({"img_03.jpg", "reencoded_03.jpg"} <= g for g in grouped)
+    assert any({"img_00.jpg", "copy_of_00.jpg"} <= g for g in grouped)  # identical contents need no pixels
