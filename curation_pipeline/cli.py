@@ -511,6 +511,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         catalog.register_drop(key, str(path))
         _stderr(f"ingesting {key} from {path}")
         _run_job(args.settings, "ingest_drop", "capture_drops", key)
+    # the near-duplicate thresholds calibrated on the demo's own images (the report shows the
+    # curves; later dedups of the descriptor use them)
+    _stderr("calibrating the near-duplicate thresholds on the demo images")
+    calibration = _run_job(args.settings, "calibrate_dedup", None, None).get("dedup_calibration", {})
     # the domain model: trained on the demo drops, then every drop embedded with it (selectable as
     # `--model domain`; the demo's selection stays on the project default, the semantic model)
     _stderr("training the domain model on the demo drops")
@@ -562,6 +566,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "duplicate_groups": len(groups),
         "pairs_verified": catalog.dedup_pair_count(),
         "pairs_rejected_by_verifier": catalog.dedup_pair_count(accepted=False),
+        "calibration": {
+            k: calibration.get(k) for k in ("calibration_id", "proposal_min_cosine", "verifier_min_share", "proposal_recall")
+        },
         "dedup_vs_planted": score,
         "subset_size": len(subset),
         "retrieval_top1": top[0]["object_key"] if top else None,
@@ -585,6 +592,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(
             f"  pixel verification     {summary['pairs_verified']} proposed pairs checked, "
             f"{summary['pairs_rejected_by_verifier']} rejected (look-alikes, not copies)"
+        )
+        cal = summary["calibration"]
+        print(
+            f"  calibration            #{cal['calibration_id']}: proposal cosine {cal['proposal_min_cosine']} "
+            f"(proposes {cal['proposal_recall']} of synthetic edits), agreeing share >= {cal['verifier_min_share']}"
         )
         print(
             f"  vs planted             precision {score['precision']}, recall {score['recall']} "

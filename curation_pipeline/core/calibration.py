@@ -56,8 +56,9 @@ def synthetic_edit(image: Image.Image, rng: random.Random, kind: str | None = No
         ox, oy = rng.randint(0, dx), rng.randint(0, dy)
         return img.crop((ox, oy, w - (dx - ox), h - (dy - oy))), f"crop {f:.2f}"
     if kind == "brightness_contrast":
-        b, c = rng.choice([0.7, 0.8, 1.2, 1.3]), rng.choice([0.8, 0.9, 1.1, 1.2])
-        return ImageEnhance.Contrast(ImageEnhance.Brightness(img).enhance(b)).enhance(c), f"brightness {b} contrast {c}"
+        bright, contrast = rng.choice([0.7, 0.8, 1.2, 1.3]), rng.choice([0.8, 0.9, 1.1, 1.2])
+        edited = ImageEnhance.Contrast(ImageEnhance.Brightness(img).enhance(bright)).enhance(contrast)
+        return edited, f"brightness {bright} contrast {contrast}"
     if kind == "flip":
         return ImageOps.mirror(img), "flip"
     if kind == "rotate":

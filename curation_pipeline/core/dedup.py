@@ -96,11 +96,12 @@ def representative_order(
     changed = list(modified) if modified is not None else [None] * n
 
     def key(i: int) -> tuple:
+        q = quality[i]
         return (
             not bool(prior_leader[i]),
             -int(pixels[i]),
             shot[i] is None,
-            -(100 if quality[i] is None else int(quality[i])),
+            -(100 if q is None else int(q)),
             int(drop_rank[i]),
             (shot[i] is None, _stamp(shot[i])),
             (changed[i] is None, _stamp(changed[i])),

@@ -23,6 +23,7 @@ Pure: numpy + OpenCV, no Dagster, no database. Features are computed once per im
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import cv2
@@ -131,7 +132,7 @@ class PairVerdict:
 
 
 def _sift(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    sift = cv2.SIFT_create(nfeatures=SIFT_FEATURES, contrastThreshold=SIFT_CONTRAST)
+    sift = cv2.SIFT_create(nfeatures=SIFT_FEATURES, contrastThreshold=SIFT_CONTRAST)  # type: ignore[attr-defined]
     # CLAHE lifts local contrast so flat art yields keypoints (one object per call: not thread-safe)
     clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
     kps, desc = sift.detectAndCompute(clahe.apply(grey), None)
@@ -333,9 +334,8 @@ def _ecc(a: VerifyImage, b: VerifyImage, mirrored: bool, side: int = 96) -> tupl
     small_b = cv2.resize(b.grey, (wb, hb), interpolation=cv2.INTER_AREA).astype(np.float32)
     warp = np.eye(2, 3, dtype=np.float32)
     try:
-        _, warp = cv2.findTransformECC(
-            small_b, small_a, warp, cv2.MOTION_AFFINE, (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5), None, 5
-        )
+        criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5)
+        _, warp = cv2.findTransformECC(small_b, small_a, warp, cv2.MOTION_AFFINE, criteria, None, 5)  # type: ignore[call-overload]
     except cv2.error:
         return None
     # warp maps B-small pixels to A-small pixels; invert, then express it in continuous working
@@ -373,12 +373,15 @@ def _judge(
     """The verdict for one alignment `m` (working A -> working B) with its scale and rotation."""
     scale_rel = scale * float(np.sqrt(a.size[0] * a.size[1] / (b.size[0] * b.size[1])))  # 1.0: same framing
     max_rot = s.max_photometric_rotation_deg if photometric else s.max_rotation_deg
-    common = dict(mirrored=mirrored, inliers=inliers, matches=matches, scale=scale_rel, rotation_deg=rot, keypoints=kp)
+    base = PairVerdict(
+        False, REJECTED_TRANSFORM, mirrored=mirrored, inliers=inliers, matches=matches, scale=scale_rel, rotation_deg=rot,
+        keypoints=kp,
+    )  # fmt: skip
     if not (1 / s.max_scale <= scale_rel <= s.max_scale) or abs(rot) > max_rot:
-        return PairVerdict(False, REJECTED_TRANSFORM, **common)
+        return base
     cov = _coverage(m, a.size, b.size)
     if cov < s.min_coverage:
-        return PairVerdict(False, REJECTED_COVERAGE, coverage=cov, **common)
+        return dataclasses.replace(base, reason=REJECTED_COVERAGE, coverage=cov)
     share, corr, colour = _agreement(a, b, m)
     others = False
     if photometric:
@@ -388,15 +391,15 @@ def _judge(
         others = corr >= s.min_correlation and colour <= s.max_colour_difference
         ok = share >= s.min_share and others
     reason = (ACCEPTED_PHOTOMETRIC if photometric else ACCEPTED_GEOMETRIC) if ok else REJECTED_AGREEMENT
-    return PairVerdict(
-        ok,
-        reason,
+    return dataclasses.replace(
+        base,
+        accepted=ok,
+        reason=reason,
         coverage=cov,
         agreement=share,
         correlation=corr,
         colour_difference=colour,
         only_share_decides=others,
-        **common,
     )
 
 

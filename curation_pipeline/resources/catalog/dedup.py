@@ -239,6 +239,8 @@ class DedupRepository(Repository):
                     Jsonb(record["curve"]),
                 ),
             ).fetchone()
+        if row is None:  # INSERT ... RETURNING always returns the row
+            raise RuntimeError("dedup calibration was not stored")
         return int(row[0])
 
     def dedup_calibration(self, model: str) -> DedupCalibration | None:
