@@ -62,6 +62,12 @@ class VerifierSettings:
     # geometric path: correlation at COARSE_SIDE, a floor only (overlays and a rotation's black
     # corners lower it; the share of agreeing pixels decides)
     min_correlation: float = 0.0
+    # overwhelming geometry (this many RANSAC inliers, this share of the ratio-test matches; a
+    # periodic texture's matches mostly fail the ratio test): a lossy resize of a fine texture
+    # keeps its keypoints but loses the pixel detail, so a lower share suffices
+    strong_inliers: int = 50
+    strong_inlier_ratio: float = 0.8
+    min_share_strong: float = 0.5
     max_colour_difference: float = 0.15  # geometric path: mean chromaticity difference
     keypoint_poor: int = 100  # below this many keypoints in either image, photometric alignment is tried
     min_photometric_share: float = 0.85  # keypoint-poor path
@@ -389,7 +395,10 @@ def _judge(
         ok = ok and colour <= s.max_photometric_colour_difference
     else:
         others = corr >= s.min_correlation and colour <= s.max_colour_difference
-        ok = share >= s.min_share and others
+        strong = inliers >= s.strong_inliers and inliers >= s.strong_inlier_ratio * max(matches, 1)
+        strong_ok = others and strong and share >= s.min_share_strong  # accepted whatever min_share
+        ok = strong_ok or (others and share >= s.min_share)
+        others = others and not strong_ok
     reason = (ACCEPTED_PHOTOMETRIC if photometric else ACCEPTED_GEOMETRIC) if ok else REJECTED_AGREEMENT
     return dataclasses.replace(
         base,
