@@ -10,7 +10,6 @@ picks the thresholds; the result is stored (dedup_calibrations) and dedup uses i
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import random
 import time
@@ -21,28 +20,25 @@ from PIL import Image
 
 from curation_pipeline.core.calibration import pick_thresholds, synthetic_edit
 from curation_pipeline.core.dedup import PROPOSAL_MAX_HAMMING
-from curation_pipeline.core.hashing import perceptual_hashes, sha256_hex
-from curation_pipeline.core.verify import ACCEPTED_GEOMETRIC, VerifierSettings, prepare, verify_pair
+from curation_pipeline.core.hashing import hamming_distances, perceptual_hashes
+from curation_pipeline.core.verify import VerifierSettings, prepare, verify_pair
 from curation_pipeline.resources.catalog import Catalog, KeptImage
 from curation_pipeline.resources.embedders import Embedder, mirror_permutation_for
 from curation_pipeline.resources.image_store import DEFAULT_STORES, ImageStores
+from curation_pipeline.steps.dedup import read_source_image
 
 log = logging.getLogger(__name__)
 
 
+def _rgb(im: Image.Image) -> Image.Image:
+    im.draft("RGB", (1024, 1024))
+    return im.convert("RGB")
+
+
 def _read(stores: ImageStores, image: KeptImage) -> Image.Image | None:
-    try:
-        data = stores.read_uri(image.source_uri)
-    except OSError:
-        return None
-    if sha256_hex(data) != image.sha256:
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (1024, 1024))
-            return im.convert("RGB")
-    except Exception:  # noqa: BLE001 - an unreadable image is left out of the sample
-        return None
+    """The image's pixels, or None where it cannot be read (it is left out of the sample)."""
+    found = read_source_image(stores, image, _rgb)
+    return None if isinstance(found, str) else found
 
 
 def _share(verdict) -> float:
@@ -103,8 +99,8 @@ def calibrate_dedup(
 
     def score_positive(i: int) -> tuple[float, int, float, bool]:
         (k, im), (edited, _) = usable[i], edits[i]
-        h, hm = perceptual_hashes(edited)
-        ham = min(bin((k.phash ^ h) & (2**64 - 1)).count("1"), bin((k.phash_mirror ^ h) & (2**64 - 1)).count("1"))
+        h, _ = perceptual_hashes(edited)
+        ham = int(hamming_distances(h, np.asarray([k.phash, k.phash_mirror], dtype=np.int64)).min())
         v = verify_pair(prepare(im), prepare(edited), defaults)
         return cosine(own[i], edit_vectors[i]), ham, _share(v), v.accepted
 
@@ -144,7 +140,6 @@ def calibrate_dedup(
         "precision_target_met": pick.precision_target_met,
         "verifier_accepts_edits_at_defaults": round(float(np.mean([p[3] for p in positives])), 4),
         "verifier_accepts_neighbours_at_defaults": int(sum(n[2] for n in negatives)),
-        "geometric_path": ACCEPTED_GEOMETRIC,
         "seconds": round(time.perf_counter() - started, 1),
     }
     record = {

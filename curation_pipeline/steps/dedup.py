@@ -19,7 +19,9 @@ import io
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 
 
 BULK_FROM = 50_000  # a drop this large is deduplicated within itself in bulk mode
+T = TypeVar("T")
 
 
 def default_thresholds(model: str, *, verify: bool = True) -> DedupThresholds:
@@ -287,6 +290,23 @@ def _dedup_locked(
     }
 
 
+def read_source_image(stores: ImageStores, image: KeptImage, use: Callable[[Image.Image], T]) -> T | str:
+    """`use` applied to the image's pixels, read again through `stores` (opened lazily, so `use`
+    may ask for a reduced-scale JPEG decode), or why it cannot be: unreadable, changed since its
+    manifest (another sha256), undecodable. Never raises for the image's content."""
+    try:
+        data = stores.read_uri(image.source_uri)
+    except OSError as exc:
+        return f"unreadable: {exc}"
+    if sha256_hex(data) != image.sha256:
+        return "changed since its manifest"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return use(im)
+    except Exception as exc:  # noqa: BLE001 - one odd image rejects its pairs, never the drop
+        return f"undecodable: {type(exc).__name__}: {exc}"
+
+
 class PairVerifier:
     """The `verify` callback of cluster_duplicates: reads both images of every proposed link
     (candidate positions) through `stores`, computes each image's verification features once,
@@ -317,18 +337,7 @@ class PairVerifier:
         self.prepared = 0
 
     def _load(self, pos: int) -> VerifyImage | str:
-        c = self.candidates[pos]
-        try:
-            data = self.stores.read_uri(c.source_uri)
-        except OSError as exc:
-            return f"unreadable: {exc}"
-        if sha256_hex(data) != c.sha256:
-            return "changed since its manifest"
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                return prepare(im)
-        except Exception as exc:  # noqa: BLE001 - one odd image rejects its pairs, never the drop
-            return f"undecodable: {type(exc).__name__}: {exc}"
+        return read_source_image(self.stores, self.candidates[pos], prepare)
 
     def __call__(self, links: list[Link]) -> list[bool]:
         started = time.perf_counter()
