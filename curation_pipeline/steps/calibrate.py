@@ -30,14 +30,10 @@ from curation_pipeline.steps.dedup import read_source_image
 log = logging.getLogger(__name__)
 
 
-def _rgb(im: Image.Image) -> Image.Image:
-    im.draft("RGB", (1024, 1024))
-    return im.convert("RGB")
-
-
 def _read(stores: ImageStores, image: KeptImage) -> Image.Image | None:
-    """The image's pixels, or None where it cannot be read (it is left out of the sample)."""
-    found = read_source_image(stores, image, _rgb)
+    """The image's pixels (at least 1024 px a side where it has them), or None where it cannot be
+    read (it is left out of the sample)."""
+    found = read_source_image(stores, image, lambda im: im, draft_size=1024)
     return None if isinstance(found, str) else found
 
 

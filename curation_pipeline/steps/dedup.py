@@ -15,7 +15,6 @@ into representatives in the same transaction, so no row ever points at a missing
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import os
 import time
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
+from curation_pipeline.core.decode import DecodedImage, decode_image
 from curation_pipeline.core.dedup import (
     DEFAULT_MAX_HAMMING,
     PROPOSAL_MAX_HAMMING,
@@ -41,7 +41,7 @@ from curation_pipeline.core.dedup import (
     semdedup_pairs,
 )
 from curation_pipeline.core.hashing import sha256_hex
-from curation_pipeline.core.verify import PairVerdict, VerifierSettings, VerifyImage, prepare, verify_pair
+from curation_pipeline.core.verify import WORK_SIDE, PairVerdict, VerifierSettings, VerifyImage, prepare, verify_pair
 from curation_pipeline.resources.catalog import Catalog, EmbeddingSet, KeptImage
 from curation_pipeline.resources.embedders import default_min_cosine, proposal_min_cosine
 from curation_pipeline.resources.image_store import DEFAULT_STORES, ImageStores
@@ -290,19 +290,24 @@ def _dedup_locked(
     }
 
 
-def read_source_image(stores: ImageStores, image: KeptImage, use: Callable[[Image.Image], T]) -> T | str:
-    """`use` applied to the image's pixels, read again through `stores` (opened lazily, so `use`
-    may ask for a reduced-scale JPEG decode), or why it cannot be: unreadable, changed since its
-    manifest (another sha256), undecodable. Never raises for the image's content."""
+def read_source_image(
+    stores: ImageStores, image: KeptImage, use: Callable[[Image.Image], T], *, draft_size: int = WORK_SIDE
+) -> T | str:
+    """`use` applied to the image's pixels, read again through `stores` and decoded the way the
+    manifest and the embedders decode (core.decode: EXIF orientation applied, huge images reduced,
+    JPEGs decoded at a reduced scale covering `draft_size`), or why it cannot be: unreadable,
+    changed since its manifest (another sha256), undecodable. Never raises for the content."""
     try:
         data = stores.read_uri(image.source_uri)
     except OSError as exc:
         return f"unreadable: {exc}"
     if sha256_hex(data) != image.sha256:
         return "changed since its manifest"
+    decoded = decode_image(data, draft_size=draft_size)
+    if not isinstance(decoded, DecodedImage):
+        return f"undecodable: {decoded.error}"
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return use(im)
+        return use(decoded.image)
     except Exception as exc:  # noqa: BLE001 - one odd image rejects its pairs, never the drop
         return f"undecodable: {type(exc).__name__}: {exc}"
 

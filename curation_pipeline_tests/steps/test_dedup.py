@@ -263,3 +263,38 @@ def test_a_pair_whose_image_cannot_be_read_or_verified_is_rejected_not_fatal(tmp
     ]
     assert not any({"img_03.jpg", "reencoded_03.jpg"} <= g for g in grouped)
     assert any({"img_00.jpg", "copy_of_00.jpg"} <= g for g in grouped)  # identical contents need no pixels
+
+
+def test_verification_reads_pixels_as_the_manifest_does_exif_orientation_applied(tmp_path):
+    """A camera original stored sideways with EXIF orientation 6 and an upright re-save of it are
+    the same picture once decoded as the manifest decodes (core.decode); read raw, they are not."""
+    import io
+
+    from curation_pipeline.core.hashing import sha256_hex
+    from curation_pipeline.core.verify import prepare, verify_pair
+    from curation_pipeline.resources.catalog.records import KeptImage
+    from curation_pipeline.resources.image_store import DEFAULT_STORES
+    from curation_pipeline.steps.dedup import read_source_image
+    from curation_pipeline_tests.conftest import photo_crops
+
+    upright = photo_crops(1)[0].resize((240, 160))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: viewers turn it 90 degrees clockwise
+    buf = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=92, exif=exif)
+    (tmp_path / "camera.jpg").write_bytes(buf.getvalue())
+    (tmp_path / "resaved.jpg").write_bytes(jpeg(upright, 80))
+
+    def kept(name: str) -> KeptImage:
+        data = (tmp_path / name).read_bytes()
+        return KeptImage(1, "d", 0, sha256_hex(data), 0, 0, 0.0, name, 0, str(tmp_path / name))
+
+    a = read_source_image(DEFAULT_STORES, kept("camera.jpg"), prepare)
+    b = read_source_image(DEFAULT_STORES, kept("resaved.jpg"), prepare)
+    assert a.size == b.size  # both upright
+    assert verify_pair(a, b).accepted
+    raw = prepare(Image.open(tmp_path / "camera.jpg"))  # sideways, as stored
+    assert not verify_pair(raw, b).accepted
+    changed = kept("resaved.jpg")
+    (tmp_path / "resaved.jpg").write_bytes(jpeg(upright, 50))
+    assert read_source_image(DEFAULT_STORES, changed, prepare) == "changed since its manifest"
