@@ -404,6 +404,13 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 
 def cmd_subset(args: argparse.Namespace) -> int:
     catalog = _catalog(args.settings)
+    if args.name is None:
+        # no --name: the selection called "default" if there is one, else the most recent one
+        # (right after `make demo`: the demo's)
+        latest = catalog.latest_selection_name()
+        args.name = "default" if catalog.selection_info("default") is not None or latest is None else latest
+        if args.name != "default":
+            _stderr(f"no --name given: selection {args.name!r}, the most recent one")
     if catalog.selection_info(args.name) is None:
         raise SystemExit(f"curation: selection {args.name!r} does not exist: run `curation select --name {args.name}`")
     items = catalog.selection_items(args.name)
@@ -495,6 +502,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
     cmd = [dagster, "dev", "-m", "curation_pipeline.definitions", "-h", args.host, "-p", str(args.port)]
     _stderr(f"DAGSTER_HOME={home}; starting: {' '.join(cmd)}")
+    watched = args.settings.watched_roots()
+    _stderr(
+        "the drop sensor watches "
+        + (", ".join(watched) if watched else "nothing (set CURATION_DROP_ROOT or CURATION_WATCH)")
+        + ": each new folder (or S3 prefix) there is a capture drop"
+    )
     return subprocess.call(cmd)  # inherits DAGSTER_HOME, set above
 
 
@@ -743,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     dup.set_defaults(func=cmd_duplicates)
 
     sb = sub.add_parser("subset", help="print a selection's images in rank order")
-    sb.add_argument("--name", default="default")
+    sb.add_argument("--name", help="the selection (default: 'default' if it exists, else the most recent one)")
     sb.add_argument("--json", action="store_true")
     sb.set_defaults(func=cmd_subset)
 

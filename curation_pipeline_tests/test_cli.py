@@ -42,6 +42,9 @@ def test_ingest_select_retrieve_and_json_outputs(tmp_path, env):
     assert "report:" in sel.stderr and sel.stdout == ""
     subset = json.loads(_run(["subset", "--name", "cli-pick", "--json"], env).stdout)
     assert len(subset) == 4 and len(set(subset)) == 4
+    # without --name and without a selection called "default": the most recent one, said on stderr
+    latest = _run(["subset", "--json"], env)
+    assert json.loads(latest.stdout) == subset and "'cli-pick', the most recent one" in latest.stderr
 
     hits = json.loads(_run(["retrieve", "--query", str(drop / "img_03.jpg"), "--k", "2", "--json"], env).stdout)
     assert len(hits) == 2 and Path(hits[0]["path"]).name in {"img_03.jpg", "reencoded_03.jpg"}

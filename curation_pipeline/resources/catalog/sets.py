@@ -149,6 +149,12 @@ class SetRepository(Repository):
             )
             return dict_rows(cur)
 
+    def latest_selection_name(self) -> str | None:
+        """The most recently materialized selection's name, if any."""
+        with self.connection() as conn:
+            row = conn.execute("SELECT name FROM selections ORDER BY created_at DESC, name LIMIT 1").fetchone()
+        return None if row is None else str(row[0])
+
     def selection_info(self, name: str) -> SelectionInfo | None:
         with self.connection() as conn:
             row = conn.execute(
