@@ -189,12 +189,6 @@ def _match(da: np.ndarray | None, db: np.ndarray | None) -> tuple[np.ndarray, np
     return rows[ok].astype(np.int64), nearest[ok].astype(np.int64)
 
 
-def _similarity_params(m: np.ndarray) -> tuple[float, float]:
-    scale = float(np.hypot(m[0, 0], m[1, 0]))
-    rotation = float(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
-    return scale, rotation
-
-
 def _coverage(m: np.ndarray, size_a: tuple[int, int], size_b: tuple[int, int]) -> float:
     """min(overlap / area of A, overlap / area of B) for A's frame mapped into B's by `m`."""
     wa, ha = size_a
@@ -315,7 +309,7 @@ def _geometric(a: VerifyImage, b: VerifyImage, mirrored: bool) -> tuple[np.ndarr
     spread = b.keypoints[ib][inl.ravel() > 0]
     if len(spread) < 3 or np.ptp(spread, axis=0).max() < 0.1 * max(b.size):
         return None, 0.0, 0.0, 0, len(ia)  # inliers bunched in one spot: no frame-wide alignment
-    scale, rot = _similarity_params(m)
+    scale, rot = _affine_params(m)
     return (_unmirror(m, a) if mirrored else m), scale, rot, int(inl.sum()), len(ia)
 
 

@@ -35,7 +35,7 @@ def _kept_image(row) -> KeptImage:
     (image_id, drop_key, ordinal, sha256, phash, pixels, object_key, mirror, blur, brightness, contrast, entropy, aspect) = row[
         :13
     ]
-    source_uri, size, exif, quality, modified = row[13:]
+    source_uri, exif, quality, modified = row[13:]
     signals = QualitySignals(
         blur_variance=float(blur), brightness=brightness, contrast=contrast, entropy=entropy, aspect_ratio=aspect
     )
@@ -50,7 +50,6 @@ def _kept_image(row) -> KeptImage:
         object_key,
         int(mirror),
         source_uri,
-        int(size),
         exif,
         None if quality is None else int(quality),
         modified,
@@ -135,7 +134,7 @@ class DedupRepository(Repository):
                 "SELECT i.image_id, i.drop_key, d.ordinal, i.sha256, coalesce(i.phash, 0),"
                 " coalesce(i.width, 0)::bigint * coalesce(i.height, 0), i.object_key, coalesce(i.phash_mirror, i.phash, 0),"
                 " coalesce(i.blur_variance, 0), i.brightness, i.contrast, i.entropy, i.aspect_ratio,"
-                " i.source_uri, i.bytes, i.exif_datetime, i.jpeg_quality, i.last_modified"
+                " i.source_uri, i.exif_datetime, i.jpeg_quality, i.last_modified"
                 " FROM images i JOIN drops d ON d.drop_key = i.drop_key " + where + (" ORDER BY i.image_id" if order else ""),
                 params,
             ).fetchall()

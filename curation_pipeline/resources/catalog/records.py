@@ -99,7 +99,6 @@ class KeptImage:
     object_key: str
     phash_mirror: int = 0
     source_uri: str = ""
-    bytes: int = 0
     exif_datetime: datetime | None = None
     jpeg_quality: int | None = None
     last_modified: datetime | None = None
