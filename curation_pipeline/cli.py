@@ -6,17 +6,19 @@ persistent Dagster instance, so every run it starts is recorded and visible in t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 from importlib import resources as importlib_resources
 from pathlib import Path
 
-from curation_pipeline.settings import Settings
+from curation_pipeline.launcher import CODE_LOCATION_MODULE
+from curation_pipeline.settings import DEFAULT_UI_PORT, Settings
 
 log = logging.getLogger("curation")
 
@@ -52,65 +54,193 @@ def _defs(settings: Settings):
     return build_definitions(settings)
 
 
-def _run_job(
-    settings: Settings,
-    job_name: str,
-    partitions_def_name: str | None,
-    partition_key: str | None,
-    run_config: dict | None = None,
-    *,
-    partition_range: tuple[str, str] | None = None,
-) -> dict:
-    """Add the dynamic partition if new and execute the job for it on the persistent instance (no
-    partition for an unpartitioned job; `partition_range` runs a range of existing partitions in one
-    run, for assets with a multi-run backfill policy)."""
-    from curation_pipeline import runs
+class Runner:
+    """The runs of one CLI command. Each is launched through the instance against the project's code
+    location (launcher.py: a code server started on first use, shared by the command's runs, stopped
+    at the end), waited for, and its log streamed to stderr; with `in_process` (`curation
+    --in-process`) each executes in this process instead, for debugging."""
 
-    instance = _instance(settings)
-    if partitions_def_name and partition_key and not instance.has_dynamic_partition(partitions_def_name, partition_key):
-        instance.add_dynamic_partitions(partitions_def_name, [partition_key])
-    tags = runs.process_tags()
-    if partition_range:
-        from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+    def __init__(self, settings: Settings, *, in_process: bool = False) -> None:
+        self.settings = settings
+        self.in_process = in_process
+        self._stack = contextlib.ExitStack()
+        self._location = None
 
-        tags = {**tags, ASSET_PARTITION_RANGE_START_TAG: partition_range[0], ASSET_PARTITION_RANGE_END_TAG: partition_range[1]}
-        partition_key = None
-    label = partition_key or (f"{partition_range[0]}..{partition_range[1]}" if partition_range else "all")
-    job = _defs(settings).resolve_job_def(job_name)
-    started = time.perf_counter()
-    # INFO, not DEBUG, on the console: per-batch progress without every engine event.
-    config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
-    from curation_pipeline.core.progress import TerminalBar, subscribe
+    def __enter__(self) -> "Runner":
+        return self
 
-    # A CLI run whose process was killed stays STARTED and keeps its pool slot (the only `gpu` one)
-    # until someone notices the process is gone: every CLI call does, before it runs anything.
-    runs.reap_dead_runs(instance, _stderr)
-    unsubscribe = subscribe(TerminalBar())  # the run executes in this process: steps report here
-    try:
-        with runs.watching_pool_waits(instance, _stderr) as wait:
-            result = job.execute_in_process(
-                instance=instance,
-                partition_key=partition_key,
-                run_config=config,
-                raise_on_error=False,
-                tags=tags,
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def _code_location(self, instance):
+        if self._location is None:
+            from curation_pipeline import launcher
+
+            self._stack.enter_context(_stdout_kept_for_results())
+            self._location = self._stack.enter_context(launcher.code_location(instance))
+        return self._location
+
+    def run(
+        self,
+        job_name: str,
+        partitions_def_name: str | None,
+        partition_key: str | None,
+        run_config: dict | None = None,
+        *,
+        partition_range: tuple[str, str] | None = None,
+    ) -> dict:
+        """Add the dynamic partition if new, run the job for it on the persistent instance and
+        return the metadata of its materializations by asset (no partition for an unpartitioned job;
+        `partition_range` runs a range of existing partitions in one run, for assets with a
+        multi-run backfill policy). A failed run ends the command with its cause."""
+        from curation_pipeline import runs
+
+        instance = _instance(self.settings)
+        if partitions_def_name and partition_key and not instance.has_dynamic_partition(partitions_def_name, partition_key):
+            instance.add_dynamic_partitions(partitions_def_name, [partition_key])
+        tags = {"curation/cli": " ".join(sys.argv[1:2]) or "curation"}
+        if partition_key:
+            tags["dagster/partition"] = partition_key
+        if partition_range:
+            from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+            tags[ASSET_PARTITION_RANGE_START_TAG], tags[ASSET_PARTITION_RANGE_END_TAG] = partition_range
+            partition_key = None
+        label = partition_key or (f"{partition_range[0]}..{partition_range[1]}" if partition_range else "all")
+        started = time.perf_counter()
+        # A run whose process was killed stays STARTED and keeps its pool slot (the only `gpu` one)
+        # until someone notices the process is gone: every CLI call does, before it runs anything.
+        runs.reap_dead_runs(instance, _stderr)
+        if self.in_process:
+            outcome = self._execute_in_process(instance, job_name, partition_key, run_config, tags)
+        else:
+            outcome = self._launch(instance, job_name, run_config, tags, label)
+        if not outcome.success and outcome.interrupted:
+            raise SystemExit(
+                f"curation: run {outcome.run_id} of {job_name} for {label!r} was interrupted (Ctrl-C or SIGTERM)"
+                + (f" while waiting for {outcome.waiting_for}" if outcome.waiting_for else "")
+                + "; it is canceled"
             )
-    finally:
-        unsubscribe()
-    if not result.success and wait.interrupted:
-        raise SystemExit(
-            f"curation: run {result.run_id} of {job_name} for {label!r} was interrupted while "
-            f"waiting for {wait.holders_text()}; it is marked canceled"
+        if not outcome.success:
+            raise SystemExit(runs.failure_line(outcome.run_id, outcome.events, job_name, label))
+        metadata = {}
+        for ev in outcome.events:
+            if ev.is_step_materialization:
+                mat = ev.event_specific_data.materialization
+                metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+        _stderr(f"run {outcome.run_id} ({job_name}, {label}) succeeded in {time.perf_counter() - started:.1f}s")
+        return metadata
+
+    def _launch(self, instance, job_name, run_config, tags, label):
+        from curation_pipeline import launcher, runs
+
+        location = self._code_location(instance)
+        # the run worker's console would print every event to this terminal a second time
+        config = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}, **(run_config or {})}
+        run = launcher.create_run(location, instance, job_name, config, {**tags, **runs.process_tags()})
+        queued = launcher.start(location, instance, run)
+        _stderr(
+            f"run {run.run_id} ({job_name}, {label}) "
+            + ("queued: the daemon of `make ui` launches it" if queued else "launched")
+            + "; Ctrl-C cancels it"
         )
-    if not result.success:
-        raise SystemExit(runs.failure_line(result, job_name, label))
-    metadata = {}
-    for ev in result.all_events:
-        if ev.is_step_materialization:
-            mat = ev.event_specific_data.materialization
-            metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
-    _stderr(f"run {result.run_id} ({job_name}, {label}) succeeded in {time.perf_counter() - started:.1f}s")
-    return metadata
+        return launcher.wait(instance, run.run_id, _EventPrinter(), queued=queued, say=_stderr)
+
+    def _execute_in_process(self, instance, job_name, partition_key, run_config, tags):
+        from curation_pipeline import launcher, runs
+        from curation_pipeline.core.progress import TerminalBar, subscribe
+
+        job = _defs(self.settings).resolve_job_def(job_name)
+        # INFO, not DEBUG, on the console: per-batch progress without every engine event.
+        config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
+        unsubscribe = subscribe(TerminalBar())  # the run executes in this process: steps report here
+        try:
+            with runs.watching_pool_waits(instance, _stderr) as wait:
+                result = job.execute_in_process(
+                    instance=instance,
+                    partition_key=partition_key,
+                    run_config=config,
+                    raise_on_error=False,
+                    tags={**tags, **runs.process_tags()},
+                )
+        finally:
+            unsubscribe()
+        return launcher.Outcome(
+            run_id=result.run_id,
+            success=result.success,
+            events=list(result.all_events),
+            interrupted=wait.interrupted,
+            waiting_for=wait.holders_text() if wait.interrupted else None,
+        )
+
+
+class _EventPrinter:
+    """One line on stderr per event a person follows a run by: the steps' own log lines (INFO and
+    up), step starts and ends, failed checks, and what a run waits for; the steps' `progress:`
+    lines drive the progress bar instead."""
+
+    def __init__(self) -> None:
+        from curation_pipeline.core.progress import TerminalBar
+
+        self.bar = TerminalBar()
+
+    def __call__(self, entry) -> None:
+        from dagster import DagsterEventType
+
+        from curation_pipeline.core.progress import parse_log_line
+
+        event = entry.dagster_event
+        step = f"{entry.step_key}: " if entry.step_key else ""
+        if event is None:
+            progress = parse_log_line(entry.user_message)
+            if progress is not None:
+                self.bar(*progress)
+            elif entry.level >= logging.INFO:
+                _stderr(f"  {step}{entry.user_message}")
+            return
+        kind = event.event_type
+        if kind == DagsterEventType.STEP_START:
+            _stderr(f"  {event.step_key} started")
+        elif kind == DagsterEventType.STEP_SUCCESS:
+            _stderr(f"  {event.step_key} done in {event.event_specific_data.duration_ms / 1000:.1f}s")
+        elif kind == DagsterEventType.ASSET_CHECK_EVALUATION and not event.asset_check_evaluation_data.passed:
+            data = event.asset_check_evaluation_data
+            _stderr(f"  check {data.asset_key.to_user_string()}.{data.check_name} failed ({data.severity.value})")
+        elif kind == DagsterEventType.RUN_DEQUEUED:
+            _stderr("  dequeued by the daemon")
+        elif kind == DagsterEventType.ENGINE_EVENT and (event.message or "").startswith("curation: "):
+            _stderr(f"  {event.message}")
+
+
+@contextlib.contextmanager
+def _stdout_kept_for_results():
+    """While the code server and run workers this command starts are alive, whatever they write to
+    file descriptor 1 goes to stderr: stdout stays for the command's results (--json)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # stdout is not a file (captured): nothing to keep
+        yield
+        return
+    if fd != 1:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    previous = sys.stdout
+    sys.stdout = open(saved, "w", encoding=previous.encoding or "utf-8", errors=previous.errors, closefd=False)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        sys.stdout.close()
+        sys.stdout = previous
+        os.close(saved)
+
+
+def _run_job(args: argparse.Namespace, *run_args, **run_kwargs) -> dict:
+    return args.runner.run(*run_args, **run_kwargs)
 
 
 def _catalog(settings: Settings):
@@ -136,9 +266,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     manifest_config: dict = {"source": source}
     if args.allow_shrink:
         manifest_config["allow_shrink"] = True
-    meta = _run_job(
-        args.settings, "ingest_drop", "capture_drops", key, {"ops": {"raw_image_manifest": {"config": manifest_config}}}
-    )
+    meta = _run_job(args, "ingest_drop", "capture_drops", key, {"ops": {"raw_image_manifest": {"config": manifest_config}}})
     for label, count in (meta.get("raw_image_manifest", {}).get("items_lost") or {}).items():
         _stderr(
             f"warning: {label} lost {count} item(s): their images are no longer in drop {key}; "
@@ -188,7 +316,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         config["annotations_file"] = str(Path(args.annotations).expanduser().resolve())
         config["annotations_key_column"] = args.key_column
     run_config = {"ops": {"curated_subset": {"config": config}}}
-    meta = _run_job(args.settings, "select_and_report", "selections", name, run_config)
+    meta = _run_job(args, "select_and_report", "selections", name, run_config)
     report = meta.get("curation_report", {}).get("path")
     info = _catalog(args.settings).selection_info(name)
     comparison = (info.comparison if info else None) or {}
@@ -257,7 +385,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     if args.export_to:  # without it, retrieval_export is skipped
         dest = args.export_to if "://" in args.export_to else str(Path(args.export_to).expanduser().resolve())
         ops["retrieval_export"] = {"config": {"export_to": dest}}
-    meta = _run_job(args.settings, "retrieve", "retrieval_queries", name, {"ops": ops})
+    meta = _run_job(args, "retrieve", "retrieval_queries", name, {"ops": ops})
     if "retrieval_page" in meta:
         _stderr(f"retrieval {name}: page {meta['retrieval_page']['path']}")
     if "retrieval_export" in meta:
@@ -289,7 +417,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     config = {k: v for k, v in (("sample", args.sample), ("seed", args.seed)) if v is not None}
-    meta = _run_job(args.settings, "calibrate_dedup", None, None, {"ops": {"dedup_calibration": {"config": config}}})
+    meta = _run_job(args, "calibrate_dedup", None, None, {"ops": {"dedup_calibration": {"config": config}}})
     cal = meta.get("dedup_calibration", {})
     _stderr(
         f"calibration {cal.get('calibration_id')} of {cal.get('model')}: proposal cosine {cal.get('proposal_min_cosine')} "
@@ -314,7 +442,7 @@ def cmd_train_domain(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    meta = _run_job(args.settings, "train_domain", None, None, {"ops": {"domain_embedder": {"config": config}}})
+    meta = _run_job(args, "train_domain", None, None, {"ops": {"domain_embedder": {"config": config}}})
     trained = meta.get("domain_embedder", {})
     _stderr(
         f"domain model {trained.get('model')}: {trained.get('dim')}-d, trained on {trained.get('images')} images in "
@@ -322,7 +450,7 @@ def cmd_train_domain(args: argparse.Namespace) -> int:
     )
     drops = _instance(args.settings).get_dynamic_partitions("capture_drops")  # in the order they arrived
     if drops:
-        embedded = _run_job(args.settings, "domain_embed", "capture_drops", None, partition_range=(drops[0], drops[-1]))
+        embedded = _run_job(args, "domain_embed", "capture_drops", None, partition_range=(drops[0], drops[-1]))
         _stderr(f"embedded {embedded.get('domain_embeddings', {}).get('rows_written')} images of {len(drops)} drop(s) with it")
     if args.json:
         print(json.dumps(trained, default=str))
@@ -378,7 +506,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     if args.presign is not None:
         config["presign_seconds"] = args.presign
-    meta = _run_job(args.settings, "export", "selections", name, {"ops": {"curated_export": {"config": config}}})
+    meta = _run_job(args, "export", "selections", name, {"ops": {"curated_export": {"config": config}}})
     out = meta.get("curated_export", {})
     _stderr(
         f"export {name}: {out.get('images')} images ({out.get('copied')} copied, {out.get('already_there')} already "
@@ -435,21 +563,81 @@ def _warn_lost(lost: list, what: str) -> None:
     )
 
 
+def _drop_source(source: str) -> str:
+    """A drop source as recorded: an absolute folder path, or a URI (s3://bucket/prefix/)."""
+    if "://" in source:
+        return source
+    path = Path(source).expanduser().resolve()
+    if not path.is_dir():
+        raise SystemExit(f"curation: drop source {source!r} is not a folder")
+    return str(path)
+
+
 def cmd_drop(args: argparse.Namespace) -> int:
     from curation_pipeline.core.ids import validate_name
 
+    if args.action == "list":
+        return _list_drops(args)
+    if not args.drop:
+        raise SystemExit(f"curation: `curation drop {args.action}` needs a drop key")
     key = validate_name(args.drop, "drop key")
-    if args.action == "remove":
-        out = _catalog(args.settings).remove_drop(key)
-        instance = _instance(args.settings)
-        if instance.has_dynamic_partition("capture_drops", key):
-            instance.delete_dynamic_partition("capture_drops", key)
-        _stderr(f"drop {key} removed: {out['images']} images and everything derived from them")
-        for kind, per_name in out["items_lost"].items():
-            for name, count in per_name.items():
-                _stderr(f"warning: {kind} {name} lost {count} item(s)")
+    instance = _instance(args.settings)
+    catalog = _catalog(args.settings)
+    if args.action == "add":
+        if not args.source:
+            raise SystemExit("curation: `curation drop add KEY SOURCE`: give where the drop's images are")
+        source = _drop_source(args.source)
+        catalog.register_drop(key, source)
+        if not instance.has_dynamic_partition("capture_drops", key):
+            instance.add_dynamic_partitions("capture_drops", [key])
+        _stderr(f"drop {key} recorded at {source}")
+        meta = {}
+        if args.ingest:
+            meta = _run_job(args, "ingest_drop", "capture_drops", key)
+        else:
+            _stderr(f"  materialize it: `curation ingest {source} --drop {key}`, or its partition in the UI")
         if args.json:
-            print(json.dumps(out))
+            print(json.dumps({"drop": key, "source": source, **({"ingest": meta} if meta else {})}, default=str))
+        return 0
+    # remove: the rows first (one transaction, repairing other drops' groups), then the partition
+    known = not catalog.unknown_drops([key])
+    out = catalog.remove_drop(key) if known else {"images": 0, "items_lost": {}}
+    had_partition = instance.has_dynamic_partition("capture_drops", key)
+    if had_partition:
+        instance.delete_dynamic_partition("capture_drops", key)
+    if not known and not had_partition:
+        raise SystemExit(f"curation: no drop {key!r}: neither a partition nor rows in the catalog (`curation drop list`)")
+    _stderr(f"drop {key} removed: {out['images']} images and everything derived from them")
+    for kind, per_name in out["items_lost"].items():
+        for name, count in per_name.items():
+            _stderr(f"warning: {kind} {name} lost {count} item(s)")
+    if args.json:
+        print(json.dumps(out))
+    return 0
+
+
+def _list_drops(args: argparse.Namespace) -> int:
+    """Every drop partition and every drop the catalog knows, with its source and images."""
+    catalog = _catalog(args.settings)
+    partitions = _instance(args.settings).get_dynamic_partitions("capture_drops")
+    sources = catalog.drop_sources()
+    done = set(catalog.deduplicated_drops(exclude=""))
+    keys = list(dict.fromkeys([*partitions, *sources]))
+    rows = [
+        {
+            "drop": k,
+            "source": sources.get(k),
+            "partition": k in partitions,
+            "deduplicated": k in done,
+        }
+        for k in keys
+    ]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            state = "deduplicated" if r["deduplicated"] else ("no results yet" if r["partition"] else "no partition")
+            print(f"{r['drop']:32s} {state:14s} {r['source'] or '(no source recorded: curation drop add KEY SOURCE)'}")
     return 0
 
 
@@ -497,18 +685,121 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+# `dagster dev` through this wrapper, which filters two notices it prints on every start, each by
+# its class or exact wording, nothing else: that `dg dev` (from a package this project does not
+# install) supersedes it, and that the repository's dagster.yaml is not the instance's (it is the
+# template the CLI copies into DAGSTER_HOME, which is the one used).
+_DAGSTER_DEV = (
+    "import logging, sys, warnings, dagster\n"
+    "warnings.filterwarnings('ignore', category=dagster.SupersessionWarning)\n"
+    "class NotTheInstanceYaml(logging.Filter):\n"
+    "    def filter(self, record):\n"
+    "        return not record.getMessage().startswith('Found a dagster instance configuration value')\n"
+    "logging.getLogger('dagster').addFilter(NotTheInstanceYaml())\n"
+    "from dagster._cli import main\n"
+    "sys.argv[0] = 'dagster'\n"
+    "sys.exit(main())\n"
+)
+
+
+def serve_reports(folder: Path, host: str, port: int):
+    """Serve `folder` (the reports) over HTTP on host:port from a daemon thread; returns the server.
+    Read-only static files, as the report pages are; the UI links them (settings.reports_url)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class QuietHandler(SimpleHTTPRequestHandler):
+        def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+            pass
+
+    folder.mkdir(parents=True, exist_ok=True)
+    server = ThreadingHTTPServer((host, port), functools.partial(QuietHandler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, name="reports-http", daemon=True).start()
+    return server
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
+    import signal
+
     home = dagster_home(args.settings)
-    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
-    cmd = [dagster, "dev", "-m", "curation_pipeline.definitions", "-h", args.host, "-p", str(args.port)]
-    _stderr(f"DAGSTER_HOME={home}; starting: {' '.join(cmd)}")
-    watched = args.settings.watched_roots()
+    cmd = [sys.executable, "-c", _DAGSTER_DEV, "dev", "-m", CODE_LOCATION_MODULE, "-h", args.host, "-p", str(args.port)]
+    env = dict(os.environ)  # DAGSTER_HOME is set (dagster_home above)
+    reports = None
+    # the report links on asset pages point at settings.reports_url (baked into each materialization,
+    # whichever process ran it): serve the reports there when it is a loopback address
+    url = urllib.parse.urlsplit(args.settings.reports_url)
+    if args.no_reports or url.scheme != "http" or url.hostname not in ("127.0.0.1", "localhost") or not url.port:
+        _stderr(f"reports: not served here (the UI links {args.settings.reports_url or 'nothing'})")
+    else:
+        try:
+            reports = serve_reports(args.settings.reports_dir, "127.0.0.1", url.port)  # loopback only, whatever --host
+        except OSError as exc:
+            _stderr(f"warning: cannot serve the reports on 127.0.0.1:{url.port} ({exc}); the UI's report links will not open")
+        else:
+            _stderr(f"reports: {args.settings.reports_url} (serving {args.settings.reports_dir})")
+    _stderr(f"DAGSTER_HOME={home}; starting: dagster dev -m {CODE_LOCATION_MODULE} -h {args.host} -p {args.port}")
+    watched = args.settings.watched_roots
     _stderr(
         "the drop sensor watches "
         + (", ".join(watched) if watched else "nothing (set CURATION_DROP_ROOT or CURATION_WATCH)")
         + ": each new folder (or S3 prefix) there is a capture drop"
     )
-    return subprocess.call(cmd)  # inherits DAGSTER_HOME, set above
+    # dagster dev and everything it starts (webserver, daemon, code server, run workers) in a
+    # process group of their own, so that stopping `make ui` stops all of them
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    stopping: list[float] = []  # when each stop signal came
+
+    def stop(signum, frame):
+        stopping.append(time.monotonic())
+        try:
+            os.killpg(proc.pid, signal.SIGINT if len(stopping) == 1 else signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if stopping and time.monotonic() - stopping[0] > UI_STOP_SECONDS:
+                    _stderr(f"curation: dagster dev did not stop within {UI_STOP_SECONDS:.0f}s; killing its processes")
+                    os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _kill_group_leftovers(proc.pid)
+        if reports is not None:
+            reports.shutdown()
+    return 0 if stopping else code
+
+
+UI_STOP_SECONDS = 10.0
+"""How long `make ui` gives dagster dev to stop after Ctrl-C / SIGTERM before killing its processes."""
+
+
+def _kill_group_leftovers(pgid: int) -> None:
+    """Whatever of the UI's process group is still alive after dagster dev exited (a code server
+    waiting for a run, an orphaned run worker) is killed: `make ui` leaves nothing behind."""
+    import signal
+
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -516,33 +807,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     root = args.settings.home / "demo"
-    _stderr(f"building demo drops under {root}")
-    demo = build_demo_drops(root)
+    # the drops go where the sensor looks (the drop root), so the UI's sensor knows them as drops
+    # already ingested; an S3 drop root leaves them under the demo's own folder
+    drop_root = args.settings.drop_root.removeprefix("file://")
+    drops_root = Path(drop_root) if drop_root and "://" not in drop_root else None
+    demo = build_demo_drops(root, drops_root=drops_root)
+    _stderr(f"built demo drops {', '.join(str(p) for p in demo.drops.values())}")
     truth = json.loads(demo.ground_truth.read_text())["files"]
     catalog = _catalog(args.settings)
     for key, path in demo.drops.items():
         catalog.register_drop(key, str(path))
         _stderr(f"ingesting {key} from {path}")
-        _run_job(args.settings, "ingest_drop", "capture_drops", key)
+        _run_job(args, "ingest_drop", "capture_drops", key)
     # the near-duplicate thresholds calibrated on the demo's own images (the report shows the
     # curves; later dedups of the descriptor use them)
     _stderr("calibrating the near-duplicate thresholds on the demo images")
-    calibration = _run_job(args.settings, "calibrate_dedup", None, None).get("dedup_calibration", {})
+    calibration = _run_job(args, "calibrate_dedup", None, None).get("dedup_calibration", {})
     # the domain model: trained on the demo drops, then every drop embedded with it (selectable as
     # `--model domain`; the demo's selection stays on the project default, the semantic model)
     _stderr("training the domain model on the demo drops")
-    trained = _run_job(args.settings, "train_domain", None, None).get("domain_embedder", {})
+    trained = _run_job(args, "train_domain", None, None).get("domain_embedder", {})
     drops = _instance(args.settings).get_dynamic_partitions("capture_drops")
-    _run_job(args.settings, "domain_embed", "capture_drops", None, partition_range=(drops[0], drops[-1]))
+    _run_job(args, "domain_embed", "capture_drops", None, partition_range=(drops[0], drops[-1]))
     _run_job(
-        args.settings,
+        args,
         "select_and_report",
         "selections",
         "demo",
         {"ops": {"curated_subset": {"config": {"budget": args.budget, "min_distance": 0.0}}}},
     )
     _run_job(
-        args.settings,
+        args,
         "retrieve",
         "retrieval_queries",
         "demo",
@@ -648,6 +943,11 @@ MODEL_HELP = (
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="curation", description="Image curation as Dagster assets.")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="execute runs in this process (for debugging) instead of launching them through the instance like the UI",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="build sample drops from bundled photographs and run the whole graph")
@@ -666,9 +966,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_ingest)
 
-    dr = sub.add_parser("drop", help="manage drops: `curation drop remove KEY` deletes a drop and all derived rows")
-    dr.add_argument("action", choices=["remove"])
-    dr.add_argument("drop")
+    dr = sub.add_parser(
+        "drop",
+        help="manage drops: add KEY SOURCE (record where a drop is), remove KEY (the drop and all derived rows), list",
+    )
+    dr.add_argument("action", choices=["add", "remove", "list"])
+    dr.add_argument("drop", nargs="?", help="the drop key (its partition)")
+    dr.add_argument("source", nargs="?", help="add: the drop's folder or s3://bucket/prefix/")
+    dr.add_argument("--ingest", action="store_true", help="add: ingest it now")
     dr.add_argument("--json", action="store_true")
     dr.set_defaults(func=cmd_drop)
 
@@ -776,7 +1081,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = sub.add_parser("ui", help="open the Dagster UI on the same instance and database")
     ui.add_argument("--host", default="127.0.0.1")
-    ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help="the UI's port")
+    ui.add_argument(
+        "--no-reports",
+        action="store_true",
+        help="do not serve the reports folder over HTTP (default: at CURATION_REPORTS_URL, http://127.0.0.1:3001/)",
+    )
     ui.set_defaults(func=cmd_ui)
     return p
 
@@ -790,7 +1100,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"curation: {exc}") from None
     dagster_home(args.settings)
     try:
-        return args.func(args)
+        with Runner(args.settings, in_process=args.in_process) as args.runner:
+            return args.func(args)
     except (ValueError, LookupError) as exc:
         raise SystemExit(f"curation: {exc}") from exc
 

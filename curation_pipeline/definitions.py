@@ -11,6 +11,7 @@ import dagster as dg
 from curation_pipeline.defs.curation import curated_subset
 from curation_pipeline.defs.dedup import dedup_calibration, dedup_clusters
 from curation_pipeline.defs.domain import domain_embedder, domain_embeddings
+from curation_pipeline.defs.executors import curation_in_process_executor
 from curation_pipeline.defs.export import curated_export, retrieval_export
 from curation_pipeline.defs.ingest import image_embeddings, raw_image_manifest
 from curation_pipeline.defs.io_manager import PgVectorIOManager
@@ -90,7 +91,9 @@ def build_resources(
         ),
         "descriptor": descriptor or EmbedderResource(backend=settings.descriptor_backend),
         "models": ModelChoiceResource(selection=settings.selection_model, retrieval=settings.retrieval_model),
-        "outputs": OutputsResource(reports_dir=str(settings.reports_dir), export_root=settings.export_root),
+        "outputs": OutputsResource(
+            reports_dir=str(settings.reports_dir), export_root=settings.export_root, reports_url=settings.reports_url
+        ),
         "pgvector_io_manager": PgVectorIOManager(url=settings.database_url, embedded_pgdata=pgdata),
     }
 
@@ -129,17 +132,18 @@ def build_definitions(settings: Settings | None = None, *, watch: WatchSettings 
 
 
 def _executor(choice: str):
-    """CURATION_EXECUTOR=k8s: one pod per step (needs dagster-k8s, installed in the deployment
-    image), so the GPU tag on image_embeddings puts that step alone on a GPU node. in_process: every
-    step of a run in the run's process. multiprocess or unset: Dagster's default executor (a process
-    per step for launched runs; its run config keeps the `multiprocess:` / `in_process:` choice)."""
+    """The executor of every job, ad-hoc UI materializations included. Unset or in_process: every
+    step of a run in the run's process (defs/executors.py; a small drop is done in seconds, and
+    the `gpu` pool still serialises the embedding step across runs). multiprocess: Dagster's
+    process per step. k8s: one pod per step (needs dagster-k8s, installed in the deployment image),
+    so the GPU tag on image_embeddings puts that step alone on a GPU node."""
     if choice == "k8s":
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor
-    if choice == "in_process":
-        return dg.in_process_executor
-    return None
+    if choice == "multiprocess":
+        return dg.multiprocess_executor
+    return curation_in_process_executor
 
 
 @dg.definitions

@@ -110,12 +110,17 @@ def _near_duplicate(img: Image.Image, kind: str) -> bytes:
     raise ValueError(kind)
 
 
-def build_demo_drops(root: Path, *, seed: int = 7, crops_per_side: tuple[int, int] = (2, 3)) -> DemoDrops:
-    """Write two drops under root/drops and root/ground_truth.json. Deterministic for a seed."""
+def build_demo_drops(
+    root: Path, *, seed: int = 7, crops_per_side: tuple[int, int] = (2, 3), drops_root: Path | None = None
+) -> DemoDrops:
+    """Write two drops under `drops_root` (default root/drops), each with a `_SUCCESS` marker, and
+    root/ground_truth.json and root/query.jpg. Deterministic for a seed."""
     rng = random.Random(seed)
     root = Path(root)
-    drop1 = root / "drops" / "demo-0001"
-    drop2 = root / "drops" / "demo-0002"
+    drops_root = Path(drops_root) if drops_root is not None else root / "drops"
+    drop1 = drops_root / "demo-0001"
+    drop2 = drops_root / "demo-0002"
+    root.mkdir(parents=True, exist_ok=True)
     for d in (drop1, drop2):
         d.mkdir(parents=True, exist_ok=True)
         for old in d.rglob("*"):
@@ -198,6 +203,8 @@ def build_demo_drops(root: Path, *, seed: int = 7, crops_per_side: tuple[int, in
     query = root / "query.jpg"
     q_distinct, q_crop, _ = remaining[len(remaining) // 2]
     query.write_bytes(_jpeg_bytes(q_crop.rotate(0), 80))
+    for d in (drop1, drop2):
+        (d / "_SUCCESS").write_bytes(b"")  # complete, as a rig marks a finished upload
     gt = root / "ground_truth.json"
     gt.write_text(json.dumps({"files": truth, "query_distinct": q_distinct}, indent=1, sort_keys=True))
     return DemoDrops(root=root, drops={"demo-0001": drop1, "demo-0002": drop2}, ground_truth=gt, query_image=query)

@@ -1,8 +1,10 @@
-"""Runs the CLI executes in its own process: who runs them, and how to tell that one has died.
+"""Runs the CLI starts: who runs them, how to tell that one has died, and why one failed.
 
-Every run the CLI starts is tagged with its host, pid and the process's start time, so a later
-CLI call can tell a run whose process is gone (SIGKILL, the OOM killer, a closed laptop) from one
-that is still working, even when the pid has been reused by another process."""
+A run the CLI launches is tagged with the launching host, pid and process start time; once its
+run worker starts, the pid of its RUN_START event names the process executing it (the worker, or
+the CLI itself with --in-process). A later CLI call can then tell a run whose process is gone
+(SIGKILL, the OOM killer, a closed laptop) from one that is still working, even when the pid has
+been reused by another process, and free the pool slot it held."""
 
 from __future__ import annotations
 
@@ -66,6 +68,46 @@ def process_is_alive(tags: Mapping[str, str]) -> bool | None:
     return not started or now == started
 
 
+def _boot_time() -> float | None:
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def pid_alive_since(pid: int, since: float) -> bool | None:
+    """Whether process `pid` runs and started no later than `since` (epoch seconds: a process that
+    started after it is another one that reused the pid). None when this system cannot tell."""
+    started = process_start_time(pid)
+    if started is None:
+        return False
+    boot = _boot_time()
+    if started == "" or boot is None:
+        return None
+    return boot + int(started) / os.sysconf("SC_CLK_TCK") <= since + 2.0
+
+
+def run_process_is_alive(instance, run) -> bool | None:
+    """Whether the process executing `run` still runs: its run worker (the pid of its RUN_START
+    event: the launched worker, or the CLI for an in-process run), else, before it started, the CLI
+    that launched it (its tags). None when that cannot be told from this host."""
+    from dagster import DagsterEventType
+
+    if run.tags.get(HOST_TAG) != socket.gethostname():
+        return None
+    records = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.RUN_START, limit=1).records
+    entry = records[0].event_log_entry if records else None
+    pid = entry.dagster_event.pid if entry is not None and entry.dagster_event is not None else None
+    if pid:
+        alive = pid_alive_since(pid, entry.timestamp)
+        if alive is not None:
+            return alive
+    return process_is_alive(run.tags)
+
+
 # ---- dead runs -----------------------------------------------------------------------------------
 def _active_statuses():
     from dagster import DagsterRunStatus
@@ -115,7 +157,7 @@ def reap_dead_runs(instance, say=None) -> list[str]:
     storage = instance.event_log_storage
     freed: list[str] = []
     for run in instance.get_runs(filters=RunsFilter(statuses=_active_statuses(), tags={HOST_TAG: socket.gethostname()})):
-        if process_is_alive(run.tags) is not False:
+        if run_process_is_alive(instance, run) is not False:
             continue
         current = instance.get_run_by_id(run.run_id)
         if current is None or current.status not in _active_statuses():
@@ -159,7 +201,7 @@ def _free_slots_of_finished_runs(instance, say) -> list[str]:
     for record in instance.get_run_records(filters=RunsFilter(run_ids=list(run_ids), statuses=FINISHED_STATUSES)):
         run = record.dagster_run
         ended_long_ago = bool(grace) and record.end_time is not None and record.end_time + grace < time.time()
-        if ended_long_ago or process_is_alive(run.tags) is False:
+        if ended_long_ago or run_process_is_alive(instance, run) is False:
             pools = _pools_held_by(instance, run.run_id)
             storage.free_concurrency_slots_for_run(run.run_id)
             if pools:
@@ -341,20 +383,20 @@ def _check_text(evaluation) -> str:
     return f"check {evaluation.check_name} failed{f': {detail}' if detail else ''}"
 
 
-def failure_line(result, job_name: str, partition_key: str) -> str:
+def failure_line(run_id: str, events, job_name: str, partition_key: str) -> str:
     """The CLI's last line for a failed run: per failed step the innermost cause, or for a blocking
     asset check the failed checks with their metadata; e.g.
     `curation: run X of ingest_drop for 'd1' failed at raw_image_manifest: drop location '/x' is not a folder`."""
     from dagster import AssetCheckSeverity, DagsterEventType
 
     failed_checks: dict[str | None, list] = {}
-    for ev in result.all_events:
+    for ev in events:
         if ev.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
             evaluation = ev.asset_check_evaluation_data
             if not evaluation.passed and evaluation.severity == AssetCheckSeverity.ERROR:
                 failed_checks.setdefault(ev.step_key, []).append(evaluation)
     parts = []
-    for ev in result.all_events:
+    for ev in events:
         if not ev.is_step_failure:
             continue
         error = ev.step_failure_data.error
@@ -367,10 +409,12 @@ def failure_line(result, job_name: str, partition_key: str) -> str:
     if parts:
         detail = " " + "; ".join(parts)
     else:
-        causes = [
-            error_text(ev.job_failure_data.error)
-            for ev in result.all_events
-            if ev.is_run_failure and ev.job_failure_data.error is not None
-        ]
+        causes = []
+        for ev in events:
+            if not ev.is_run_failure:
+                continue
+            error = ev.job_failure_data.error if ev.job_failure_data is not None else None
+            # a run failed from outside (its worker found dead) carries a message, not an error
+            causes.append(error_text(error) if error is not None else " ".join((ev.message or "").split()))
         detail = ": " + ("; ".join(causes) or "see the run in the Dagster UI")
-    return f"curation: run {result.run_id} of {job_name} for {partition_key!r} failed{detail}"
+    return f"curation: run {run_id} of {job_name} for {partition_key!r} failed{detail}"

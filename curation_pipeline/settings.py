@@ -20,6 +20,9 @@ from typing import Mapping
 
 COMPLETION_RULES = ("marker", "quiet", "marker_or_quiet")
 EXECUTORS = ("", "multiprocess", "in_process", "k8s")
+DEFAULT_UI_PORT = 3000
+DEFAULT_REPORTS_URL = f"http://127.0.0.1:{DEFAULT_UI_PORT + 1}/"
+"""`curation ui` serves the reports folder on the port after the UI's, on the loopback interface only."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,9 @@ class Settings:
     """CURATION_DROP_ROOT: where a drop without a registered source is read (<root>/<drop key>). Default <home>/drops."""
     export_root: str = ""
     """CURATION_EXPORT_ROOT: default export destination (folder or s3://bucket/prefix/). Default <home>/exports."""
+    reports_url: str = ""
+    """CURATION_REPORTS_URL: where the reports folder is served over HTTP, for the link on each report's
+    asset page. Default http://127.0.0.1:3001/, what `curation ui` (`make ui`) serves next to the UI."""
     watch: tuple[str, ...] = ()
     """CURATION_WATCH: comma-separated S3 prefixes or folders the drop sensor watches. Empty: the drop
     root (see `watched_roots`)."""
@@ -64,7 +70,8 @@ class Settings:
     retrieval_model: str = "semantic"
     """CURATION_RETRIEVAL_MODEL: default model of image/folder retrieval: semantic, domain, descriptor or a model id."""
     executor: str = ""
-    """CURATION_EXECUTOR: multiprocess (default), in_process, or k8s (one pod per step)."""
+    """CURATION_EXECUTOR: in_process (default: every step of a run in the run's process), multiprocess
+    (a process per step), or k8s (one pod per step)."""
     dagster_home: Path | None = None
     """DAGSTER_HOME: Dagster's instance folder. The CLI defaults it to <home>/dagster_home (and sets
     the variable for Dagster, which reads it itself)."""
@@ -110,6 +117,7 @@ class Settings:
             database_url=get("DATABASE_URL"),
             drop_root=drop_root,
             export_root=get("CURATION_EXPORT_ROOT") or str(home / "exports"),
+            reports_url=get("CURATION_REPORTS_URL") or DEFAULT_REPORTS_URL,
             watch=tuple(r.strip() for r in (get("CURATION_WATCH") or "").split(",") if r.strip()),
             drop_marker=get("CURATION_DROP_MARKER") or "_SUCCESS",
             drop_completion=completion,

@@ -219,3 +219,185 @@ def test_the_dagster_webserver_lists_every_asset(browser, tmp_path, database_url
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _free_port_pair() -> int:
+    """A port P such that P and P + 1 (the reports) are both free."""
+    for _ in range(50):
+        port = _free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two free consecutive ports")
+
+
+def _graphql(base: str, query: str) -> dict:
+    req = urllib.request.Request(
+        base + "/graphql", data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+    )
+    return json.loads(urllib.request.urlopen(req, timeout=60).read())["data"]
+
+
+def _click_text(browser, text: str, timeout: float = 60):
+    """Click the first button or link whose text is `text`, once it is there."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.time() + timeout
+    while True:
+        for el in browser.find_elements(By.XPATH, f"//button[normalize-space()={text!r}] | //a[normalize-space()={text!r}]"):
+            if el.is_displayed():
+                el.click()
+                return
+        if time.time() > deadline:
+            raise AssertionError(f"no {text!r} to click on {browser.current_url}")
+        time.sleep(0.5)
+
+
+def _skip_welcome(browser) -> None:
+    browser.execute_script(
+        "Array.from(document.querySelectorAll('button')).filter(b => b.textContent.trim() == 'Skip').forEach(b => b.click())"
+    )
+
+
+def test_a_cli_run_re_executes_from_the_ui_whose_pages_open_the_report_and_show_the_picks(browser, tmp_path, database_url):
+    """`make ui` after CLI runs, clicked through as a person would: a CLI-launched run re-executes
+    from its run page and succeeds; the report's asset page opens the report with one click; the
+    subset's asset page shows its picks as thumbnails; stopping `make ui` leaves no process behind."""
+    import signal
+
+    from selenium.webdriver.common.by import By
+
+    curation = str(Path(sys.executable).parent / "curation")
+    home = tmp_path / "home"
+    port = _free_port_pair()
+    reports = f"http://127.0.0.1:{port + 1}/"
+    env = {
+        **os.environ,
+        "CURATION_HOME": str(home),
+        "DATABASE_URL": database_url,
+        "DAGSTER_HOME": str(home / "dagster_home"),
+        "CURATION_REPORTS_URL": reports,  # where `curation ui` serves them (default :3001, next to the default :3000)
+    }
+    make_small_drop(tmp_path / "drop")
+    ingest = subprocess.run(
+        [curation, "ingest", str(tmp_path / "drop"), "--drop", "web"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert ingest.returncode == 0, ingest.stderr[-3000:]
+    run_id = ingest.stderr.split("run ", 1)[1].split(" ", 1)[0]
+    select = subprocess.run(
+        [curation, "select", "--budget", "4", "--name", "web"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert select.returncode == 0, select.stderr[-3000:]
+
+    ui = subprocess.Popen(
+        [curation, "ui", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/server_info", timeout=5):
+                    break
+            except OSError as exc:
+                if ui.poll() is not None or time.time() > deadline:
+                    raise AssertionError(
+                        ui.stderr.read().decode()[-3000:] if ui.poll() is not None else "no UI in 180 s"
+                    ) from exc
+                time.sleep(1)
+
+        # 1. re-execute the CLI's ingest run from its run page
+        browser.set_window_size(1400, 1100)
+        browser.get(f"{base}/runs/{run_id}")
+        time.sleep(3)
+        _skip_welcome(browser)
+        _click_text(browser, "Re-execute all (*)")
+        deadline = time.time() + 60
+        while f"/runs/{run_id}" in browser.current_url and time.time() < deadline:
+            time.sleep(0.5)
+        new_id = browser.current_url.rstrip("/").split("/runs/")[1].split("?")[0]
+        assert new_id != run_id
+        deadline = time.time() + 240
+        while True:
+            run = _graphql(base, f'{{ runOrError(runId: "{new_id}") {{ ... on Run {{ status parentRunId jobName }} }} }}')[
+                "runOrError"
+            ]
+            if run["status"] in ("SUCCESS", "FAILURE", "CANCELED") or time.time() > deadline:
+                break
+            time.sleep(2)
+        assert run == {"status": "SUCCESS", "parentRunId": run_id, "jobName": "ingest_drop"}
+
+        # 2. the report opens from its asset page, with one click
+        browser.get(f"{base}/assets/curation_report?partition=web")
+        time.sleep(3)
+        _skip_welcome(browser)
+        deadline = time.time() + 60
+        while True:
+            links = [a for a in browser.find_elements(By.TAG_NAME, "a") if (a.get_attribute("href") or "").startswith(reports)]
+            if links or time.time() > deadline:
+                break
+            time.sleep(1)
+        assert links, "no link to the report on the curation_report page"
+        assert links[0].get_attribute("href") == reports + "web/index.html"
+        tabs = set(browser.window_handles)
+        links[0].click()
+        time.sleep(2)
+        opened = set(browser.window_handles) - tabs
+        if opened:  # a new tab (target=_blank)
+            browser.switch_to.window(opened.pop())
+        try:
+            deadline = time.time() + 30
+            while "Curation report: web" not in browser.title and time.time() < deadline:
+                time.sleep(0.5)
+            assert browser.title == "Curation report: web"
+            shown = browser.execute_script(
+                "return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length"
+            )
+            assert shown >= 4
+        finally:
+            if opened is not None and len(browser.window_handles) > 1:
+                browser.close()
+                browser.switch_to.window(next(iter(tabs)))
+
+        # 3. the subset's picks as thumbnails on its asset page
+        browser.get(f"{base}/assets/curated_subset?partition=web")
+        time.sleep(3)
+        _skip_welcome(browser)
+        # the page re-renders while it loads: find the link again for each try until the dialog shows
+        deadline = time.time() + 60
+        thumbs: list = []
+        while not thumbs and time.time() < deadline:
+            show = browser.find_elements(By.XPATH, "//tr[td[normalize-space()='picks']]//a[text()='[Show Markdown]']")
+            if show:
+                browser.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", show[0])
+            time.sleep(2)
+            thumbs = browser.execute_script(
+                "return Array.from(document.querySelectorAll('img'))"
+                ".filter(i => i.src.startsWith('data:image/') && i.complete && i.naturalWidth > 0).map(i => i.alt)"
+            )
+        (tmp_path / "picks.png").write_bytes(browser.get_screenshot_as_png())
+        assert len(thumbs) == 4, thumbs  # the budget: every pick, each with its name
+        assert all(t.endswith((".jpg", ".png")) for t in thumbs)
+    finally:
+        ui.send_signal(signal.SIGTERM)
+        try:
+            ui.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
+            raise AssertionError("`curation ui` did not stop within 40 s of SIGTERM") from None
+    # nothing of its process group is left: dagster dev, webserver, daemon, code server, run workers
+    time.sleep(1)
+    try:
+        os.killpg(ui.pid, 0)
+    except ProcessLookupError:
+        pass
+    else:
+        os.killpg(ui.pid, signal.SIGKILL)
+        raise AssertionError("processes of `curation ui` outlived it")

@@ -58,3 +58,38 @@ class TerminalBar:
                 self.stream.write(f"{task}  {done}\n")
                 self._last[task] = (now, last_step)
         self.stream.flush()
+
+
+LOG_PREFIX = "progress: "
+"""Log lines `progress: TASK DONE/TOTAL` (TOTAL `?` when unknown) carry progress through a run's
+event log, to a front end in another process (the CLI streams a launched run's log)."""
+
+
+class LogLines:
+    """A listener that writes progress as `progress: ...` lines through `log` (a logging-like
+    `info`), at most one per task every 10% or every `every_s` seconds, and the last one."""
+
+    def __init__(self, log, every_s: float = 5.0) -> None:
+        self.log = log
+        self.every_s = every_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, task: str, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        last_t, last_step = self._last.get(task, (0.0, -1))
+        step = int(min(1.0, done / total) * 10) if total else last_step
+        if (total and (step != last_step or done >= total)) or (not total and now - last_t >= self.every_s):
+            self.log.info(f"{LOG_PREFIX}{task} {done}/{total if total else '?'}")
+            self._last[task] = (now, step)
+
+
+def parse_log_line(message: str) -> tuple[str, int, int | None] | None:
+    """(task, done, total) of a LogLines line; None for any other message."""
+    if not message.startswith(LOG_PREFIX):
+        return None
+    task, _, counts = message[len(LOG_PREFIX) :].rpartition(" ")
+    done, _, total = counts.partition("/")
+    try:
+        return task, int(done), (None if total == "?" else int(total))
+    except ValueError:
+        return None

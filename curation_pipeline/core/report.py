@@ -297,12 +297,15 @@ def render_html(data: ReportData) -> str:
     return _render("report.html", **report_context(data))
 
 
-def render_markdown(data: ReportData, report_path: str, max_thumbs: int = 12) -> str:
+def render_markdown(data: ReportData, report_path: str, max_thumbs: int = 12, report_url: str | None = None) -> str:
+    """The report's summary for the Dagster UI; `report_url` (where the page is served) makes
+    "Full report" a link, else it names the file."""
     lines = [f"### {data.title}", "", "| count | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in data.counts.items()]
     if data.models:
         lines += ["", "| section | model |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in data.models.items()]
-    lines += ["", f"Full report: `{report_path}`", "", "**Subset (first picks)**", ""]
+    where = f"[open the full report]({report_url}) (`{report_path}`)" if report_url else f"`{report_path}`"
+    lines += ["", f"Full report: {where}", "", "**Subset (first picks)**", ""]
     thumbs = [t for t in data.subset if t.thumb][:max_thumbs]
     lines.append(" ".join(f"![{t.caption.replace(']', '')}]({t.thumb})" for t in thumbs))
     return "\n".join(lines)

@@ -11,12 +11,13 @@ from curation_pipeline.core.quality import QUALITY_FLAGS
 from curation_pipeline.resources.image_store import read_local_file
 from curation_pipeline.steps.annotate import load_annotations
 from curation_pipeline.steps.embed import embed_query_images
+from curation_pipeline.steps.previews import selection_markdown
 from curation_pipeline.steps.select import SelectionSpec, select_subset, spec_from_mapping
 from curation_pipeline.steps.strategies import STRATEGIES, StrategySpec, option_docs
 
 from .dedup import dedup_clusters
 from .partitions import FOLLOW_DEDUP, selections
-from .resources import DatabaseResource, EmbedderResource, ModelChoiceResource, project_models
+from .resources import DatabaseResource, EmbedderResource, ImageStoreResource, ModelChoiceResource, project_models
 
 
 def _strategy_config() -> type[dg.Config]:
@@ -103,8 +104,15 @@ def curated_subset(
     embedder: EmbedderResource,
     descriptor: EmbedderResource,
     models: ModelChoiceResource,
+    image_store: ImageStoreResource,
 ) -> dg.MaterializeResult:
     catalog = database.catalog()
+    excluded = drops_not_deduplicated(context, catalog)
+    if excluded:
+        context.log.warning(
+            f"selection {context.partition_key}: {len(excluded)} drop(s) left out, no dedup results: "
+            + "; ".join(f"{k} ({why})" for k, why in list(excluded.items())[:10])
+        )
     previous = catalog.selection_info(context.partition_key)
     stored = previous.config if previous else None
     # the selection's own choice, else (an automated re-run) the one it was made with, else the project's
@@ -142,6 +150,8 @@ def curated_subset(
     metadata["model_role"] = resolved.role or "explicit id"
     if comparison:
         metadata["vs_random"] = dg.MetadataValue.md(comparison_markdown(comparison))
+    metadata["picks"] = dg.MetadataValue.md(selection_markdown(catalog, context.partition_key, image_store.stores()))
+    metadata["drops_left_out"] = dg.MetadataValue.json(excluded)
     return dg.MaterializeResult(
         metadata=metadata,
         check_results=[
@@ -155,6 +165,31 @@ def curated_subset(
             ),
         ],
     )
+
+
+def drops_not_deduplicated(context: dg.AssetExecutionContext, catalog, limit: int = 20) -> dict[str, str]:
+    """Drop partitions a selection cannot draw from (no dedup results), with why, for the first
+    `limit`: a failed or empty drop never blocks the selections (the automation skips it), and this
+    says which drops are missing from them."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    done = set(catalog.deduplicated_drops(exclude=""))
+    missing = [k for k in context.instance.get_dynamic_partitions("capture_drops") if k not in done]
+    reasons = {}
+    for key in missing[:limit]:
+        records = context.instance.get_run_records(filters=RunsFilter(tags={"dagster/partition": key}), limit=1)
+        run = records[0].dagster_run if records else None
+        if run is None:
+            reasons[key] = "never ingested"
+        elif run.status == DagsterRunStatus.FAILURE:
+            reasons[key] = f"its last run failed ({run.run_id[:8]}, {run.job_name})"
+        elif not run.is_finished:
+            reasons[key] = f"being ingested (run {run.run_id[:8]})"
+        else:
+            reasons[key] = f"its last run ended {run.status.value.lower()} without dedup results ({run.run_id[:8]})"
+    if len(missing) > limit:
+        reasons["..."] = f"{len(missing) - limit} more"
+    return reasons
 
 
 def comparison_markdown(comparison: dict) -> str:

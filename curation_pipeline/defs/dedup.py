@@ -13,8 +13,10 @@ from curation_pipeline.resources.catalog import EmbeddingSet
 from curation_pipeline.resources.embedders import EMBEDDER_BACKENDS, mirror_permutation_for
 from curation_pipeline.steps.calibrate import calibrate_dedup
 from curation_pipeline.steps.dedup import dedup_drop, default_thresholds
+from curation_pipeline.steps.previews import duplicate_groups_markdown
 
 from .ingest import image_embeddings as image_embeddings_asset
+from .ingest import per_drop_metadata
 from .partitions import INGEST_BACKFILL_POLICY, capture_drops
 from .resources import DatabaseResource, EmbedderResource, ImageStoreResource, project_models
 
@@ -103,7 +105,8 @@ def dedup_clusters(
     stores = image_store.stores()
     all_stats, violations = [], []
     # Earlier drops first: each drop is compared with the ones that arrived before it.
-    for drop_key in catalog.drops_in_order(context.partition_keys):
+    drop_keys = catalog.drops_in_order(context.partition_keys)
+    for drop_key in drop_keys:
         stats = dedup_drop(
             catalog,
             drop_key,
@@ -123,31 +126,15 @@ def dedup_clusters(
         )
     total = {k: sum(v[k] for v in violations) for k in violations[0]}
     leaks = [leak for key in context.partition_keys for leak in catalog.leaks(key)]
-    metadata = (
-        all_stats[0]
-        if len(all_stats) == 1
-        else {
-            "drops": len(all_stats),
-            "model": image_embeddings.model,
-            **{
-                k: sum(s[k] for s in all_stats)
-                for k in (
-                    "images",
-                    "kept",
-                    "duplicates",
-                    "exact_duplicates",
-                    "perceptual_duplicates",
-                    "semantic_duplicates",
-                    "duplicates_of_other_drops",
-                    "pairs_verified",
-                    "pairs_accepted",
-                )
-            },
-            "max_hamming": thresholds.max_hamming,
-            "min_cosine": thresholds.min_cosine,
+    by_drop = {
+        drop_key: {
+            **stats,
+            "calibration_id": calibration.calibration_id if calibration is not None else None,
+            "largest_groups": dg.MetadataValue.md(duplicate_groups_markdown(catalog, drop_key, stores)),
         }
-    )
-    metadata = {**metadata, "calibration_id": calibration.calibration_id if calibration is not None else None}
+        for drop_key, stats in zip(drop_keys, all_stats)
+    }
+    metadata = per_drop_metadata(context, by_drop)
     return dg.MaterializeResult(
         metadata=metadata,
         check_results=[

@@ -13,6 +13,7 @@ from curation_pipeline.steps.embed import embed_drop, model_id_for
 from curation_pipeline.steps.manifest import build_manifest
 
 from .partitions import INGEST_BACKFILL_POLICY, capture_drops
+from .progress import progress_in_log
 from .resources import DatabaseResource, EmbedderResource, ImageStoreResource, project_models
 
 GROUP = "ingest"
@@ -72,62 +73,29 @@ def raw_image_manifest(
     context: dg.AssetExecutionContext, config: ManifestConfig, database: DatabaseResource, image_store: ImageStoreResource
 ) -> dg.MaterializeResult:
     catalog = database.catalog()
-    stats = []
     keys = catalog.drops_in_order(context.partition_keys)
     if config.source and len(keys) > 1:
         raise ValueError(
             f"raw_image_manifest: a source ({config.source}) names one drop, but this run has {len(keys)}: {', '.join(keys)}"
         )
     shrink = ShrinkGuard(allow_shrink=config.allow_shrink, max_removed_fraction=config.max_removed_fraction)
+    stats: dict[str, dict] = {}
     refused = []
-    for drop_key in keys:
-        location = image_store.location_for(drop_key, config.source or catalog.drop_source(drop_key))
-        context.log.info(f"building manifest of drop {drop_key} from {location}")
-        try:
-            drop_stats = build_manifest(
-                catalog,
-                image_store.store(location),
-                location,
-                drop_key,
-                logger=context.log,
-                control_objects=frozenset({"_SUCCESS", image_store.drop_marker}),
-                source_uri=location,
-                shrink=shrink,
-            )
-        except DropShrinkRefused as exc:
-            if len(keys) == 1:
-                raise
-            context.log.error(str(exc))  # the other drops of a backfill batch still go ahead
-            refused.append(str(exc))
-            continue
-        _report_lost_items(context, drop_key, drop_stats["items_lost"])
-        stats.append(drop_stats)
+    with progress_in_log(context.log):
+        for drop_key in keys:
+            try:
+                stats[drop_key] = _manifest_of(context, config, catalog, image_store, drop_key, shrink)
+            except DropShrinkRefused as exc:
+                if len(keys) == 1:
+                    raise
+                context.log.error(str(exc))  # the other drops of a backfill batch still go ahead
+                refused.append(str(exc))
     if refused:
         raise DropShrinkRefused(" | ".join(refused))
-    by_status: dict[str, int] = {}
-    for s in stats:
-        for k, v in s["by_status"].items():
-            by_status[k] = by_status.get(k, 0) + v
-    listed, rows, dup_keys = _sum(stats, "objects_listed"), _sum(stats, "rows"), _sum(stats, "duplicate_keys")
-    empty = [key for key, st in zip(keys, stats) if st["objects_listed"] == 0]
-    metadata = (
-        stats[0]
-        if len(stats) == 1
-        else {
-            "drops": len(stats),
-            "objects_listed": listed,
-            "rows": rows,
-            "valid_images": _sum(stats, "valid_images"),
-            "failed": _sum(stats, "failed"),
-            "seconds": round(sum(s["seconds"] for s in stats), 3),
-        }
-    )
-    metadata = {k: v for k, v in metadata.items() if k not in ("by_status", "items_lost") and v is not None}
-    lost = {f"{kind} {name}": n for s in stats for kind, per in s["items_lost"].items() for name, n in per.items()}
-    if lost:
-        metadata["items_lost"] = dg.MetadataValue.json(lost)
+    listed, rows, dup_keys = (_sum(list(stats.values()), k) for k in ("objects_listed", "rows", "duplicate_keys"))
+    empty = [key for key, st in stats.items() if st["objects_listed"] == 0]
     return dg.MaterializeResult(
-        metadata={**metadata, "by_status": dg.MetadataValue.json(by_status)},
+        metadata=per_drop_metadata(context, {key: _manifest_metadata(st) for key, st in stats.items()}),
         check_results=[
             # An empty drop is an ERROR (it stops downstream) only when nothing in the run has
             # objects: one empty drop in a backfill batch is reported, not allowed to block the rest.
@@ -136,6 +104,12 @@ def raw_image_manifest(
                 passed=not empty,
                 severity=dg.AssetCheckSeverity.ERROR if len(empty) == len(keys) else dg.AssetCheckSeverity.WARN,
                 metadata={"objects_listed": listed, "empty_drops": ", ".join(empty) or "none"},
+                description=(
+                    None
+                    if not empty
+                    else f"nothing listed in {', '.join(empty)}: check the drop's source (`curation drop add KEY SOURCE` "
+                    "records where its images are)"
+                ),
             ),
             dg.AssetCheckResult(
                 check_name="every_object_recorded_once",
@@ -144,6 +118,71 @@ def raw_image_manifest(
             ),
         ],
     )
+
+
+class DropSourceMissing(ValueError):
+    """A drop partition whose images cannot be found: no recorded source, and nothing at the
+    default place (<drop root>/<key>)."""
+
+
+def _manifest_of(context, config: ManifestConfig, catalog, image_store, drop_key: str, shrink) -> dict:
+    registered = config.source or catalog.drop_source(drop_key)
+    location = image_store.location_for(drop_key, registered)
+    context.log.info(f"building manifest of drop {drop_key} from {location}")
+    try:
+        drop_stats = build_manifest(
+            catalog,
+            image_store.store(location),
+            location,
+            drop_key,
+            logger=context.log,
+            control_objects=frozenset({"_SUCCESS", image_store.drop_marker}),
+            source_uri=location,
+            shrink=shrink,
+        )
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        if registered:
+            raise
+        # a partition added by hand (the UI's "Add partition", a GraphQL call) without its source
+        raise DropSourceMissing(
+            f"drop {drop_key!r} has no recorded source and {location} is not a folder: record where its images are "
+            f"with `curation drop add {drop_key} SOURCE` (a folder or s3://bucket/prefix/) and materialize it again, "
+            f"or delete the partition with `curation drop remove {drop_key}`"
+        ) from exc
+    _report_lost_items(context, drop_key, drop_stats["items_lost"])
+    return drop_stats
+
+
+def _manifest_metadata(stats: dict) -> dict:
+    metadata = {k: v for k, v in stats.items() if k not in ("by_status", "items_lost") and v is not None}
+    metadata["by_status"] = dg.MetadataValue.json(stats["by_status"])
+    lost = {f"{kind} {name}": n for kind, per in stats["items_lost"].items() for name, n in per.items()}
+    if lost:
+        metadata["items_lost"] = dg.MetadataValue.json(lost)
+    return metadata
+
+
+def _embedding_metadata(roles: dict[str, str], stats: dict[str, dict]) -> dict:
+    """One drop's embedding figures, per model."""
+    metadata: dict = {"models": dg.MetadataValue.json(roles)}
+    for field in ("computed", "valid_images", "not_embedded"):
+        metadata[field] = dg.MetadataValue.json({m: int(st[field]) for m, st in stats.items()})
+    metadata["seconds"] = round(sum(st["seconds"] for st in stats.values()), 3)
+    metadata["images_per_second"] = dg.MetadataValue.json(
+        {m: round(st["computed"] / max(st["model_seconds"], 1e-9), 1) for m, st in stats.items()}
+    )
+    return metadata
+
+
+def per_drop_metadata(context: dg.AssetExecutionContext, by_drop: dict[str, dict]) -> dict:
+    """Each drop's own figures on its own partition's materialization, however many drops the run
+    covers (a backfill batch): one drop's figures are the result's metadata; for several, each goes
+    to its partition (partition-scoped metadata) and the result carries only what the batch shares."""
+    if len(by_drop) == 1:
+        return next(iter(by_drop.values()))
+    for drop_key, metadata in by_drop.items():
+        context.add_asset_metadata(metadata, partition_key=drop_key)
+    return {"run_batch": dg.MetadataValue.text(f"{len(by_drop)} drops in this run: {', '.join(by_drop)}")}
 
 
 GPU_POD_CONFIG = {
@@ -204,18 +243,11 @@ def image_embeddings(
         roles[role] = model_id
         if model_id in per_model:
             continue
-        per_model[model_id] = [embed_drop(catalog, model, key, options, stores=stores, logger=context.log) for key in keys]
+        with progress_in_log(context.log):
+            per_model[model_id] = [embed_drop(catalog, model, key, options, stores=stores, logger=context.log) for key in keys]
         dims[model_id] = model.dim
-    metadata: dict = {"models": dg.MetadataValue.json(roles), "drops": len(keys)}
-    for field in ("computed", "valid_images", "not_embedded"):
-        metadata[field] = dg.MetadataValue.json({m: _sum(stats, field) for m, stats in per_model.items()})
-    metadata["seconds"] = round(sum(s["seconds"] for stats in per_model.values() for s in stats), 3)
-    metadata["images_per_second"] = dg.MetadataValue.json(
-        {
-            m: round(_sum(stats, "computed") / max(sum(s["model_seconds"] for s in stats), 1e-9), 1)
-            for m, stats in per_model.items()
-        }
-    )
+    by_drop = {key: _embedding_metadata(roles, {m: stats[i] for m, stats in per_model.items()}) for i, key in enumerate(keys)}
+    metadata = per_drop_metadata(context, by_drop)
     yield dg.Output(CachedEmbeddings(roles, tuple(keys)), metadata=metadata)
     # The IO manager has published the rows by now: check what is actually stored, for each model.
     checks = {m: [catalog.embedding_stats(key, m) for key in keys] for m in per_model}

@@ -1,13 +1,11 @@
-"""Jobs the CLI and sensors launch; each selects assets that share one partitions definition."""
+"""Jobs the CLI and sensors launch; each selects assets that share one partitions definition (Dagster
+infers the job's partitioning from them)."""
 
 import dagster as dg
-
-from .partitions import capture_drops, retrieval_queries, selections
 
 ingest_drop_job = dg.define_asset_job(
     "ingest_drop",
     selection=dg.AssetSelection.assets("raw_image_manifest", "image_embeddings", "dedup_clusters", "domain_embeddings"),
-    partitions_def=capture_drops,
     description="Manifest, embeddings (every configured model) and dedup for one capture drop, and its domain model "
     "vectors when a domain model is trained.",
 )
@@ -19,7 +17,6 @@ train_domain_job = dg.define_asset_job(
 domain_embed_job = dg.define_asset_job(
     "domain_embed",
     selection=dg.AssetSelection.assets("domain_embeddings"),
-    partitions_def=capture_drops,
     description="Project drops' semantic vectors with the current domain model (after training it).",
 )
 calibrate_dedup_job = dg.define_asset_job(
@@ -30,19 +27,16 @@ calibrate_dedup_job = dg.define_asset_job(
 select_job = dg.define_asset_job(
     "select_and_report",
     selection=dg.AssetSelection.assets("curated_subset", "curation_report"),
-    partitions_def=selections,
     description="A named selection and its report.",
 )
 retrieve_job = dg.define_asset_job(
     "retrieve",
     selection=dg.AssetSelection.assets("retrieval_set", "retrieval_page", "retrieval_export"),
-    partitions_def=retrieval_queries,
     description="A named retrieval query, its page, and its export when the run config of retrieval_export "
     "names a destination (export_to; skipped otherwise).",
 )
 export_job = dg.define_asset_job(
     "export",
     selection=dg.AssetSelection.assets("curated_export"),
-    partitions_def=selections,
     description="Copy a named selection's images and write its manifest to the export location.",
 )

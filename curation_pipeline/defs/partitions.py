@@ -11,7 +11,19 @@ INGEST_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=8)
 
 
 # Subsets and reports follow new dedup results, once every dependency's blocking checks passed
-# and no drop is still being ingested (a half-ingested corpus is not selected from).
-FOLLOW_DEDUP = (dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()).with_label(
-    "eager after dedup, blocking checks passed"
-)
+# and no drop is still being ingested (a half-ingested corpus is not selected from). It is eager()
+# with two changes:
+# - a missing dedup partition does not hold them back: a drop that failed, is empty, or was added
+#   without its images would otherwise stop every selection's automation for good (the selection
+#   draws from the drops that have dedup results, and its metadata names the others);
+# - they catch up: on the condition's first evaluation (the automation switched on for the first
+#   time, after drops landed) every existing selection is refreshed once. Later, a sensor switched
+#   off and on again compares with its last evaluation, so drops that landed meanwhile count as updates.
+_AC = dg.AutomationCondition
+CATCH_UP = (_AC.initial_evaluation() & ~_AC.missing()).with_label("catch up: first evaluation, already materialized")
+FOLLOW_DEDUP = (
+    ((_AC.newly_missing() | _AC.any_deps_updated()).since_last_handled() | CATCH_UP)
+    & ~_AC.any_deps_in_progress()
+    & ~_AC.in_progress()
+    & _AC.all_deps_blocking_checks_passed()
+).with_label("eager after dedup (failed or missing drops skipped, catches up), blocking checks passed")

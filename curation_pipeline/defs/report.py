@@ -62,10 +62,13 @@ def curation_report(
         max_subset=config.max_subset,
         stores=image_store.stores(),
         logger=context.log,
+        report_url=lambda page: outputs.report_link(root, page),
     )
     missing = out["missing_sources"]
+    link = outputs.report_link(root, out["path"])
     return dg.MaterializeResult(
         metadata={
+            **({"report": dg.MetadataValue.url(link)} if link else {}),
             "path": dg.MetadataValue.path(out["path"]),
             "summary": dg.MetadataValue.md(out["markdown"]),
             "bytes": out["bytes"],
@@ -133,8 +136,10 @@ def retrieval_page(
     page = write_retrieval_page(
         database.catalog(), context.partition_key, root / context.partition_key, stores=image_store.stores()
     )
+    link = outputs.report_link(outputs.reports_dir, page["path"])
     return dg.MaterializeResult(
         metadata={
+            **({"page": dg.MetadataValue.url(link)} if link else {}),
             "path": dg.MetadataValue.path(page["path"]),
             "results": page["results"],
             "thumbnails_missing": page["thumbnails_missing"],

