@@ -724,7 +724,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     home = dagster_home(args.settings)
     cmd = [sys.executable, "-c", _DAGSTER_DEV, "dev", "-m", CODE_LOCATION_MODULE, "-h", args.host, "-p", str(args.port)]
-    env = dict(os.environ)  # DAGSTER_HOME is set (dagster_home above)
     reports = None
     # the report links on asset pages point at settings.reports_url (baked into each materialization,
     # whichever process ran it): serve the reports there when it is a loopback address
@@ -747,7 +746,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     )
     # dagster dev and everything it starts (webserver, daemon, code server, run workers) in a
     # process group of their own, so that stopping `make ui` stops all of them
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, start_new_session=True)  # inherits DAGSTER_HOME, set above
     stopping: list[float] = []  # when each stop signal came
 
     def stop(signum, frame):

@@ -15,17 +15,28 @@ from curation_pipeline.cli import main
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline_tests.conftest import make_small_drop
 
-TABLES = ("images", "embeddings", "dedup_members", "image_annotations", "selection_items", "retrieval_items")
+TABLES = (
+    "images",
+    "embeddings",
+    "dedup_members",
+    "dedup_pairs",
+    "dedup_settings",
+    "image_annotations",
+    "selection_items",
+    "retrieval_items",
+)
 
 
+# in process (`curation --in-process`): these tests are about what is refused or kept, not how a run is
+# launched; test_cli.py, test_dead_runs.py and test_browser.py drive the launched path
 def _cli(*args: str) -> None:
-    assert main(list(args)) == 0
+    assert main(["--in-process", *args]) == 0
 
 
 def _refused(capsys, *args: str) -> str:
     """Run a command that must fail; return its message (the SystemExit text and stderr)."""
     with pytest.raises(SystemExit) as exc:
-        main(list(args))
+        main(["--in-process", *args])
     assert exc.value.code not in (0, None)
     return f"{exc.value.code}\n{capsys.readouterr().err}"
 

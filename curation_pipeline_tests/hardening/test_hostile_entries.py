@@ -359,12 +359,14 @@ def test_a_fifo_as_a_query_similarity_image_is_refused_without_blocking(tmp_path
 
     folder = tmp_path / "d"
     make_small_drop(folder)
-    assert main(["ingest", str(folder), "--drop", "d"]) == 0
+    assert main(["--in-process", "ingest", str(folder), "--drop", "d"]) == 0
     fifo = tmp_path / "q.jpg"
     os.mkfifo(fifo)
     with pytest.raises(SystemExit) as err:
         _run_with_timeout(
-            lambda: main(["select", "--budget", "2", "--name", "qs", "--strategy", f"query_similarity,queries={fifo}"]),
+            lambda: main(
+                ["--in-process", "select", "--budget", "2", "--name", "qs", "--strategy", f"query_similarity,queries={fifo}"]
+            ),
             tmp_path,
             seconds=120,
         )

@@ -11,9 +11,11 @@ from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline_tests.conftest import make_small_drop
 
 
+# in process (`curation --in-process`): these tests are about what is refused or kept, not how a run is
+# launched; test_cli.py, test_dead_runs.py and test_browser.py drive the launched path
 def _refused(capsys, *args: str) -> str:
     with pytest.raises(SystemExit) as exc:
-        main(list(args))
+        main(["--in-process", *args])
     assert exc.value.code not in (0, None)
     return f"{exc.value.code}\n{capsys.readouterr().err}"
 
@@ -27,7 +29,7 @@ def test_names_with_line_breaks_are_refused(name):
 def test_selection_values_that_slipped_through_are_refused_before_any_work(tmp_path, curation_env, database_url, capsys):
     folder = tmp_path / "d"
     make_small_drop(folder)
-    assert main(["ingest", str(folder), "--drop", "d"]) == 0
+    assert main(["--in-process", "ingest", str(folder), "--drop", "d"]) == 0
     catalog = Catalog(database_url)
 
     assert "budget must be at least 1, got 0" in _refused(capsys, "select", "--budget", "0", "--name", "zero")
