@@ -12,17 +12,28 @@ INGEST_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=8)
 
 # Subsets and reports follow new dedup results, once every dependency's blocking checks passed
 # and no drop is still being ingested (a half-ingested corpus is not selected from). It is eager()
-# with two changes:
+# with three changes:
 # - a missing dedup partition does not hold them back: a drop that failed, is empty, or was added
 #   without its images would otherwise stop every selection's automation for good (the selection
 #   draws from the drops that have dedup results, and its metadata names the others);
+# - a drop deduplicated while the selection's run is in progress is not forgotten: eager() counts
+#   the run's own materialization as "handled", although the run started before that drop was
+#   there, and the subset stayed stale (seen in the UI walk). Here only a new request handles an
+#   update, so the selection runs again once the run in progress is done (at worst once too often,
+#   when it did see the drop);
 # - they catch up: on the condition's first evaluation (the automation switched on for the first
 #   time, after drops landed) every existing selection is refreshed once. Later, a sensor switched
 #   off and on again compares with its last evaluation, so drops that landed meanwhile count as updates.
 _AC = dg.AutomationCondition
 CATCH_UP = (_AC.initial_evaluation() & ~_AC.missing()).with_label("catch up: first evaluation, already materialized")
+# any_deps_match(newly_updated) and newly_requested both carry timestamps (materialization time,
+# request time), so SINCE keeps a dep update that came after the last request even when both show
+# on the same tick; eager()'s OR-ed operands lose those timestamps.
+DEPS_UPDATED_SINCE_REQUESTED = (
+    _AC.any_deps_match(_AC.newly_updated()).since(_AC.newly_requested())
+).with_label("deps updated since last requested")
 FOLLOW_DEDUP = (
-    ((_AC.newly_missing() | _AC.any_deps_updated()).since_last_handled() | CATCH_UP)
+    (_AC.newly_missing().since_last_handled() | DEPS_UPDATED_SINCE_REQUESTED | CATCH_UP)
     & ~_AC.any_deps_in_progress()
     & ~_AC.in_progress()
     & _AC.all_deps_blocking_checks_passed()

@@ -96,3 +96,35 @@ def test_the_automation_catches_up_on_drops_that_landed_before_it_was_switched_o
         # once: the next tick asks for nothing new
         second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         assert second.get_requested_partitions(dg.AssetKey("curated_subset")) == set()
+
+
+def test_a_drop_deduplicated_while_the_selection_runs_triggers_it_again(tmp_path, database_url):
+    """The selection's run starts, a drop lands and is deduplicated, the run ends: its own
+    materialization must not count as having seen that drop (plain eager() forgets it)."""
+    root = tmp_path / "drops"
+    make_small_drop(root / "a")
+    defs = build_definitions(database_url=database_url, drop_root=str(root))
+    select = defs.resolve_job_def("select_and_report")
+    with dg.instance_for_test() as instance:
+        assert _ingest(defs, instance, "a").success
+        instance.add_dynamic_partitions("selections", ["weekly"])
+        config = {"ops": {"curated_subset": {"config": {"budget": 3}}}}
+        assert select.execute_in_process(instance=instance, partition_key="weekly", run_config=config).success
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # switched on: catches up
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        make_small_drop(root / "b", n_distinct=6)
+        assert _ingest(defs, instance, "b").success
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        assert tick.get_requested_partitions(dg.AssetKey("curated_subset")) == {"weekly"}
+        # between two ticks: drop c is deduplicated, and the requested selection run (which had
+        # started before c was there) finishes
+        make_small_drop(root / "c", n_distinct=6)
+        assert _ingest(defs, instance, "c").success
+        assert select.execute_in_process(instance=instance, partition_key="weekly").success
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        assert tick.get_requested_partitions(dg.AssetKey("curated_subset")) == {"weekly"}
+        # and once it ran after c, nothing more
+        assert select.execute_in_process(instance=instance, partition_key="weekly").success
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        assert tick.get_requested_partitions(dg.AssetKey("curated_subset")) == set()
