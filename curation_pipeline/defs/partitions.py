@@ -29,9 +29,8 @@ CATCH_UP = (_AC.initial_evaluation() & ~_AC.missing()).with_label("catch up: fir
 # any_deps_match(newly_updated) and newly_requested both carry timestamps (materialization time,
 # request time), so SINCE keeps a dep update that came after the last request even when both show
 # on the same tick; eager()'s OR-ed operands lose those timestamps.
-DEPS_UPDATED_SINCE_REQUESTED = (
-    _AC.any_deps_match(_AC.newly_updated()).since(_AC.newly_requested())
-).with_label("deps updated since last requested")
+_DEPS_UPDATED = _AC.any_deps_match(_AC.newly_updated())
+DEPS_UPDATED_SINCE_REQUESTED = _DEPS_UPDATED.since(_AC.newly_requested()).with_label("deps updated since last requested")
 FOLLOW_DEDUP = (
     (_AC.newly_missing().since_last_handled() | DEPS_UPDATED_SINCE_REQUESTED | CATCH_UP)
     & ~_AC.any_deps_in_progress()
