@@ -27,10 +27,14 @@ INGEST_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=8)
 _AC = dg.AutomationCondition
 CATCH_UP = (_AC.initial_evaluation() & ~_AC.missing()).with_label("catch up: first evaluation, already materialized")
 # any_deps_match(newly_updated) and newly_requested both carry timestamps (materialization time,
-# request time), so SINCE keeps a dep update that came after the last request even when both show
-# on the same tick; eager()'s OR-ed operands lose those timestamps.
-_DEPS_UPDATED = _AC.any_deps_match(_AC.newly_updated())
-DEPS_UPDATED_SINCE_REQUESTED = _DEPS_UPDATED.since(_AC.newly_requested()).with_label("deps updated since last requested")
+# request time), so SINCE keeps a dedup update that came after the last request even when both show
+# on the same tick (eager()'s OR-ed operands lose those timestamps). Other deps (the report's
+# curated_subset) count as in eager(): updated by a run that did not also target this asset.
+_DEDUP = dg.AssetSelection.assets("dedup_clusters")
+DEPS_UPDATED_SINCE_REQUESTED = (
+    _AC.any_deps_match(_AC.newly_updated()).allow(_DEDUP).since(_AC.newly_requested())
+    | (_AC.any_deps_match(_AC.newly_updated() & ~_AC.executed_with_root_target()).ignore(_DEDUP)).since_last_handled()
+).with_label("deps updated since last requested")
 FOLLOW_DEDUP = (
     (_AC.newly_missing().since_last_handled() | DEPS_UPDATED_SINCE_REQUESTED | CATCH_UP)
     & ~_AC.any_deps_in_progress()
