@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from curation_pipeline.resources.export_target import export_target_for
 from curation_pipeline.steps.report import write_report, write_retrieval_page
 
 from .curation import curated_subset
@@ -12,6 +13,10 @@ from .dedup import dedup_clusters
 from .partitions import FOLLOW_DEDUP, retrieval_queries, selections
 from .resources import DatabaseResource, ImageStoreResource, OutputsResource
 from .retrieval import retrieval_set
+
+REPORT_LINK_SECONDS = 7 * 24 * 3600
+"""How long the presigned link to a report on S3 stays valid (S3's maximum for SigV4); materialize
+the report again for a fresh one."""
 
 
 class ReportConfig(dg.Config):
@@ -54,6 +59,13 @@ def curation_report(
     outputs: OutputsResource,
 ) -> dg.MaterializeResult:
     root = config.output_dir or outputs.reports_dir
+    # an S3 deployment: the page also goes to the export location, linked by a presigned URL (a
+    # loopback link would mean nothing to the people using that UI); else the served reports folder
+    published = None
+    if outputs.export_root.startswith("s3://"):
+        target = export_target_for(outputs.export_root, image_store.s3.settings())
+        rel = f"reports/{context.partition_key}/index.html"
+        published = (target, rel, target.presign(rel, REPORT_LINK_SECONDS))
     out = write_report(
         database.catalog(),
         context.partition_key,
@@ -62,10 +74,15 @@ def curation_report(
         max_subset=config.max_subset,
         stores=image_store.stores(),
         logger=context.log,
-        report_url=lambda page: outputs.report_link(root, page),
+        report_url=lambda page: published[2] if published else outputs.report_link(root, page),
     )
     missing = out["missing_sources"]
     link = outputs.report_link(root, out["path"])
+    extra = {}
+    if published:
+        target, rel, link = published
+        target.put_bytes(rel, Path(out["path"]).read_bytes(), content_type="text/html; charset=utf-8")
+        extra = {"report_s3": dg.MetadataValue.path(target.uri(rel)), "link_expires_days": REPORT_LINK_SECONDS // 86400}
     return dg.MaterializeResult(
         metadata={
             **({"report": dg.MetadataValue.url(link)} if link else {}),
@@ -77,6 +94,7 @@ def curation_report(
             "failed_objects": out["failed_objects"],
             "missing_sources": len(missing),
             "models": dg.MetadataValue.json(out["models"]),
+            **extra,
         },
         check_results=[
             # A thumbnail can only be absent because its source could not be read, and each such

@@ -63,7 +63,9 @@ class ExportTarget(ABC):
     def copy_from(self, source_uri: str, rel: str, sha256: str, store: ImageStore) -> None: ...
 
     @abstractmethod
-    def put_bytes(self, rel: str, data: bytes) -> None: ...
+    def put_bytes(self, rel: str, data: bytes, content_type: str | None = None) -> None:
+        """Write `data` at `rel`; `content_type` is stored where the target keeps one (S3), so a
+        browser renders an HTML page instead of downloading it."""
 
     @abstractmethod
     def delete(self, rel: str) -> None: ...
@@ -105,7 +107,7 @@ class LocalExportTarget(ExportTarget):
             tmp.write_bytes(store.read_uri(source_uri))
         os.replace(tmp, path)
 
-    def put_bytes(self, rel: str, data: bytes) -> None:
+    def put_bytes(self, rel: str, data: bytes, content_type: str | None = None) -> None:
         path = self._path(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".part")
@@ -160,8 +162,9 @@ class S3ExportTarget(ExportTarget):
                 Bucket=self.bucket, Key=self._key(rel), Body=store.read_uri(source_uri), Metadata={"sha256": sha256}
             )
 
-    def put_bytes(self, rel: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data)
+    def put_bytes(self, rel: str, data: bytes, content_type: str | None = None) -> None:
+        extra = {"ContentType": content_type} if content_type else {}
+        self.client.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data, **extra)
 
     def delete(self, rel: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(rel))
