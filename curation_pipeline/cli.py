@@ -60,9 +60,10 @@ class Runner:
     at the end), waited for, and its log streamed to stderr; with `in_process` (`curation
     --in-process`) each executes in this process instead, for debugging."""
 
-    def __init__(self, settings: Settings, *, in_process: bool = False) -> None:
+    def __init__(self, settings: Settings, *, in_process: bool = False, command: str = "") -> None:
         self.settings = settings
         self.in_process = in_process
+        self.command = command
         self._stack = contextlib.ExitStack()
         self._location = None
 
@@ -98,7 +99,7 @@ class Runner:
         instance = _instance(self.settings)
         if partitions_def_name and partition_key and not instance.has_dynamic_partition(partitions_def_name, partition_key):
             instance.add_dynamic_partitions(partitions_def_name, [partition_key])
-        tags = {"curation/cli": " ".join(sys.argv[1:2]) or "curation"}
+        tags = {"curation/cli": self.command or "curation"}  # which command started the run
         if partition_key:
             tags["dagster/partition"] = partition_key
         if partition_range:
@@ -1099,7 +1100,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"curation: {exc}") from None
     dagster_home(args.settings)
     try:
-        with Runner(args.settings, in_process=args.in_process) as args.runner:
+        with Runner(args.settings, in_process=args.in_process, command=args.command) as args.runner:
             return args.func(args)
     except (ValueError, LookupError) as exc:
         raise SystemExit(f"curation: {exc}") from exc

@@ -171,17 +171,15 @@ def drops_not_deduplicated(context: dg.AssetExecutionContext, catalog, limit: in
     """Drop partitions a selection cannot draw from (no dedup results), with why, for the first
     `limit`: a failed or empty drop never blocks the selections (the automation skips it), and this
     says which drops are missing from them."""
-    from dagster import DagsterRunStatus, RunsFilter
-
     done = set(catalog.deduplicated_drops(exclude=""))
     missing = [k for k in context.instance.get_dynamic_partitions("capture_drops") if k not in done]
     reasons = {}
     for key in missing[:limit]:
-        records = context.instance.get_run_records(filters=RunsFilter(tags={"dagster/partition": key}), limit=1)
+        records = context.instance.get_run_records(filters=dg.RunsFilter(tags={"dagster/partition": key}), limit=1)
         run = records[0].dagster_run if records else None
         if run is None:
             reasons[key] = "never ingested"
-        elif run.status == DagsterRunStatus.FAILURE:
+        elif run.status == dg.DagsterRunStatus.FAILURE:
             reasons[key] = f"its last run failed ({run.run_id[:8]}, {run.job_name})"
         elif not run.is_finished:
             reasons[key] = f"being ingested (run {run.run_id[:8]})"
