@@ -163,6 +163,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_webserver(base: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Until the webserver at `base` answers; fails with the process's stderr if it exits first."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/server_info", timeout=5):
+                return
+        except OSError as exc:
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read().decode()[-3000:]) from exc
+            if time.time() > deadline:
+                raise AssertionError(f"no webserver at {base} after {timeout:.0f} s") from exc
+            time.sleep(1)
+
+
 def test_the_dagster_webserver_lists_every_asset(browser, tmp_path, database_url):
     port = _free_port()
     home = tmp_path / "dagster_home"
@@ -177,17 +192,7 @@ def test_the_dagster_webserver_lists_every_asset(browser, tmp_path, database_url
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/server_info", timeout=5):
-                    break
-            except OSError as exc:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(
-                        proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "webserver did not start in 180 s"
-                    ) from exc
-                time.sleep(1)
+        _wait_for_webserver(base, proc)
         query = json.dumps({"query": "{ assetNodes { assetKey { path } groupName kinds description } }"}).encode()
         req = urllib.request.Request(base + "/graphql", data=query, headers={"Content-Type": "application/json"})
         nodes = json.loads(urllib.request.urlopen(req, timeout=60).read())["data"]["assetNodes"]
@@ -301,17 +306,7 @@ def test_a_cli_run_re_executes_from_the_ui_whose_pages_open_the_report_and_show_
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/server_info", timeout=5):
-                    break
-            except OSError as exc:
-                if ui.poll() is not None or time.time() > deadline:
-                    raise AssertionError(
-                        ui.stderr.read().decode()[-3000:] if ui.poll() is not None else "no UI in 180 s"
-                    ) from exc
-                time.sleep(1)
+        _wait_for_webserver(base, ui)
 
         # 1. re-execute the CLI's ingest run from its run page
         browser.set_window_size(1400, 1100)
