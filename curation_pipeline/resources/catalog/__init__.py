@@ -6,6 +6,7 @@ SQL beside it, over pooled connections (database.pooled_connection).
     search.py      HNSW top-k lookups and filtered search; the HNSW session settings, once
     dedup.py       the dedup lock, candidates and representatives, duplicate groups, checks, leaks
     sets.py        selections, retrievals, annotations, lost items, exports, report samples
+    labels.py      versioned label and prediction sets, their objects, label reviews, splits
     models.py      domain models: trained versions, their weights and content hash
     records.py     the typed records that leave the catalog (EmbeddingSet, KeptImage, ModelInfo, ...)
 
@@ -18,6 +19,7 @@ from .base import Repository, wire_vector
 from .dedup import DedupRepository
 from .drops import DEFAULT_SHRINK_GUARD, DropRepository, DropShrinkRefused, ManifestWriter, ShrinkGuard
 from .embeddings import CacheWriter, EmbeddingRepository, hnsw_index_name
+from .labels import LabelRepository, LabelVersionExists
 from .models import ModelRepository
 from .records import (
     STORAGE_TYPES,
@@ -52,6 +54,8 @@ __all__ = [
     "EmbeddingRepository",
     "EmbeddingSet",
     "KeptImage",
+    "LabelRepository",
+    "LabelVersionExists",
     "ManifestWriter",
     "ModelInfo",
     "Repository",
@@ -64,7 +68,9 @@ __all__ = [
 ]
 
 
-class Catalog(DropRepository, EmbeddingRepository, SearchRepository, DedupRepository, SetRepository, ModelRepository):
+class Catalog(
+    DropRepository, EmbeddingRepository, SearchRepository, DedupRepository, SetRepository, ModelRepository, LabelRepository
+):
     """Every repository over one database URL. The repositories share nothing but the URL (and so
     this process's connection pool for it); where one domain needs another's data it reads it with
     that module's function over its own connection, never through this class."""
