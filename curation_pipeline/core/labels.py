@@ -3,10 +3,13 @@ and image-level tables (CSV/Parquet rows already read into dicts). Pure: bytes a
 records out; matching image names to the manifest and checking boxes against the real image sizes
 happens in steps/labels.py.
 
-Every parser checks the whole file and raises one LabelFileError listing each problem with the
-record it is in (annotation id, file and line, row number), so a bad file is fixed in one pass and
-nothing of it is imported. Boxes are (x, y, w, h) in pixels from the top-left corner, except
-YOLO's, which stay normalised (`normalized=True`) until the image's size is known."""
+Every parser checks the whole file and lists each problem with the record it is in (annotation id,
+file and line, row number) in `LabelFile.problems`; the importer adds its own and raises one
+LabelFileError with all of them, so a bad file is fixed in one pass and nothing of it is imported.
+A file that cannot be read at all (not JSON, no categories) raises at once.
+
+Boxes are (x, y, w, h) in pixels from the top-left corner, except YOLO's, which stay normalised
+(`normalized=True`) until the image's size is known."""
 
 from __future__ import annotations
 
@@ -46,6 +49,16 @@ class LabelFile:
     records: list[LabelRecord]
     # every image the file names, annotated or not (an image listed with no box is "labelled empty")
     images: list[str] = field(default_factory=list)
+    # (record, why) of every record left out; the importer adds its own (unknown image, ...) and
+    # refuses the file when any exist (`check`)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    source: str = ""
+
+    def check(self) -> "LabelFile":
+        """Raise LabelFileError when the file had any problem."""
+        if self.problems:
+            raise LabelFileError(self.source, self.problems)
+        return self
 
 
 class LabelFileError(ValueError):
@@ -69,10 +82,6 @@ class _Problems:
 
     def add(self, ref: str, why: str) -> None:
         self.items.append((ref, why))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise LabelFileError(self.source, self.items)
 
 
 def _finite(values: Iterable) -> list[float] | None:
@@ -185,8 +194,8 @@ def parse_coco(data: bytes, source: str = "coco.json") -> LabelFile:
         records.append(
             LabelRecord(image[0], cat, box, score=None if score is None else float(score), ref=ref, image_size=image[1])
         )
-    problems.raise_if_any()
-    return LabelFile("coco", [categories[k] for k in sorted(categories)], records, [n for n, _ in images.values()])
+    classes = [categories[k] for k in sorted(categories)]
+    return LabelFile("coco", classes, records, [n for n, _ in images.values()], problems.items, source)
 
 
 # ---- YOLO ---------------------------------------------------------------------------------------
@@ -251,8 +260,8 @@ def parse_yolo(files: Mapping[str, str], classes: Sequence[str], source: str = "
                 continue
             score = vals[4] if len(vals) == 5 else None
             records.append(LabelRecord(stem, classes[cid], box, normalized=True, score=score, ref=ref))
-    problems.raise_if_any()
-    return LabelFile("yolo", list(classes), records, [p.rsplit(".", 1)[0] for p in sorted(files)])
+    stems = [p.rsplit(".", 1)[0] for p in sorted(files)]
+    return LabelFile("yolo", list(classes), records, stems, problems.items, source)
 
 
 # ---- Pascal VOC ---------------------------------------------------------------------------------
@@ -300,9 +309,8 @@ def parse_voc(files: Mapping[str, bytes], classes: Sequence[str] | None = None, 
                 continue
             score = _finite([obj.findtext("score")]) if obj.findtext("score") else None
             records.append(LabelRecord(name, cls, box, score=score[0] if score else None, ref=ref, image_size=size))
-    problems.raise_if_any()
     names = list(classes) if classes is not None else sorted({r.class_name for r in records})
-    return LabelFile("voc", names, records, images)
+    return LabelFile("voc", names, records, images, problems.items, source)
 
 
 # ---- image-level tables -------------------------------------------------------------------------
@@ -370,9 +378,8 @@ def parse_table(columns: Sequence[str], rows: Sequence[Mapping], source: str = "
         elif probs is not None:
             score = max(probs)
         records.append(LabelRecord(image, label, box, score=score, probs=probs, ref=ref))
-    problems.raise_if_any()
     classes = prob_classes or sorted({r.class_name for r in records})
-    return LabelFile("csv", classes, records, [r.image for r in records])
+    return LabelFile("csv", classes, records, [r.image for r in records], problems.items, source)
 
 
 # ---- out ----------------------------------------------------------------------------------------

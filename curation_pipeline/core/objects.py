@@ -23,7 +23,10 @@ class CropSettings:
     tiny_side: float = 16.0  # boxes with a shorter side below this count as tiny
 
 
-def context_crop(box: Box, image_size: tuple[int, int], settings: CropSettings = CropSettings()) -> tuple[int, int, int, int]:
+DEFAULT_CROP = CropSettings()
+
+
+def context_crop(box: Box, image_size: tuple[int, int], settings: CropSettings = DEFAULT_CROP) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the crop for a (x, y, w, h) box in an image of (width, height)."""
     x, y, w, h = box
     width, height = image_size
@@ -39,15 +42,15 @@ def context_crop(box: Box, image_size: tuple[int, int], settings: CropSettings =
     return left, top, right, bottom
 
 
-def is_tiny(box: Box, settings: CropSettings = CropSettings()) -> bool:
+def is_tiny(box: Box, settings: CropSettings = DEFAULT_CROP) -> bool:
     return min(box[2], box[3]) < settings.tiny_side
 
 
-def crop_object(image: Image.Image, box: Box, settings: CropSettings = CropSettings()) -> Image.Image:
+def crop_object(image: Image.Image, box: Box, settings: CropSettings = DEFAULT_CROP) -> Image.Image:
     """The object's crop with context, upscaled when small, in RGB."""
     crop = image.crop(context_crop(box, image.size, settings)).convert("RGB")
     longer = max(crop.size)
     if longer < settings.upscale_to:
         scale = settings.upscale_to / longer
-        crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))), Image.BICUBIC)
+        crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))), Image.Resampling.BICUBIC)
     return crop

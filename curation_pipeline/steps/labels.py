@@ -169,7 +169,7 @@ def import_labels(
     if not images:
         raise LookupError(f"drop {drop_key!r} has no images in the catalog: ingest it before importing its labels")
     matcher = ImageMatcher(images)
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = list(parsed.problems)
     rows: list[tuple] = []
     skipped_invalid = 0
     matched: set[int] = set()

@@ -8,10 +8,13 @@ again is a no-op. Each import, review or split is written in one transaction."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from .base import Repository, dict_rows, one_row
+import numpy as np
+
+from .base import Repository, dict_rows, one_row, wire_vector
 
 
 class LabelVersionExists(ValueError):
@@ -251,3 +254,56 @@ class LabelRepository(Repository):
                 (name,),
             )
             return dict_rows(cur)
+
+    # ---- object vectors ---------------------------------------------------------------------
+    @contextmanager
+    def object_embedding_writer(self, drop_key: str, model: str) -> Iterator[Callable[[Sequence[tuple]], None]]:
+        """Replace the drop's object vectors of `model` in one transaction: yields write(rows) for
+        rows of (object_id, vector, tiny, crop); nothing is visible until the block ends, and an
+        error leaves the previous vectors."""
+        with self.connection() as conn, conn.transaction():
+            conn.execute("DELETE FROM object_embeddings WHERE drop_key = %s AND model = %s", (drop_key, model))
+
+            def write(rows: Sequence[tuple]) -> None:
+                with conn.cursor().copy(
+                    "COPY object_embeddings (object_id, model, drop_key, embedding, tiny, crop) FROM STDIN"
+                ) as copy:
+                    for object_id, vector, tiny, crop in rows:
+                        copy.write_row((object_id, model, drop_key, wire_vector(vector, "vector"), tiny, list(crop)))
+
+            yield write
+
+    def object_vectors(self, set_ids: Sequence[int], model: str) -> tuple[np.ndarray, np.ndarray]:
+        """(object ids (n,) int64, vectors (n, dim) float32) of these sets' boxes for `model`."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT e.object_id, e.embedding FROM object_embeddings e JOIN label_objects o ON o.object_id = e.object_id"
+                " WHERE o.set_id = ANY(%s) AND e.model = %s ORDER BY e.object_id",
+                (list(set_ids), model),
+            ).fetchall()
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return np.asarray([r[0] for r in rows], np.int64), np.stack([r[1].to_numpy() for r in rows]).astype(np.float32)
+
+    def object_embedding_count(self, drop_key: str, model: str) -> dict:
+        with self.connection() as conn:
+            row = one_row(
+                conn.execute(
+                    "SELECT count(*), count(*) FILTER (WHERE tiny) FROM object_embeddings WHERE drop_key = %s AND model = %s",
+                    (drop_key, model),
+                )
+            )
+        return {"objects": int(row[0]), "tiny": int(row[1])}
+
+    def nearest_objects(self, vector: np.ndarray, model: str, k: int = 20, *, exclude: int | None = None) -> list[dict]:
+        """The k objects nearest to `vector` (cosine, exact scan), with their image and class."""
+        with self.connection() as conn:
+            cur = conn.execute(
+                f"SELECT {_OBJECT_COLUMNS}, 1 - (e.embedding <=> %s::vector) AS similarity"
+                " FROM object_embeddings e JOIN label_objects o ON o.object_id = e.object_id"
+                " JOIN label_sets s ON s.set_id = o.set_id JOIN images i ON i.image_id = o.image_id"
+                " WHERE e.model = %s AND o.object_id IS DISTINCT FROM %s"
+                " ORDER BY e.embedding <=> %s::vector LIMIT %s",
+                (wire_vector(vector, "vector"), model, exclude, wire_vector(vector, "vector"), k),
+            )
+            return [_object_row(r) for r in dict_rows(cur)]

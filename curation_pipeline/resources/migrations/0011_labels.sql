@@ -66,3 +66,16 @@ CREATE TABLE split_items (
     part        text NOT NULL,                 -- train | val | test (or any named part)
     PRIMARY KEY (name, image_id)
 );
+
+-- One vector per box and model: the crop with context (core/objects.py), embedded by the image
+-- model, so objects are searched, clustered and checked like images.
+CREATE TABLE object_embeddings (
+    object_id   bigint NOT NULL REFERENCES label_objects (object_id) ON DELETE CASCADE,
+    model       text NOT NULL REFERENCES embedding_models (model),
+    drop_key    text NOT NULL,
+    embedding   vector NOT NULL,
+    tiny        boolean NOT NULL,             -- shorter side under the tiny threshold: upscaled
+    crop        integer[] NOT NULL,           -- left, top, right, bottom in the image's pixels
+    PRIMARY KEY (object_id, model)
+);
+CREATE INDEX object_embeddings_drop_idx ON object_embeddings (drop_key, model);

@@ -1,0 +1,220 @@
+"""What labels are for: object embeddings, the ranked label review, leak-free splits and exports
+that round-trip (export, import, same boxes), on real PostgreSQL and real image files."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from curation_pipeline.core.dedup import DedupThresholds
+from curation_pipeline.resources.catalog import Catalog
+from curation_pipeline.resources.embedders import OfflineEmbedder
+from curation_pipeline.resources.export_target import LocalExportTarget
+from curation_pipeline.steps.dedup import dedup_drop
+from curation_pipeline.steps.embed import EmbedOptions, embed_drop
+from curation_pipeline.steps.label_export import export_labels, export_review
+from curation_pipeline.steps.label_review import ReviewSpec, review_labels
+from curation_pipeline.steps.labels import import_labels
+from curation_pipeline.steps.objects import embed_objects
+from curation_pipeline.steps.splits import SplitSpec, make_split
+from curation_pipeline_tests.labels_helpers import (
+    coco_doc,
+    ingest_manifest,
+    make_colour_drop,
+    make_labelled_drop,
+    write_coco,
+    write_yolo,
+)
+
+
+def _embed_and_dedup(catalog: Catalog, key: str) -> str:
+    stats = embed_drop(catalog, OfflineEmbedder(), key, EmbedOptions(batch_size=16, workers=2))
+    catalog.publish_embeddings(key, stats["model"])
+    dedup_drop(catalog, key, catalog.load_embeddings([key], stats["model"]), DedupThresholds())
+    return stats["model"]
+
+
+@pytest.fixture
+def colour_drop(tmp_path, database_url):
+    catalog = Catalog(database_url)
+    folder = tmp_path / "colours"
+    truth = make_colour_drop(folder)
+    # two exact copies: a duplicate group that a split must keep in one part
+    (folder / "copy_red_00.jpg").write_bytes((folder / "red_00.jpg").read_bytes())
+    (folder / "copy_blue_03.jpg").write_bytes((folder / "blue_03.jpg").read_bytes())
+    truth["classes"]["copy_red_00.jpg"] = "red"
+    truth["classes"]["copy_blue_03.jpg"] = "blue"
+    ingest_manifest(catalog, folder, "c1")
+    model = _embed_and_dedup(catalog, "c1")
+    return catalog, truth, model, folder
+
+
+def _flip(truth: dict, flips: dict[str, str]) -> dict:
+    return {**truth["classes"], **flips}
+
+
+def test_the_review_ranks_flipped_image_labels_first_with_neighbours_that_disagree(colour_drop, tmp_path):
+    catalog, truth, model, _ = colour_drop
+    flips = {"red_03.jpg": "blue", "green_05.jpg": "red"}
+    labels = _flip(truth, flips)
+    path = tmp_path / "labels.csv"
+    path.write_text("image,label\n" + "".join(f"{k},{v}\n" for k, v in labels.items()))
+    import_labels(catalog, path, drop_key="c1")
+    stats = review_labels(catalog, ReviewSpec(name="r1", k=5), model=model)
+    assert stats["image_labels"]["items"] == len(labels)
+    issues = catalog.label_issues("r1")
+    top = [x["object_key"] for x in issues[:2]]
+    assert sorted(top) == sorted(flips), issues[:4]
+    first = next(x for x in issues if x["object_key"] == "red_03.jpg")
+    assert (first["given"], first["suggested"]) == ("blue", "red")
+    assert first["neighbours"] and sum(n["label"] == "red" for n in first["neighbours"]) >= 3
+    assert "nearest images are labelled otherwise" in first["reason"]
+
+
+def test_object_embeddings_and_the_review_of_box_labels_overlaps_and_missing_boxes(colour_drop, tmp_path):
+    catalog, truth, model, _ = colour_drop
+    doc = coco_doc({"boxes": truth["boxes"], "sizes": truth["sizes"]}, classes=["red", "blue"])
+    flipped = doc["annotations"][6]  # the red box of the fourth image, now "blue"
+    assert flipped["category_id"] == 1
+    flipped["category_id"] = 2
+    dup = dict(doc["annotations"][0], id=1000, category_id=2)  # the first red box labelled twice
+    doc["annotations"].append(dup)
+    (tmp_path / "boxes.json").write_text(json.dumps(doc))
+    import_labels(catalog, tmp_path / "boxes.json", drop_key="c1")
+    first_image = doc["images"][0]["file_name"]
+    preds = tmp_path / "preds.csv"
+    preds.write_text(f"image,label,score,x,y,w,h\n{first_image},blue,0.93,100,5,20,20\n{first_image},red,0.2,2,60,10,10\n")
+    import_labels(catalog, preds, drop_key="c1", kind="predictions")
+
+    stats = embed_objects(catalog, OfflineEmbedder(), "c1")
+    assert stats["embedded"] == stats["boxes"] == len(doc["annotations"]) + 2
+    assert stats["tiny"] == 1  # the 10 px prediction
+    assert catalog.object_embedding_count("c1", stats["model"]) == {"objects": stats["boxes"], "tiny": 1}
+
+    review = review_labels(catalog, ReviewSpec(name="boxes", k=5), model=model)
+    assert review["box_labels"]["items"] == len(doc["annotations"])
+    issues = catalog.label_issues("boxes")
+    kinds = {x["kind"] for x in issues}
+    assert {"mislabel", "overlap", "missing_label"} <= kinds
+    mislabels = [x for x in issues if x["kind"] == "mislabel"]
+    assert mislabels[0]["object_id"] is not None and mislabels[0]["given"] == "blue" and mislabels[0]["suggested"] == "red"
+    assert mislabels[0]["object_key"] == doc["images"][3]["file_name"] or mislabels[0]["box"] == tuple(dup["bbox"])
+    missing = [x for x in issues if x["kind"] == "missing_label"]
+    assert len(missing) == 1 and missing[0]["suggested"] == "blue"  # the 0.2 prediction is not confident
+    overlap = next(x for x in issues if x["kind"] == "overlap")
+    assert overlap["object_key"] == first_image
+
+    # "more objects like this crop": the nearest objects of a red box are red boxes
+    ids, vecs = catalog.object_vectors(catalog.current_set_ids("labels", ["c1"]), model)
+    red_id = next(
+        o["object_id"] for o in catalog.label_objects(catalog.current_set_ids("labels", ["c1"])) if o["class_name"] == "red"
+    )
+    near = catalog.nearest_objects(vecs[list(ids).index(red_id)], model, k=5, exclude=red_id)
+    assert sum(o["class_name"] == "red" for o in near) >= 4
+
+    # the suspects as a Label Studio review task
+    out = export_review(catalog, LocalExportTarget(str(tmp_path / "out")), "boxes")
+    tasks = json.loads((tmp_path / "out" / "review-boxes" / "tasks.json").read_text())
+    assert out["tasks"] == len(tasks) and all("suspects" in t["data"] for t in tasks)
+
+
+def test_a_split_keeps_duplicate_groups_together_and_stratifies_classes(colour_drop, tmp_path):
+    catalog, truth, model, _ = colour_drop
+    path = tmp_path / "labels.csv"
+    path.write_text("image,label\n" + "".join(f"{k},{v}\n" for k, v in truth["classes"].items()))
+    import_labels(catalog, path, drop_key="c1")
+    stats = make_split(catalog, SplitSpec(name="s", fractions="train=0.5,val=0.25,test=0.25"), model=model)
+    parts = catalog.split_parts("s")
+    keys = {r["image_id"]: r["object_key"] for r in catalog.drop_image_index("c1")}
+    by_key = {keys[i]: p for i, p in parts.items()}
+    assert by_key["copy_red_00.jpg"] == by_key["red_00.jpg"]
+    assert by_key["copy_blue_03.jpg"] == by_key["blue_03.jpg"]
+    assert catalog.split_leaks("s") == [] and stats["leaks"] == 0
+    for part in ("train", "val", "test"):
+        assert set(stats["parts"][part]["classes"]) == {"red", "green", "blue"}, stats
+    assert 10 <= stats["parts"]["train"]["items"] <= 16
+
+
+def test_a_protected_drop_never_enters_a_split(colour_drop, tmp_path):
+    catalog, truth, model, _ = colour_drop
+    path = tmp_path / "labels.csv"
+    path.write_text("image,label\n" + "".join(f"{k},{v}\n" for k, v in truth["classes"].items()))
+    import_labels(catalog, path, drop_key="c1")
+    catalog.set_protected("c1", True)
+    with pytest.raises(ValueError, match="no labels"):
+        make_split(catalog, SplitSpec(name="s"), model=model)
+
+
+@pytest.fixture
+def box_drop(tmp_path, database_url):
+    catalog = Catalog(database_url)
+    truth = make_labelled_drop(tmp_path / "drop")
+    ingest_manifest(catalog, tmp_path / "drop", "d1")
+    return catalog, truth
+
+
+def _box_set(catalog: Catalog, version: str) -> dict:
+    sets = catalog.current_set_ids("labels", ["d1"], version)
+    out: dict = {}
+    for o in catalog.label_objects(sets):
+        out.setdefault(o["object_key"], []).append((o["class_name"], tuple(round(v, 1) for v in o["box"])))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_coco_export_then_import_gives_the_same_boxes(box_drop, tmp_path):
+    catalog, truth = box_drop
+    import_labels(catalog, write_coco(tmp_path / "in.json", truth), drop_key="d1")
+    stats = export_labels(catalog, LocalExportTarget(str(tmp_path / "out")), "coco-out", fmt="coco", drop_keys=["d1"])
+    assert stats["images"] == len(truth["boxes"])
+    exported = tmp_path / "out" / "coco-out" / "annotations.json"
+    doc = json.loads(exported.read_text())
+    assert {i["file_name"] for i in doc["images"]} == {f"images/d1/{k}" for k in truth["boxes"]}
+    again = import_labels(catalog, exported, drop_key="d1")
+    assert again["version"] == "v2"
+    assert _box_set(catalog, "v2") == _box_set(catalog, "v1")
+
+
+def test_yolo_export_then_import_gives_the_same_boxes(box_drop, tmp_path):
+    catalog, truth = box_drop
+    import_labels(catalog, write_yolo(tmp_path / "yolo-in", truth), drop_key="d1")
+    export_labels(catalog, LocalExportTarget(str(tmp_path / "out")), "yolo-out", fmt="yolo", drop_keys=["d1"])
+    folder = tmp_path / "out" / "yolo-out"
+    assert (folder / "labels" / "d1" / "sub" / "img_02.txt").is_file()
+    assert "names:" in (folder / "data.yaml").read_text()
+    again = import_labels(catalog, folder / "labels", drop_key="d1", fmt="yolo", classes_file=folder / "classes.txt")
+    assert again["version"] == "v2"
+    first, second = _box_set(catalog, "v1"), _box_set(catalog, "v2")
+    assert first.keys() == second.keys()
+    for key in first:
+        for (c1, b1), (c2, b2) in zip(first[key], second[key]):
+            assert c1 == c2 and max(abs(a - b) for a, b in zip(b1, b2)) <= 0.1
+
+
+def test_label_studio_and_cvat_exports_carry_every_image_and_box(box_drop, tmp_path):
+    catalog, truth = box_drop
+    import_labels(catalog, write_coco(tmp_path / "in.json", truth), drop_key="d1")
+    target = LocalExportTarget(str(tmp_path / "out"))
+    export_labels(catalog, target, "ls", fmt="labelstudio", drop_keys=["d1"])
+    tasks = json.loads((tmp_path / "out" / "ls" / "tasks.json").read_text())
+    assert len(tasks) == len(truth["boxes"])
+    task = next(t for t in tasks if t["data"]["key"] == "img_00.jpg")
+    assert task["data"]["image"].startswith("/data/local-files/?d=") and task["data"]["image"].endswith("img_00.jpg")
+    (cls, (x, y, w, h)) = truth["boxes"]["img_00.jpg"][0]
+    box = task["predictions"][0]["result"][0]["value"]
+    assert (
+        box["rectanglelabels"] == [cls]
+        and box["x"] == pytest.approx(100 * x / 160)
+        and box["height"] == pytest.approx(100 * h / 120)
+    )
+    assert "<RectangleLabels" in (tmp_path / "out" / "ls" / "label_config.xml").read_text()
+    export_labels(catalog, target, "cvat", fmt="cvat", drop_keys=["d1"])
+    root = ET.parse(tmp_path / "out" / "cvat" / "annotations.xml").getroot()
+    images = root.findall("image")
+    assert len(images) == len(truth["boxes"])
+    assert sum(len(i.findall("box")) for i in images) == sum(len(b) for b in truth["boxes"].values())
+    first = next(i for i in images if i.get("name") == "images/d1/img_00.jpg")
+    assert float(first.find("box").get("xbr")) == pytest.approx(x + w, abs=0.01)
+    urls = (tmp_path / "out" / "cvat" / "image_urls.txt").read_text().split()
+    assert len(urls) == len(images)
