@@ -251,6 +251,15 @@ def _catalog(settings: Settings):
     return Catalog(resolve_database_url(settings.database_url, settings.embedded_pgdata))
 
 
+def _stores(settings: Settings):
+    """What the CLI reads images through: local files, and S3 with the project's S3 settings."""
+    from curation_pipeline.resources.image_store import ImageStores, S3Settings
+
+    return ImageStores(
+        S3Settings(endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region, profile_name=settings.s3_profile)
+    )
+
+
 # ---- commands ------------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
     from curation_pipeline.core.ids import validate_name
@@ -674,6 +683,166 @@ def cmd_leaks(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- labels, objects, reviews, splits ------------------------------------------------------------
+def cmd_labels_import(args: argparse.Namespace) -> int:
+    from curation_pipeline.core.ids import validate_name
+    from curation_pipeline.steps.labels import import_labels
+
+    key = validate_name(args.drop, "drop key")
+    version = validate_name(args.version, "label version") if args.version else None
+    stats = import_labels(
+        _catalog(args.settings),
+        Path(args.file).expanduser(),
+        drop_key=key,
+        fmt=args.format,
+        kind=args.kind,
+        version=version,
+        classes_file=args.classes,
+        replace=args.replace,
+    )
+    what = "imported" if stats["created"] else "unchanged (the same content is already stored)"
+    _stderr(
+        f"drop {key}: {args.kind} {stats['version']} {what}: {stats['boxes']} boxes and {stats['image_level']} image labels "
+        f"on {stats['images_annotated']} images, {stats['classes']} classes"
+        + (
+            f"; {stats['skipped_invalid_images']} annotations of corrupt images skipped"
+            if stats["skipped_invalid_images"]
+            else ""
+        )
+    )
+    if stats["created"] and stats["boxes"] and not args.no_embed:
+        meta = _run_job(args, "object_embed", "capture_drops", key)
+        stats["object_embeddings"] = meta.get("object_embeddings", {})
+    if args.json:
+        print(json.dumps(stats, default=str))
+    return 0
+
+
+def cmd_labels_list(args: argparse.Namespace) -> int:
+    sets = _catalog(args.settings).label_sets(args.drop)
+    if args.json:
+        print(json.dumps(sets, default=str))
+        return 0
+    for s in sets:
+        print(
+            f"{s['drop_key']:24s} {s['kind']:11s} {s['version']:10s} {s['format']:5s} {s['objects']:7d} objects "
+            f"{len(s['classes']):4d} classes  {s['created_at']:%Y-%m-%d %H:%M}  {s['source']}"
+        )
+    if not sets:
+        _stderr("no labels: `curation labels import FILE --drop KEY`")
+    return 0
+
+
+def cmd_labels_review(args: argparse.Namespace) -> int:
+    from curation_pipeline.core.ids import validate_name
+
+    name = validate_name(args.name, "review name")
+    config: dict = {"name": name, "k": args.k, "limit": args.limit}
+    if args.drop:
+        config["drop_keys"] = args.drop
+    if args.version:
+        config["version"] = args.version
+    meta = _run_job(args, "review_labels", None, None, {"ops": {"label_review": {"config": config}}})
+    issues = _catalog(args.settings).label_issues(name, args.show)
+    out = meta.get("label_review", {})
+    _stderr(f"label review {name}: {out.get('suspects')} suspects {out.get('by_kind')}")
+    if args.json:
+        print(json.dumps(issues, default=str))
+    else:
+        for x in issues:
+            print(
+                f"{x['rank']:4d} {x['score']:.3f} {x['kind']:13s} {x['drop_key']}/{x['object_key']}"
+                f"{'' if x['box'] is None else ' box ' + str(tuple(round(v) for v in x['box']))}: {x['given'] or '-'} -> "
+                f"{x['suggested'] or '-'}  ({x['reason']})"
+            )
+    return 0
+
+
+def cmd_labels_split(args: argparse.Namespace) -> int:
+    from curation_pipeline.core.ids import validate_name
+
+    name = validate_name(args.name, "split name")
+    config: dict = {"name": name, "fractions": args.fractions, "seed": args.seed}
+    if args.drop:
+        config["drop_keys"] = args.drop
+    if args.version:
+        config["version"] = args.version
+    _run_job(args, "split", None, None, {"ops": {"dataset_split": {"config": config}}})
+    info = _catalog(args.settings).split_info(name) or {}
+    parts = (info.get("stats") or {}).get("parts", {})
+    for part, entry in parts.items():
+        _stderr(f"  {part:8s} {entry['items']:6d} images  {entry['classes']}")
+    if args.json:
+        print(json.dumps(info, default=str))
+    return 0
+
+
+def cmd_labels_export(args: argparse.Namespace) -> int:
+    from curation_pipeline.core.ids import validate_name
+    from curation_pipeline.resources.export_target import export_target_for
+    from curation_pipeline.steps.export import check_destination
+    from curation_pipeline.steps.label_export import export_labels, export_review
+
+    settings = args.settings
+    root = args.destination or settings.export_root
+    if "://" not in root:
+        root = str(Path(root).expanduser().resolve())
+    catalog = _catalog(settings)
+    stores = _stores(settings)
+    target = export_target_for(root, stores.s3)
+    if args.review:
+        review = validate_name(args.review, "review name")
+        name = validate_name(args.name or f"review-{review}", "export name")
+        check_destination(catalog, name, target.uri(name), settings.watched_roots)
+        stats = export_review(catalog, target, review, name=name, stores=stores)
+    else:
+        chosen = [x for x in (args.selection, args.split, args.drop) if x]
+        if len(chosen) != 1:
+            raise SystemExit("curation: name what to export: --selection NAME, --split NAME or --drop KEY (repeatable)")
+        default = args.selection or args.split or "-".join(args.drop)
+        name = validate_name(args.name or f"{default}-{args.format}", "export name")
+        check_destination(catalog, name, target.uri(name), settings.watched_roots)
+        stats = export_labels(
+            catalog,
+            target,
+            name,
+            fmt=args.format,
+            selection=args.selection,
+            split=args.split,
+            drop_keys=args.drop,
+            version=args.version,
+            kind=args.kind,
+            copy_images=args.copy_images,
+            stores=stores,
+        )
+    _stderr(
+        f"wrote {', '.join(stats['files'][:6])}" + (f" and {len(stats['files']) - 6} more" if len(stats["files"]) > 6 else "")
+    )
+    if args.json:
+        print(json.dumps(stats, default=str))
+    return 0
+
+
+def cmd_objects_similar(args: argparse.Namespace) -> int:
+    catalog = _catalog(args.settings)
+    with catalog.connection() as conn:
+        row = conn.execute(
+            "SELECT model, embedding FROM object_embeddings WHERE object_id = %s ORDER BY model LIMIT 1", (args.object,)
+        ).fetchone()
+    if row is None:
+        raise SystemExit(f"curation: object {args.object} has no vector (materialize object_embeddings for its drop)")
+    found = catalog.nearest_objects(row[1].to_numpy(), row[0], args.k, exclude=args.object)
+    if args.json:
+        print(json.dumps(found, default=str))
+    else:
+        for o in found:
+            box = tuple(round(v) for v in o["box"]) if o["box"] else None
+            print(
+                f"{o['similarity']:.4f}  object {o['object_id']}  {o['class_name']:16s} {o['drop_key']}/{o['object_key']} {box}"
+            )
+    return 0
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from curation_pipeline.resources.database import resolve_database_url, stop_embedded_server
 
@@ -1074,6 +1243,62 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--drop", help="only leaks involving this drop")
     lk.add_argument("--json", action="store_true")
     lk.set_defaults(func=cmd_leaks)
+
+    lb = sub.add_parser("labels", help="labels and predictions: import, list, review suspects, split, export")
+    lsub = lb.add_subparsers(dest="labels_command", required=True)
+    li = lsub.add_parser("import", help="import a COCO / YOLO / VOC / CSV-Parquet file as a new version of a drop's labels")
+    li.add_argument("file", help="a .json (COCO), .csv/.tsv/.parquet, .xml or folder of .xml (VOC), or a YOLO folder")
+    li.add_argument("--drop", required=True, help="the drop whose images the file labels")
+    li.add_argument("--format", choices=["coco", "yolo", "voc", "csv"], help="default: from the file name")
+    li.add_argument("--as", dest="kind", choices=["labels", "predictions"], default="labels")
+    li.add_argument("--version", help="version name (default: v1, v2, ... ; an existing one is refused without --replace)")
+    li.add_argument("--classes", help="YOLO/VOC class list (classes.txt or data.yaml; default: found beside the labels)")
+    li.add_argument("--replace", action="store_true", help="replace the named --version if its content differs")
+    li.add_argument("--no-embed", action="store_true", help="do not run object_embeddings for the drop afterwards")
+    li.add_argument("--json", action="store_true")
+    li.set_defaults(func=cmd_labels_import)
+    ll = lsub.add_parser("list", help="label and prediction sets, by drop and version")
+    ll.add_argument("--drop")
+    ll.add_argument("--json", action="store_true")
+    ll.set_defaults(func=cmd_labels_list)
+    lr = lsub.add_parser("review", help="materialize label_review and print the top suspects")
+    lr.add_argument("--name", default="default")
+    lr.add_argument("--drop", action="append", help="only these drops (repeatable)")
+    lr.add_argument("--version", help="review this label version (default: each drop's newest)")
+    lr.add_argument("--k", type=int, default=10, help="neighbours per item")
+    lr.add_argument("--limit", type=int, default=1000, help="suspects kept")
+    lr.add_argument("--show", type=int, default=20, help="suspects printed")
+    lr.add_argument("--json", action="store_true")
+    lr.set_defaults(func=cmd_labels_review)
+    lsp = lsub.add_parser("split", help="materialize dataset_split: train/val/test without duplicates across parts")
+    lsp.add_argument("--name", default="default")
+    lsp.add_argument("--fractions", default="train=0.8,val=0.1,test=0.1")
+    lsp.add_argument("--drop", action="append", help="only these drops (repeatable)")
+    lsp.add_argument("--version")
+    lsp.add_argument("--seed", type=int, default=0)
+    lsp.add_argument("--json", action="store_true")
+    lsp.set_defaults(func=cmd_labels_split)
+    le = lsub.add_parser("export", help="images with labels as COCO / YOLO, or Label Studio / CVAT tasks")
+    le.add_argument("--format", choices=["coco", "yolo", "labelstudio", "cvat"], default="coco")
+    le.add_argument("--selection", help="the images of a selection (curated_subset)")
+    le.add_argument("--split", help="every part of a split (COCO: one file per part; YOLO: <part>.txt lists)")
+    le.add_argument("--drop", action="append", help="the labelled images of these drops")
+    le.add_argument("--review", help="a label review's suspects, as a Label Studio review task")
+    le.add_argument("--as", dest="kind", choices=["labels", "predictions"], default="labels")
+    le.add_argument("--version", help="label version (default: each drop's newest)")
+    le.add_argument("--name", help="folder under the destination (default: from what is exported)")
+    le.add_argument("--destination", help="export root: a folder or s3://bucket/prefix/ (default: CURATION_EXPORT_ROOT)")
+    le.add_argument("--copy-images", action="store_true", help="copy the images beside the labels (images/<drop>/<key>)")
+    le.add_argument("--json", action="store_true")
+    le.set_defaults(func=cmd_labels_export)
+
+    ob = sub.add_parser("objects", help="labelled objects: more objects like this one")
+    osub = ob.add_subparsers(dest="objects_command", required=True)
+    osim = osub.add_parser("similar", help="the objects nearest to an object's crop")
+    osim.add_argument("--object", type=int, required=True, help="object id (from `curation labels review` or exports)")
+    osim.add_argument("--k", type=int, default=20)
+    osim.add_argument("--json", action="store_true")
+    osim.set_defaults(func=cmd_objects_similar)
 
     db = sub.add_parser("db", help="the embedded database: print its URL or stop it")
     db.add_argument("action", choices=["url", "stop"])

@@ -20,10 +20,14 @@ from curation_pipeline.defs.jobs import (
     domain_embed_job,
     export_job,
     ingest_drop_job,
+    object_embed_job,
     retrieve_job,
+    review_labels_job,
     select_job,
+    split_job,
     train_domain_job,
 )
+from curation_pipeline.defs.labels import dataset_split, drop_labels, label_review, object_embeddings
 from curation_pipeline.defs.report import curation_report, retrieval_page
 from curation_pipeline.defs.resources import (
     CurationS3Resource,
@@ -51,6 +55,10 @@ ASSETS = [
     domain_embedder,
     domain_embeddings,
     dedup_calibration,
+    drop_labels,
+    object_embeddings,
+    label_review,
+    dataset_split,
 ]
 
 
@@ -124,6 +132,9 @@ def build_definitions(settings: Settings | None = None, *, watch: WatchSettings 
             train_domain_job,
             domain_embed_job,
             calibrate_dedup_job,
+            object_embed_job,
+            review_labels_job,
+            split_job,
         ],
         sensors=[build_drop_sensor(watch), automation_sensor],
         resources=resources,

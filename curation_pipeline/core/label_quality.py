@@ -110,7 +110,10 @@ def confident_learning(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.n
     probs = probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # cleanlab warns about classes without examples
-        mask = find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
+        # n_jobs=1: cleanlab's worker pool shares its data through module globals, which only a
+        # fork start method carries over (run workers may use forkserver or spawn); the work is
+        # per class and small.
+        mask = find_label_issues(labels, probs, filter_by="prune_by_noise_rate", n_jobs=1)
         quality = get_label_quality_scores(labels, probs, method="self_confidence")
     return np.asarray(mask, bool), 1.0 - np.asarray(quality, np.float64)
 

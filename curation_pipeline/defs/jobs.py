@@ -5,9 +5,26 @@ import dagster as dg
 
 ingest_drop_job = dg.define_asset_job(
     "ingest_drop",
-    selection=dg.AssetSelection.assets("raw_image_manifest", "image_embeddings", "dedup_clusters", "domain_embeddings"),
-    description="Manifest, embeddings (every configured model) and dedup for one capture drop, and its domain model "
-    "vectors when a domain model is trained.",
+    selection=dg.AssetSelection.assets(
+        "raw_image_manifest", "image_embeddings", "dedup_clusters", "domain_embeddings", "drop_labels", "object_embeddings"
+    ),
+    description="Manifest, embeddings (every configured model) and dedup for one capture drop, its domain model "
+    "vectors when a domain model is trained, the label files under its `_labels/` and its object vectors.",
+)
+object_embed_job = dg.define_asset_job(
+    "object_embed",
+    selection=dg.AssetSelection.assets("object_embeddings"),
+    description="Embed the boxes of a drop's current labels and predictions (after `curation labels import`).",
+)
+review_labels_job = dg.define_asset_job(
+    "review_labels",
+    selection=dg.AssetSelection.assets("label_review"),
+    description="Rank probable mislabels, overlapping boxes and missing labels over every drop's current labels.",
+)
+split_job = dg.define_asset_job(
+    "split",
+    selection=dg.AssetSelection.assets("dataset_split"),
+    description="A named train/val/test split of the labelled images, without duplicates across parts.",
 )
 train_domain_job = dg.define_asset_job(
     "train_domain",

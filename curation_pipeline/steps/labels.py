@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
@@ -28,6 +29,8 @@ from curation_pipeline.core.labels import (
     parse_yolo,
 )
 from curation_pipeline.resources.catalog import Catalog
+from curation_pipeline.resources.image_store import ImageStore
+from curation_pipeline.steps.manifest import SIDECAR_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +160,12 @@ def import_labels(
     version: str | None = None,
     classes_file: str | Path | None = None,
     replace: bool = False,
+    source: str | None = None,
     logger: logging.Logger = log,
 ) -> dict:
-    """Import a label or prediction file as a new version of the drop's `kind` set. Returns the
-    version, counts and whether anything new was stored."""
+    """Import a label or prediction file as a new version of the drop's `kind` set (`source`: what
+    to record as its origin, default the file's path). Returns the version, counts and whether
+    anything new was stored."""
     if kind not in KINDS:
         raise ValueError(f"--as {kind!r}: use one of {KINDS}")
     path = Path(path)
@@ -226,7 +231,7 @@ def import_labels(
         kind=kind,
         version=version,
         fmt=parsed.format,
-        source=str(path.resolve()),
+        source=source or str(path.resolve()),
         sha256=content_hash(path),
         classes=parsed.classes,
         objects=rows,
@@ -239,3 +244,33 @@ def import_labels(
     else:
         logger.info("drop %s: %s %s already holds %s; nothing imported", drop_key, kind, saved["version"], path)
     return out
+
+
+def import_sidecars(
+    catalog: Catalog, store: ImageStore, location: str, drop_key: str, *, logger: logging.Logger = log
+) -> list[dict]:
+    """Import the label files that travel with a drop, under `_labels/`: each file (.json COCO,
+    .csv/.tsv/.parquet, .xml VOC) or folder (YOLO .txt with its class list, or VOC .xml) directly
+    inside `_labels/` is one labels source, and each inside `_labels/predictions/` one predictions
+    source. Each becomes a new version only when its content changed (a re-ingest is a no-op)."""
+    keys = [o.key for o in store.list_objects(location) if o.key.startswith(SIDECAR_PREFIX)]
+    if not keys:
+        return []
+    results = []
+    with tempfile.TemporaryDirectory(prefix="curation-labels-") as tmp:
+        root = Path(tmp)
+        for key in keys:
+            rel = PurePosixPath(key).relative_to(SIDECAR_PREFIX.rstrip("/"))
+            if ".." in rel.parts:
+                continue
+            dest = root.joinpath(*rel.parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(store.read_bytes(location, key))
+        sources = [("labels", p) for p in sorted(root.iterdir()) if p.name != "predictions"]
+        if (root / "predictions").is_dir():
+            sources += [("predictions", p) for p in sorted((root / "predictions").iterdir())]
+        for kind, path in sources:
+            origin = store.object_uri(location, SIDECAR_PREFIX + path.relative_to(root).as_posix())
+            stats = import_labels(catalog, path, drop_key=drop_key, kind=kind, source=origin, logger=logger)
+            results.append({**stats, "source": origin})
+    return results

@@ -26,6 +26,9 @@ from curation_pipeline.resources.image_store import (
 
 log = logging.getLogger(__name__)
 
+# Label and prediction files that travel with a drop: imported at ingest, never manifest rows.
+SIDECAR_PREFIX = "_labels/"
+
 
 def inspect_listed(store: ImageStore, location: str, info: ObjectInfo) -> ManifestRecord:
     """The manifest record of one listed object; never raises for what the object is or holds.
@@ -71,7 +74,8 @@ def build_manifest(
     shrink: ShrinkGuard = DEFAULT_SHRINK_GUARD,
 ) -> dict:
     """`control_objects`: keys at the top of the drop that signal completion (the sensor's marker),
-    not images: they are left out of the manifest instead of being recorded as failed objects.
+    not images: they are left out of the manifest instead of being recorded as failed objects, as
+    is everything under `_labels/` (label files that travel with the drop: steps/labels.py).
     `source_uri`: recorded as the drop's source in the same transaction as its manifest (a refused
     or failed listing leaves the old source). `shrink`: a listing that would remove more of the
     drop's known objects than this allows is refused and nothing is written."""
@@ -80,7 +84,7 @@ def build_manifest(
     bytes_total = 0
     with catalog.manifest_writer(drop_key, source_uri=source_uri, shrink=shrink) as writer:
         for info in store.list_objects(location):
-            if info.key in control_objects:
+            if info.key in control_objects or info.key.startswith(SIDECAR_PREFIX):
                 continue
             listed += 1
             record = inspect_listed(store, location, info)

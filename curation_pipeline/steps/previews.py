@@ -129,3 +129,72 @@ def retrieval_markdown(catalog: Catalog, name: str, stores: ImageStores, *, hits
             "| " + " | ".join(_cell(thumbs(it["source_uri"]), it["drop_key"] + "/" + it["object_key"]) for it in shown) + " |",
         ]
     return "\n".join(lines)
+
+
+def _crop_bytes(data: bytes, box) -> bytes:
+    """The object's crop with context (core/objects.py), as JPEG bytes for a thumbnail."""
+    import io
+
+    from curation_pipeline.core.decode import DecodeFailure, decode_image
+    from curation_pipeline.core.objects import crop_object
+
+    decoded = decode_image(data)
+    if isinstance(decoded, DecodeFailure):
+        raise ValueError(decoded.error)
+    sx, sy = decoded.image.width / decoded.width, decoded.image.height / decoded.height
+    x, y, w, h = box
+    buf = io.BytesIO()
+    crop_object(decoded.image, (x * sx, y * sy, w * sx, h * sy)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+class _ObjectThumbs(_Thumbs):
+    """Thumbnails of an image, or of an object's crop when a box is given."""
+
+    def of(self, uri: str, box=None) -> str | None:
+        if box is None:
+            return self(uri)
+        if self.budget <= 0:
+            return None
+        try:
+            thumb = thumbnail_data_uri(_crop_bytes(self.stores.read_uri(uri), box), max_side=THUMB_SIDE, quality=THUMB_QUALITY)
+        except (OSError, ValueError, NotImplementedError):
+            return None
+        if thumb is not None:
+            self.budget -= 1
+        return thumb
+
+
+def suspects_markdown(catalog: Catalog, review: str, stores: ImageStores, *, rows: int = 4, neighbours: int = 3) -> str:
+    """The top suspects of a label review, each beside its nearest labelled neighbours and their
+    labels (object crops for box labels), then a table of the first suspects with their reasons."""
+    issues = catalog.label_issues(review, 25)
+    if not issues:
+        return f"Label review {review}: no suspects."
+    near_ids = [n["object_id"] for x in issues[:rows] for n in (x["neighbours"] or [])[:neighbours] if n.get("object_id")]
+    boxes = catalog.objects_by_id(near_ids)
+    images = catalog.images_by_id([n["image_id"] for x in issues[:rows] for n in (x["neighbours"] or [])[:neighbours]])
+    thumbs = _ObjectThumbs(stores)
+    lines = [
+        f"**{len(issues)}+ suspects** in label review {review}; the top {min(rows, len(issues))} beside their nearest "
+        "labelled neighbours:",
+        "",
+        "| suspect | " + " | ".join(f"neighbour {i + 1}" for i in range(neighbours)) + " |",
+        "|" + "---|" * (neighbours + 1),
+    ]
+    for x in issues[:rows]:
+        label = f"#{x['rank']} {x['kind']}: {x['given'] or '-'} → {x['suggested'] or '-'} ({x['score']:.2f})"
+        cells = [_cell(thumbs.of(x["source_uri"], x["box"]), label)]
+        for n in (x["neighbours"] or [])[:neighbours]:
+            img = images.get(n["image_id"])
+            box = boxes.get(n["object_id"]) if n.get("object_id") else None
+            cells.append(_cell(thumbs.of(img["source_uri"], box) if img else None, f"{n['label']} ({n['similarity']:.2f})"))
+        cells += [""] * (neighbours + 1 - len(cells))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| rank | image | kind | given | suggested | score | why |", "|---|---|---|---|---|---|---|"]
+    for x in issues[:15]:
+        lines.append(
+            f"| {x['rank']} | {_escape(x['drop_key'] + '/' + x['object_key'])} | {x['kind']} | {_escape(x['given'] or '-')} | "
+            f"{_escape(x['suggested'] or '-')} | {x['score']:.3f} | {_escape(x['reason'])} |"
+        )
+    return "\n".join(lines)

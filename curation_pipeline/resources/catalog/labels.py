@@ -307,3 +307,11 @@ class LabelRepository(Repository):
                 (wire_vector(vector, "vector"), model, exclude, wire_vector(vector, "vector"), k),
             )
             return [_object_row(r) for r in dict_rows(cur)]
+
+    def objects_by_id(self, object_ids: Sequence[int]) -> dict[int, tuple | None]:
+        """{object_id: its box (x, y, w, h), None for an image-level label}."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT object_id, x, y, w, h FROM label_objects WHERE object_id = ANY(%s)", ([int(i) for i in object_ids],)
+            ).fetchall()
+        return {int(r[0]): (None if r[1] is None else (r[1], r[2], r[3], r[4])) for r in rows}
