@@ -777,6 +777,32 @@ def cmd_labels_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_labels_evaluate(args: argparse.Namespace) -> int:
+    from curation_pipeline.core.ids import validate_name
+
+    name = validate_name(args.selection, "selection name")
+    if _catalog(args.settings).selection_info(name) is None:
+        raise SystemExit(f"curation: selection {name!r} does not exist: run `curation select --name {name}` first")
+    config: dict = {"seeds": args.seeds}
+    if args.eval_drop:
+        config["eval_drop"] = args.eval_drop
+    if args.budget:
+        config["budgets"] = args.budget
+    _run_job(args, "evaluate_subset", "selections", name, {"ops": {"subset_evaluation": {"config": config}}})
+    ev = _catalog(args.settings).subset_evaluation(name) or {}
+    result = ev.get("result", {})
+    for i, b in enumerate(result.get("budgets", [])):
+        _stderr(
+            f"  budget {b:6d}: subset {result['subset'][i]:.4f}  random {result['random_mean'][i]:.4f}"
+            f" ± {result['random_std'][i]:.4f}"
+        )
+    if result:
+        _stderr(f"  everything ({result['pool']} images): {result['everything']:.4f}  on {result['eval_drop']}")
+    if args.json:
+        print(json.dumps(result, default=str))
+    return 0
+
+
 def cmd_labels_export(args: argparse.Namespace) -> int:
     from curation_pipeline.core.ids import validate_name
     from curation_pipeline.resources.export_target import export_target_for
@@ -998,6 +1024,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     trained = _run_job(args, "train_domain", None, None).get("domain_embedder", {})
     drops = _instance(args.settings).get_dynamic_partitions("capture_drops")
     _run_job(args, "domain_embed", "capture_drops", None, partition_range=(drops[0], drops[-1]))
+    # the labels that came with demo-0001 (_labels/labels.csv, three of them flipped), reviewed
+    # before the selection's report, which shows the suspects
+    _stderr("reviewing the demo labels")
+    _run_job(args, "review_labels", None, None, {"ops": {"label_review": {"config": {"name": "default"}}}})
     _run_job(
         args,
         "select_and_report",
@@ -1012,6 +1042,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "demo",
         {"ops": {"retrieval_set": {"config": {"query_paths": [str(demo.query_image)], "k": 10}}}},
     )
+    flips = json.loads(demo.ground_truth.read_text()).get("label_flips", {})
+    suspects = [f"{x['drop_key']}/{x['object_key']}" for x in catalog.label_issues("default", 10)]
 
     counts = catalog.corpus_counts()
     groups = catalog.duplicate_groups()
@@ -1047,6 +1079,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             k: calibration.get(k) for k in ("calibration_id", "proposal_min_cosine", "verifier_min_share", "proposal_recall")
         },
         "dedup_vs_planted": score,
+        "label_flips_in_top_10_suspects": f"{sum(f'demo-0001/{k}' in suspects for k in flips)} of {len(flips)}",
         "subset_size": len(subset),
         "retrieval_top1": top[0]["object_key"] if top else None,
         "report": str(report),
@@ -1080,6 +1113,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"({score['correct']} of {score['planted_duplicates']} planted found, {score['detected_duplicates']} flagged)"
         )
         print(f"  subset size            {summary['subset_size']}")
+        print(
+            f"  label review           {summary['label_flips_in_top_10_suspects']} planted label flips among the top 10"
+            " suspects (`curation labels review`)"
+        )
         print(f"  retrieval top hit      {summary['retrieval_top1']}")
         print(f"  report                 {summary['report']}")
         print("  models")
@@ -1278,6 +1315,13 @@ def build_parser() -> argparse.ArgumentParser:
     lsp.add_argument("--seed", type=int, default=0)
     lsp.add_argument("--json", action="store_true")
     lsp.set_defaults(func=cmd_labels_split)
+    lev = lsub.add_parser("evaluate", help="materialize subset_evaluation: probe accuracy of a selection vs random")
+    lev.add_argument("--selection", required=True)
+    lev.add_argument("--eval-drop", help="protected, labelled drop to score on (default: the only one)")
+    lev.add_argument("--budget", type=int, action="append", help="extra budget to score (repeatable)")
+    lev.add_argument("--seeds", type=int, default=5, help="random subsets per budget")
+    lev.add_argument("--json", action="store_true")
+    lev.set_defaults(func=cmd_labels_evaluate)
     le = lsub.add_parser("export", help="images with labels as COCO / YOLO, or Label Studio / CVAT tasks")
     le.add_argument("--format", choices=["coco", "yolo", "labelstudio", "cvat"], default="coco")
     le.add_argument("--selection", help="the images of a selection (curated_subset)")

@@ -18,6 +18,7 @@ from curation_pipeline.defs.io_manager import PgVectorIOManager
 from curation_pipeline.defs.jobs import (
     calibrate_dedup_job,
     domain_embed_job,
+    evaluate_job,
     export_job,
     ingest_drop_job,
     object_embed_job,
@@ -27,7 +28,7 @@ from curation_pipeline.defs.jobs import (
     split_job,
     train_domain_job,
 )
-from curation_pipeline.defs.labels import dataset_split, drop_labels, label_review, object_embeddings
+from curation_pipeline.defs.labels import dataset_split, drop_labels, label_review, object_embeddings, subset_evaluation
 from curation_pipeline.defs.report import curation_report, retrieval_page
 from curation_pipeline.defs.resources import (
     CurationS3Resource,
@@ -59,6 +60,7 @@ ASSETS = [
     object_embeddings,
     label_review,
     dataset_split,
+    subset_evaluation,
 ]
 
 
@@ -135,6 +137,7 @@ def build_definitions(settings: Settings | None = None, *, watch: WatchSettings 
             object_embed_job,
             review_labels_job,
             split_job,
+            evaluate_job,
         ],
         sensors=[build_drop_sensor(watch), automation_sensor],
         resources=resources,

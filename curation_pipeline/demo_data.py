@@ -200,13 +200,24 @@ def build_demo_drops(
             (drop2 / target).write_bytes(_near_duplicate(crop, "jpeg_resize"))
         truth[f"demo-0002/{target}"] = distinct
 
+    # image-level labels that travel with drop 1 (`_labels/`, imported at ingest): each image's
+    # source photograph, with a few labels flipped for the label review to find
+    labels = {k.split("/", 1)[1]: d.rsplit("-", 1)[0] for k, d in sorted(truth.items()) if k.startswith("demo-0001/")}
+    classes = sorted(set(labels.values()))
+    flips: dict[str, str] = {}
+    for key in rng.sample(sorted(k for k in labels if "/" in k and k.split("/")[0] in ("rig-A", "rig-B")), k=3):
+        flips[key] = labels[key]
+        labels[key] = rng.choice([c for c in classes if c != labels[key]])
+    (drop1 / "_labels").mkdir(exist_ok=True)
+    (drop1 / "_labels" / "labels.csv").write_text("image,label\n" + "".join(f"{k},{v}\n" for k, v in labels.items()))
+
     query = root / "query.jpg"
     q_distinct, q_crop, _ = remaining[len(remaining) // 2]
     query.write_bytes(_jpeg_bytes(q_crop.rotate(0), 80))
     for d in (drop1, drop2):
         (d / "_SUCCESS").write_bytes(b"")  # complete, as a rig marks a finished upload
     gt = root / "ground_truth.json"
-    gt.write_text(json.dumps({"files": truth, "query_distinct": q_distinct}, indent=1, sort_keys=True))
+    gt.write_text(json.dumps({"files": truth, "query_distinct": q_distinct, "label_flips": flips}, indent=1, sort_keys=True))
     return DemoDrops(root=root, drops={"demo-0001": drop1, "demo-0002": drop2}, ground_truth=gt, query_image=query)
 
 

@@ -74,6 +74,14 @@ class ReportData:
     quality: dict[str, list[Tile]] = field(default_factory=dict)  # flag -> tiles
     quality_counts: dict[str, int] = field(default_factory=dict)
     missing_sources: list[tuple[str, str]] = field(default_factory=list)  # (source URI, why it cannot be shown)
+    # labels: (class, objects in the pool, objects in the subset); object crops of the subset
+    class_counts: list[tuple[str, int, int]] = field(default_factory=list)
+    objects: list[Tile] = field(default_factory=list)
+    # the label review's top suspects, each beside its nearest labelled neighbours; its name and total
+    suspects: list[list[Tile]] = field(default_factory=list)
+    review: dict | None = None
+    # subset_evaluation: probe accuracy per budget, subset vs random vs everything
+    evaluation: dict | None = None
 
 
 @dataclass

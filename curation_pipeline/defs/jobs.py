@@ -57,3 +57,8 @@ export_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("curated_export"),
     description="Copy a named selection's images and write its manifest to the export location.",
 )
+evaluate_job = dg.define_asset_job(
+    "evaluate_subset",
+    selection=dg.AssetSelection.assets("subset_evaluation"),
+    description="Probe accuracy of a named selection against random subsets of equal size, on a protected labelled drop.",
+)

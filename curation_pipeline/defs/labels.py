@@ -1,19 +1,22 @@
-"""Labels and objects: drop_labels and object_embeddings per capture drop (in the ingest job), and
-the unpartitioned label_review and dataset_split that read every drop's current labels."""
+"""Labels and objects: drop_labels and object_embeddings per capture drop (in the ingest job), the
+unpartitioned label_review and dataset_split that read every drop's current labels, and
+subset_evaluation per selection."""
 
 from typing import Optional
 
 import dagster as dg
 
+from curation_pipeline.steps.evaluation import evaluate_selection
 from curation_pipeline.steps.label_review import ReviewSpec, review_labels
 from curation_pipeline.steps.labels import import_sidecars
 from curation_pipeline.steps.objects import embed_objects
 from curation_pipeline.steps.previews import suspects_markdown
 from curation_pipeline.steps.splits import SplitSpec, make_split
 
+from .curation import curated_subset
 from .dedup import dedup_clusters
 from .ingest import image_embeddings, per_drop_metadata, raw_image_manifest
-from .partitions import INGEST_BACKFILL_POLICY, capture_drops
+from .partitions import INGEST_BACKFILL_POLICY, capture_drops, selections
 from .progress import progress_in_log
 from .resources import DatabaseResource, EmbedderResource, ImageStoreResource, project_models
 
@@ -235,4 +238,72 @@ def dataset_split(
         check_results=[
             dg.AssetCheckResult(check_name="no_duplicates_across_parts", passed=not leaks, metadata={"leaks": len(leaks)})
         ],
+    )
+
+
+class EvaluationConfig(dg.Config):
+    eval_drop: Optional[str] = None
+    """The protected, labelled drop to score on (default: the only protected drop with labels)."""
+    budgets: list[int] = []
+    """Budgets to score besides a quarter, half and all of the selection's labelled picks."""
+    seeds: int = 5
+    """Random subsets per budget."""
+
+
+def evaluation_markdown(result: dict) -> str:
+    lines = [
+        f"Linear probe accuracy on `{result['eval_drop']}` ({result['eval']} images, {result['classes']} classes); "
+        f"the whole pool ({result['pool']} labelled images): **{result['everything']}**",
+        "",
+        "| budget | subset | random (mean ± std of %d) |" % result["seeds"],
+        "|---|---|---|",
+    ]
+    for i, b in enumerate(result["budgets"]):
+        lines.append(f"| {b} | {result['subset'][i]} | {result['random_mean'][i]} ± {result['random_std'][i]} |")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    partitions_def=selections,
+    group_name=GROUP,
+    kinds={"python", "scikitlearn"},
+    owners=["team:curation"],
+    deps=[curated_subset],
+    description="What the subset buys: a linear probe on the embeddings of the selection's labelled picks, of "
+    "random subsets of equal size and of every labelled image, scored on a protected labelled evaluation drop, "
+    "at several budgets.",
+)
+def subset_evaluation(
+    context: dg.AssetExecutionContext,
+    config: EvaluationConfig,
+    database: DatabaseResource,
+    embedder: EmbedderResource,
+    descriptor: EmbedderResource,
+) -> dg.MaterializeResult:
+    catalog = database.catalog()
+    info = catalog.selection_info(context.partition_key)
+    if info is None:
+        raise ValueError(f"selection {context.partition_key!r} does not exist: materialize curated_subset first")
+    model = info.model or project_models(embedder, descriptor).semantic_id()
+    result = evaluate_selection(
+        catalog,
+        context.partition_key,
+        model=model,
+        eval_drop=config.eval_drop,
+        budgets=tuple(config.budgets),
+        seeds=config.seeds,
+        logger=context.log,
+    )
+    gain = [round(s - r, 4) for s, r in zip(result["subset"], result["random_mean"])]
+    return dg.MaterializeResult(
+        metadata={
+            "curve": dg.MetadataValue.md(evaluation_markdown(result)),
+            "budgets": dg.MetadataValue.json(result["budgets"]),
+            "subset_accuracy": dg.MetadataValue.json(result["subset"]),
+            "random_accuracy": dg.MetadataValue.json(result["random_mean"]),
+            "gain_over_random": dg.MetadataValue.json(gain),
+            "everything_accuracy": result["everything"],
+            "eval_drop": result["eval_drop"],
+            "model": model,
+        }
     )

@@ -296,6 +296,7 @@ def write_report(
         quality=quality,
         quality_counts=quality_counts,
         missing_sources=sorted(thumbs.missing.items()),
+        **_label_sections(catalog, selection_name, items, thumbs, thumb_side, max_groups),
     )
     if thumbs.missing:
         logger.warning(
@@ -326,6 +327,70 @@ def write_report(
         "nn_sampled": len(nn),
         "counts": data.counts,
         "models": data.models,
+    }
+
+
+def _label_sections(catalog: Catalog, selection: str, items: list[dict], thumbs: Thumbnails, side: int, limit: int) -> dict:
+    """Labels and objects of the pool and the subset, the newest label review's suspects beside
+    their neighbours, and the selection's subset_evaluation."""
+    from curation_pipeline.steps.previews import _crop_bytes
+
+    def crop(uri: str, box) -> str | None:
+        if box is None:
+            return thumbs(uri, side)
+        try:
+            return thumbnail_data_uri(_crop_bytes(thumbs.stores.read_uri(uri), box), max_side=side)
+        except (OSError, ValueError, NotImplementedError):
+            return None
+
+    protected = set(catalog.protected_drops())
+    drops = [d for d in catalog.known_drops() if d not in protected]  # the pool selections draw from
+    sets = catalog.current_set_ids("labels", drops) or catalog.current_set_ids("predictions", drops)
+    objects = catalog.label_objects(sets) if sets else []
+    picked = {int(it["image_id"]) for it in items}
+    pool_counts = Counter(o["class_name"] for o in objects)
+    subset_objects = [o for o in objects if o["image_id"] in picked]
+    sub_counts = Counter(o["class_name"] for o in subset_objects)
+    class_counts = [(c, pool_counts[c], sub_counts.get(c, 0)) for c in sorted(pool_counts, key=lambda c: (pool_counts[c], c))]
+    object_tiles = [
+        Tile(o["class_name"], f"{o['drop_key']}/{o['object_key']}", crop(o["source_uri"], o["box"]))
+        for o in subset_objects
+        if o["box"] is not None
+    ][:limit]
+    review_name = catalog.latest_label_review()
+    suspects, review = [], None
+    if review_name:
+        issues = catalog.label_issues(review_name, 12)
+        boxes = catalog.objects_by_id([n["object_id"] for x in issues for n in (x["neighbours"] or []) if n.get("object_id")])
+        near = catalog.images_by_id([n["image_id"] for x in issues for n in (x["neighbours"] or [])])
+        for x in issues:
+            row = [
+                Tile(
+                    f"#{x['rank']} {x['kind']}: {x['given'] or '-'} -> {x['suggested'] or '-'}",
+                    f"{x['drop_key']}/{x['object_key']} · {x['score']:.2f} · {x['reason']}",
+                    crop(x["source_uri"], x["box"]),
+                )
+            ]
+            for n in (x["neighbours"] or [])[:4]:
+                img = near.get(n["image_id"])
+                box = boxes.get(n["object_id"]) if n.get("object_id") else None
+                row.append(
+                    Tile(
+                        f"{n['label']}",
+                        f"neighbour, cosine {n['similarity']:.2f}",
+                        crop(img["source_uri"], box) if img else None,
+                    )
+                )
+            suspects.append(row)
+        info = catalog.label_review(review_name) or {}
+        review = {"name": review_name, "total": (info.get("stats") or {}).get("kept", len(issues))}
+    evaluation = catalog.subset_evaluation(selection)
+    return {
+        "class_counts": class_counts,
+        "objects": object_tiles,
+        "suspects": suspects,
+        "review": review,
+        "evaluation": evaluation["result"] if evaluation else None,
     }
 
 

@@ -198,6 +198,28 @@ def _balance(pool: Pool, s: StrategySpec) -> Quotas:
     return Quotas(groups, list(names), allocate(np.bincount(groups, minlength=len(names)), pool.budget, s.allocation))
 
 
+def _class_balance(pool: Pool, s: StrategySpec) -> Quotas:
+    """Equal picks per class, rarest classes first: each image counts for the rarest class among its
+    objects (labels, else confident predictions; per-class object counts over the pool decide
+    rarity), so images that hold a rare class are spent on it; classes with fewer images than their
+    share pass the rest on (allocate). Images with no class form one group."""
+    from collections import Counter
+
+    classes = pool.catalog.image_classes_for(pool.image_ids)
+    counts = Counter(c for cs in classes.values() for c in cs)
+    if not counts:
+        raise ValueError(
+            f"selection {pool.selection!r}: class_balance needs labels or predictions of the pool's images "
+            "(`curation labels import`)"
+        )
+    rarest = [min(classes[i], key=lambda c: (counts[c], c)) if i in classes else "(no class)" for i in pool.image_ids]
+    values = np.asarray(rarest, dtype=object)
+    names, groups = np.unique(values, return_inverse=True)
+    quotas = allocate(np.bincount(groups, minlength=len(names)), pool.budget, "equal")
+    pool.cache["class_counts"] = dict(counts)
+    return Quotas(groups, [f"class-{n}" for n in names], quotas)
+
+
 def _needs(option: str, example: str) -> Callable[[StrategySpec], str | None]:
     return lambda s: None if getattr(s, option) else f"strategy {s.name!r} needs {option} (e.g. {example})"
 
@@ -259,6 +281,14 @@ STRATEGIES: dict[str, Strategy] = {
             quota=_balance,
             check=lambda s: _needs("column", "balance,column=camera_model")(s) or _allocation(s),
             columns=lambda s: (s.column,) if s.column else (),
+        ),
+        Strategy(
+            "class_balance",
+            "equal picks per class of the images' labelled (else confidently predicted) objects, rarest classes "
+            "first; each image counts for its rarest class",
+            (),
+            "class_balance",
+            quota=_class_balance,
         ),
         Strategy(
             "query_similarity",

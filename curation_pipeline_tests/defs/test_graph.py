@@ -228,7 +228,8 @@ def test_one_backfill_run_ingests_several_drops_in_arrival_order(tmp_path, datab
     per_asset = {}
     for m in mats:
         per_asset.setdefault(m.asset_key.to_user_string(), set()).add(m.partition)
-    assert per_asset == {a: set(keys) for a in ("raw_image_manifest", "image_embeddings", "dedup_clusters")}
+    ingest = ("raw_image_manifest", "image_embeddings", "dedup_clusters", "drop_labels", "object_embeddings")
+    assert per_asset == {a: set(keys) for a in ingest}
     catalog = Catalog(database_url)
     # later drops are identical copies of the first drop's photos: they dedup against it
     summary = {k: dedup_summary(catalog, k) for k in keys}

@@ -57,9 +57,9 @@ def test_an_s3_drop_ingests_and_reports_under_the_multiprocess_executor_with_the
         )
         assert ingest.success
         starts = [e for e in ingest.all_events if e.event_type == dg.DagsterEventType.STEP_START]
-        # manifest, embeddings, dedup, domain embeddings (skipped: no domain model yet)
-        assert len(starts) == 4 and os.getpid() not in {e.pid for e in starts}
-        assert len({e.pid for e in starts}) == 4  # each step in a process of its own
+        # manifest, embeddings, dedup, domain embeddings (skipped: no domain model yet), labels, object vectors
+        assert len(starts) == 6 and os.getpid() not in {e.pid for e in starts}
+        assert len({e.pid for e in starts}) == 6  # each step in a process of its own
 
         catalog = Catalog(database_url)
         valid = info["files"] - len(info["bad"])

@@ -218,3 +218,80 @@ def test_label_studio_and_cvat_exports_carry_every_image_and_box(box_drop, tmp_p
     assert float(first.find("box").get("xbr")) == pytest.approx(x + w, abs=0.01)
     urls = (tmp_path / "out" / "cvat" / "image_urls.txt").read_text().split()
     assert len(urls) == len(images)
+
+
+def _labelled_colour_drop(catalog: Catalog, folder, key: str, *, per_class: int, keep_blue: int | None = None) -> dict:
+    truth = make_colour_drop(folder, per_class=per_class)
+    if keep_blue is not None:
+        for name in [n for n in truth["classes"] if n.startswith("blue_")][keep_blue:]:
+            (folder / name).unlink()
+            del truth["classes"][name]
+    ingest_manifest(catalog, folder, key)
+    _embed_and_dedup(catalog, key)
+    labels = folder.parent / f"{key}-labels.csv"
+    labels.write_text("image,label\n" + "".join(f"{k},{v}\n" for k, v in truth["classes"].items()))
+    import_labels(catalog, labels, drop_key=key)
+    return truth
+
+
+def test_class_balance_spends_the_budget_on_rare_classes_and_the_evaluation_scores_it_on_a_protected_drop(
+    tmp_path, database_url
+):
+    from curation_pipeline.steps.evaluation import evaluate_selection
+    from curation_pipeline.steps.select import SelectionSpec, select_subset
+    from curation_pipeline.steps.strategies import StrategySpec
+
+    catalog = Catalog(database_url)
+    _labelled_colour_drop(catalog, tmp_path / "pool", "pool", per_class=8, keep_blue=2)
+    _labelled_colour_drop(catalog, tmp_path / "eval", "eval", per_class=4)
+    catalog.set_protected("eval", True)
+    model = "offline:colour-layout-v2"
+    spec = SelectionSpec(budget=6, strategies=(StrategySpec("class_balance"), StrategySpec("diversity")))
+    select_subset(catalog, "balanced", spec, model=model)
+    items = catalog.selection_items("balanced")
+    assert all(it["drop_key"] == "pool" for it in items)  # the protected drop never enters a subset
+    picked = [it["object_key"].split("_")[0] for it in items]
+    assert sorted(picked) == ["blue", "blue", "green", "green", "red", "red"]
+    assert {it["group_key"] for it in items} == {"class-red", "class-green", "class-blue"}
+
+    result = evaluate_selection(catalog, "balanced", model=model, seeds=3)
+    assert result["eval_drop"] == "eval" and result["eval"] == 12 and result["pool"] == 18
+    assert result["budgets"] == [1, 3, 6]
+    assert len(result["subset"]) == len(result["random_mean"]) == 3
+    # two of each class beat mostly-red-and-green random picks on a balanced evaluation drop
+    assert result["subset"][-1] > result["random_mean"][-1]
+    assert 0.0 <= min(result["random_min"]) <= max(result["random_max"]) <= 1.0 and result["everything"] > 1 / 3
+    assert catalog.subset_evaluation("balanced")["result"]["subset"] == result["subset"]
+    catalog.set_protected("eval", False)
+    with pytest.raises(ValueError, match="is not protected"):
+        evaluate_selection(catalog, "balanced", model=model, eval_drop="eval")
+
+
+def test_the_report_shows_class_counts_objects_suspects_and_the_evaluation_curve(tmp_path, database_url):
+    from curation_pipeline.steps.evaluation import evaluate_selection
+    from curation_pipeline.steps.report import write_report
+    from curation_pipeline.steps.select import SelectionSpec, select_subset
+    from curation_pipeline.steps.strategies import StrategySpec
+
+    catalog = Catalog(database_url)
+    truth = _labelled_colour_drop(catalog, tmp_path / "pool", "pool", per_class=6)
+    _labelled_colour_drop(catalog, tmp_path / "eval", "eval", per_class=3)
+    catalog.set_protected("eval", True)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps(coco_doc({"boxes": truth["boxes"], "sizes": truth["sizes"]}, classes=["red", "blue"])))
+    import_labels(catalog, boxes, drop_key="pool", version="boxes")
+    embed_objects(catalog, OfflineEmbedder(), "pool")
+    model = "offline:colour-layout-v2"
+    review_labels(catalog, ReviewSpec(name="rev", k=5), model=model)
+    select_subset(catalog, "s", SelectionSpec(budget=6, strategies=(StrategySpec("class_balance"),)), model=model)
+    evaluate_selection(catalog, "s", model=model, seeds=2)
+    write_report(catalog, "s", tmp_path / "report")
+    html = (tmp_path / "report" / "index.html").read_text()
+    labels = html[html.index('id="labels"') : html.index('id="suspects"')]
+    # the pool's newest labels are the boxes (one red, one blue per image); the protected drop is no pool
+    assert "<td>red</td><td>18</td><td>6</td>" in labels and "<td>green</td>" not in labels
+    assert labels.count("<img") >= 6  # crops of the subset's boxes
+    evaluation = html[html.index('id="evaluation"') : html.index('id="quality"')]
+    assert "protected drop eval" in evaluation and evaluation.count("<tr>") == 1 + 3
+    suspects = html[html.index('id="suspects"') : html.index('id="evaluation"')]
+    assert "review rev" in suspects

@@ -315,3 +315,51 @@ class LabelRepository(Repository):
                 "SELECT object_id, x, y, w, h FROM label_objects WHERE object_id = ANY(%s)", ([int(i) for i in object_ids],)
             ).fetchall()
         return {int(r[0]): (None if r[1] is None else (r[1], r[2], r[3], r[4])) for r in rows}
+
+    def image_classes_for(self, image_ids: Sequence[int], *, min_score: float = 0.5) -> dict[int, list[str]]:
+        """{image_id: the classes of its objects} from each drop's newest labels; images without
+        labels take their newest predictions at `min_score` or more (what a model thinks is there
+        is what an unlabelled pool can be balanced by). Images with neither are left out."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "WITH cur AS (SELECT DISTINCT ON (drop_key, kind) set_id, kind FROM label_sets"
+                "   ORDER BY drop_key, kind, set_id DESC)"
+                " SELECT o.image_id, cur.kind, o.class_name, o.score FROM label_objects o JOIN cur ON cur.set_id = o.set_id"
+                " WHERE o.image_id = ANY(%s) ORDER BY o.image_id, o.object_id",
+                ([int(i) for i in image_ids],),
+            ).fetchall()
+        labels: dict[int, list[str]] = {}
+        predicted: dict[int, list[str]] = {}
+        for image_id, kind, cls, score in rows:
+            if kind == "labels":
+                labels.setdefault(int(image_id), []).append(cls)
+            elif score is None or score >= min_score:
+                predicted.setdefault(int(image_id), []).append(cls)
+        return {**predicted, **labels}
+
+    # ---- subset evaluations -------------------------------------------------------------------
+    def save_subset_evaluation(self, selection: str, eval_drop: str, model: str, result: dict) -> None:
+        with self.connection() as conn:
+            conn.execute(
+                "INSERT INTO subset_evaluations (selection, eval_drop, model, result) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (selection, eval_drop) DO UPDATE SET model = EXCLUDED.model, result = EXCLUDED.result,"
+                " created_at = now()",
+                (selection, eval_drop, model, json.dumps(result)),
+            )
+
+    def subset_evaluation(self, selection: str) -> dict | None:
+        """The newest evaluation of a selection: {eval_drop, model, result, created_at}."""
+        with self.connection() as conn:
+            rows = dict_rows(
+                conn.execute(
+                    "SELECT eval_drop, model, result, created_at FROM subset_evaluations WHERE selection = %s"
+                    " ORDER BY created_at DESC LIMIT 1",
+                    (selection,),
+                )
+            )
+        return rows[0] if rows else None
+
+    def latest_label_review(self) -> str | None:
+        with self.connection() as conn:
+            row = conn.execute("SELECT name FROM label_reviews ORDER BY created_at DESC LIMIT 1").fetchone()
+        return row[0] if row else None

@@ -32,7 +32,7 @@ class SetRepository(Repository):
         exclude_flags: Sequence[str] = (),
         columns: Sequence[str] = (),
     ) -> tuple[EmbeddingSet, dict[str, np.ndarray]]:
-        """Valid, embedded images that are not duplicates of another image and pass the filters,
+        """Valid, embedded images of unprotected drops that are not duplicates of another image and pass the filters,
         with the requested metadata `columns` (manifest columns or annotation names) as object
         arrays aligned with the vectors. Ordered by image id, so selections are reproducible."""
         from curation_pipeline.resources.filters import column_expression, compile_filters
@@ -49,7 +49,9 @@ class SetRepository(Repository):
             "SELECT e.image_id, e.sha256, e.drop_key, " + READ_VECTOR_E + "{meta} FROM embeddings e"
             " JOIN images i ON i.image_id = e.image_id"
             " LEFT JOIN dedup_members m ON m.image_id = e.image_id {joins} {extra}"
-            " WHERE e.model = %s AND " + _KEPT + " AND (%s::text[] IS NULL OR e.drop_key = ANY(%s::text[])){where}"
+            " WHERE e.model = %s AND " + _KEPT + " AND (%s::text[] IS NULL OR e.drop_key = ANY(%s::text[]))"
+            # a protected drop (a test or evaluation set) never enters a subset
+            " AND NOT EXISTS (SELECT 1 FROM drops pd WHERE pd.drop_key = e.drop_key AND pd.protected){where}"
             " ORDER BY e.image_id"
         ).format(meta=select_meta, joins=join_sql, extra=extra_join_sql, where=where_sql)
         with self.connection() as conn:

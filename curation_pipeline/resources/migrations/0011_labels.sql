@@ -79,3 +79,14 @@ CREATE TABLE object_embeddings (
     PRIMARY KEY (object_id, model)
 );
 CREATE INDEX object_embeddings_drop_idx ON object_embeddings (drop_key, model);
+
+-- What a subset buys: probe accuracy curves of a selection against random subsets and everything,
+-- scored on a protected, labelled evaluation drop.
+CREATE TABLE subset_evaluations (
+    selection   text NOT NULL REFERENCES selections (name) ON DELETE CASCADE,
+    eval_drop   text NOT NULL REFERENCES drops (drop_key) ON DELETE CASCADE,
+    model       text NOT NULL,
+    result      jsonb NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (selection, eval_drop)
+);
