@@ -17,7 +17,9 @@ Noise, each scenario on a fresh copy of the clean labels (seed 0):
     centroid is nearest in the embedding space);
   * both: 5% random + 5% look-alike.
 
-Methods (core/label_quality.py, the functions the `label_review` asset calls): kNN label
+Methods (core/label_quality.py, the functions the `label_review` asset calls), and the list that
+asset stores (items cleanlab flags or whose neighbours mostly disagree, ranked by confident
+learning's score; its top 100 scored as shown to a person): kNN label
 disagreement (k=10), cleanlab confident learning on out-of-fold probabilities of a linear probe,
 their rank average (the product's default ranking), and a random ranking. Scored: precision and
 recall of the top 100 and of the top N (N = the number of flipped labels). cleanlab is the peer
@@ -186,6 +188,17 @@ def evaluate(vectors: np.ndarray, noisy: np.ndarray, truth: np.ndarray, n_classe
         p100, r100 = precision_recall_at(score, truth, 100)
         pn, rn = precision_recall_at(score, truth, n_bad)
         out[name] = {"p@100": round(p100, 3), "r@100": round(r100, 3), "p@N": round(pn, 3), "r@N": round(rn, 3)}
+    # exactly what the label_review asset stores: items cleanlab flags or whose neighbours mostly
+    # disagree (ReviewSpec.min_knn_disagreement), ranked by confident learning's score
+    listed = np.nonzero(mask | (knn_score >= 0.6))[0]
+    listed = listed[np.argsort(-cl_score[listed], kind="stable")]
+    top = listed[:100]
+    out["label_review list"] = {
+        "listed": int(len(listed)),
+        "p@100": round(float(truth[top].mean()) if len(top) else 0.0, 3),
+        "r@100": round(float(truth[top].sum() / max(truth.sum(), 1)), 3),
+        "r@all": round(float(truth[listed].sum() / max(truth.sum(), 1)), 3),
+    }
     flagged = int(mask.sum())
     hits = int((mask & truth).sum())
     out["cleanlab issue mask"] = {
@@ -238,6 +251,11 @@ def main() -> int:
             for method in ("knn", "cleanlab (default)", "rank average", "random"):
                 r = res[method]
                 print(f"| {scenario} | {res['flipped']} | {method} | {r['p@100']} | {r['r@100']} | {r['p@N']} | {r['r@N']} |")
+            lr = res["label_review list"]
+            print(
+                f"| {scenario} | {res['flipped']} | label_review's list ({lr['listed']} listed) | {lr['p@100']} |"
+                f" {lr['r@100']} | - | {lr['r@all']} (all listed) |"
+            )
             m = res["cleanlab issue mask"]
             print(
                 f"| {scenario} | {res['flipped']} | cleanlab issue mask ({m['flagged']} flagged) | - | - |"

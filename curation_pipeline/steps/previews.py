@@ -176,7 +176,8 @@ def suspects_markdown(catalog: Catalog, review: str, stores: ImageStores, *, row
     images = catalog.images_by_id([n["image_id"] for x in issues[:rows] for n in (x["neighbours"] or [])[:neighbours]])
     thumbs = _ObjectThumbs(stores)
     lines = [
-        f"**{len(issues)}+ suspects** in label review {review}; the top {min(rows, len(issues))} beside their nearest "
+        f"**{len(issues)}{'+' if len(issues) == 25 else ''} suspects** in label review {review}; the top "
+        f"{min(rows, len(issues))} beside their nearest "
         "labelled neighbours:",
         "",
         "| suspect | " + " | ".join(f"neighbour {i + 1}" for i in range(neighbours)) + " |",
