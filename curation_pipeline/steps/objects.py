@@ -6,12 +6,13 @@ transaction, streamed in batches (memory: one batch of crops)."""
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections import defaultdict
 
 from curation_pipeline.core import progress
-from curation_pipeline.core.decode import DecodeFailure, decode_image
+from curation_pipeline.core.decode import DecodedImage, DecodeFailure, decode_image
 from curation_pipeline.core.objects import DEFAULT_CROP, CropSettings, context_crop, crop_object, is_tiny
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.embedders import Embedder
@@ -19,6 +20,24 @@ from curation_pipeline.resources.image_store import DEFAULT_STORES, ImageStores
 from curation_pipeline.steps.embed import DEFAULT_OPTIONS, model_id_for
 
 log = logging.getLogger(__name__)
+
+
+def work_box(box, decoded: DecodedImage) -> tuple[float, float, float, float]:
+    """A box in the image's full-resolution pixels, in the pixels of the decoded image (a huge
+    image comes back reduced)."""
+    sx, sy = decoded.image.width / decoded.width, decoded.image.height / decoded.height
+    x, y, w, h = box
+    return (x * sx, y * sy, w * sx, h * sy)
+
+
+def crop_jpeg(data: bytes, box, crop: CropSettings = DEFAULT_CROP) -> bytes:
+    """The object's crop with context from an image's bytes, as JPEG (for thumbnails)."""
+    decoded = decode_image(data)
+    if isinstance(decoded, DecodeFailure):
+        raise ValueError(decoded.error)
+    buf = io.BytesIO()
+    crop_object(decoded.image, work_box(box, decoded), crop).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
 
 
 def drop_boxes(catalog: Catalog, drop_key: str) -> list[dict]:
@@ -68,18 +87,14 @@ def embed_objects(
             if isinstance(decoded, DecodeFailure):
                 failed.append((first["object_key"], decoded.error))
                 continue
-            image = decoded.image
-            # boxes are in the full-resolution pixels; a huge image may come back reduced
-            sx, sy = image.width / decoded.width, image.height / decoded.height
             for o in objs:
-                x, y, w, h = o["box"]
-                box = (x * sx, y * sy, w * sx, h * sy)
+                box = work_box(o["box"], decoded)
                 small = is_tiny(o["box"], crop)
                 tiny += small
                 pending.append(
                     (
                         o["object_id"],
-                        crop_object(image, box, crop),
+                        crop_object(decoded.image, box, crop),
                         small,
                         context_crop(o["box"], (decoded.width, decoded.height), crop),
                     )

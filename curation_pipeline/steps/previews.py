@@ -11,6 +11,7 @@ from __future__ import annotations
 from curation_pipeline.core.report import thumbnail_data_uri
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.image_store import ImageStores
+from curation_pipeline.steps.objects import crop_jpeg
 
 THUMB_SIDE = 56
 THUMB_QUALITY = 60
@@ -131,23 +132,6 @@ def retrieval_markdown(catalog: Catalog, name: str, stores: ImageStores, *, hits
     return "\n".join(lines)
 
 
-def _crop_bytes(data: bytes, box) -> bytes:
-    """The object's crop with context (core/objects.py), as JPEG bytes for a thumbnail."""
-    import io
-
-    from curation_pipeline.core.decode import DecodeFailure, decode_image
-    from curation_pipeline.core.objects import crop_object
-
-    decoded = decode_image(data)
-    if isinstance(decoded, DecodeFailure):
-        raise ValueError(decoded.error)
-    sx, sy = decoded.image.width / decoded.width, decoded.image.height / decoded.height
-    x, y, w, h = box
-    buf = io.BytesIO()
-    crop_object(decoded.image, (x * sx, y * sy, w * sx, h * sy)).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
 class _ObjectThumbs(_Thumbs):
     """Thumbnails of an image, or of an object's crop when a box is given."""
 
@@ -157,12 +141,35 @@ class _ObjectThumbs(_Thumbs):
         if self.budget <= 0:
             return None
         try:
-            thumb = thumbnail_data_uri(_crop_bytes(self.stores.read_uri(uri), box), max_side=THUMB_SIDE, quality=THUMB_QUALITY)
+            thumb = thumbnail_data_uri(crop_jpeg(self.stores.read_uri(uri), box), max_side=THUMB_SIDE, quality=THUMB_QUALITY)
         except (OSError, ValueError, NotImplementedError):
             return None
         if thumb is not None:
             self.budget -= 1
         return thumb
+
+
+def suspect_neighbours(catalog: Catalog, issues: list[dict], per: int) -> list[tuple[dict, list[dict]]]:
+    """Each suspect with its first `per` neighbours as {label, similarity, source_uri, box} (box:
+    the neighbour object's, None for an image; source_uri None when the image is gone)."""
+    near = [(x, (x["neighbours"] or [])[:per]) for x in issues]
+    boxes = catalog.objects_by_id([n["object_id"] for _, ns in near for n in ns if n.get("object_id")])
+    images = catalog.images_by_id([n["image_id"] for _, ns in near for n in ns])
+    return [
+        (
+            x,
+            [
+                {
+                    "label": n["label"],
+                    "similarity": n["similarity"],
+                    "source_uri": images[n["image_id"]]["source_uri"] if n["image_id"] in images else None,
+                    "box": boxes.get(n["object_id"]) if n.get("object_id") else None,
+                }
+                for n in ns
+            ],
+        )
+        for x, ns in near
+    ]
 
 
 def suspects_markdown(catalog: Catalog, review: str, stores: ImageStores, *, rows: int = 4, neighbours: int = 3) -> str:
@@ -171,9 +178,6 @@ def suspects_markdown(catalog: Catalog, review: str, stores: ImageStores, *, row
     issues = catalog.label_issues(review, 25)
     if not issues:
         return f"Label review {review}: no suspects."
-    near_ids = [n["object_id"] for x in issues[:rows] for n in (x["neighbours"] or [])[:neighbours] if n.get("object_id")]
-    boxes = catalog.objects_by_id(near_ids)
-    images = catalog.images_by_id([n["image_id"] for x in issues[:rows] for n in (x["neighbours"] or [])[:neighbours]])
     thumbs = _ObjectThumbs(stores)
     lines = [
         f"**{len(issues)}{'+' if len(issues) == 25 else ''} suspects** in label review {review}; the top "
@@ -183,13 +187,15 @@ def suspects_markdown(catalog: Catalog, review: str, stores: ImageStores, *, row
         "| suspect | " + " | ".join(f"neighbour {i + 1}" for i in range(neighbours)) + " |",
         "|" + "---|" * (neighbours + 1),
     ]
-    for x in issues[:rows]:
+    for x, near in suspect_neighbours(catalog, issues[:rows], neighbours):
         label = f"#{x['rank']} {x['kind']}: {x['given'] or '-'} → {x['suggested'] or '-'} ({x['score']:.2f})"
         cells = [_cell(thumbs.of(x["source_uri"], x["box"]), label)]
-        for n in (x["neighbours"] or [])[:neighbours]:
-            img = images.get(n["image_id"])
-            box = boxes.get(n["object_id"]) if n.get("object_id") else None
-            cells.append(_cell(thumbs.of(img["source_uri"], box) if img else None, f"{n['label']} ({n['similarity']:.2f})"))
+        for n in near:
+            cells.append(
+                _cell(
+                    thumbs.of(n["source_uri"], n["box"]) if n["source_uri"] else None, f"{n['label']} ({n['similarity']:.2f})"
+                )
+            )
         cells += [""] * (neighbours + 1 - len(cells))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| rank | image | kind | given | suggested | score | why |", "|---|---|---|---|---|---|---|"]

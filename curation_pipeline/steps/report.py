@@ -333,13 +333,14 @@ def write_report(
 def _label_sections(catalog: Catalog, selection: str, items: list[dict], thumbs: Thumbnails, side: int, limit: int) -> dict:
     """Labels and objects of the pool and the subset, the newest label review's suspects beside
     their neighbours, and the selection's subset_evaluation."""
-    from curation_pipeline.steps.previews import _crop_bytes
+    from curation_pipeline.steps.objects import crop_jpeg
+    from curation_pipeline.steps.previews import suspect_neighbours
 
     def crop(uri: str, box) -> str | None:
         if box is None:
             return thumbs(uri, side)
         try:
-            return thumbnail_data_uri(_crop_bytes(thumbs.stores.read_uri(uri), box), max_side=side)
+            return thumbnail_data_uri(crop_jpeg(thumbs.stores.read_uri(uri), box), max_side=side)
         except (OSError, ValueError, NotImplementedError):
             return None
 
@@ -361,9 +362,7 @@ def _label_sections(catalog: Catalog, selection: str, items: list[dict], thumbs:
     suspects, review = [], None
     if review_name:
         issues = catalog.label_issues(review_name, 12)
-        boxes = catalog.objects_by_id([n["object_id"] for x in issues for n in (x["neighbours"] or []) if n.get("object_id")])
-        near = catalog.images_by_id([n["image_id"] for x in issues for n in (x["neighbours"] or [])])
-        for x in issues:
+        for x, near in suspect_neighbours(catalog, issues, 4):
             row = [
                 Tile(
                     f"#{x['rank']} {x['kind']}: {x['given'] or '-'} -> {x['suggested'] or '-'}",
@@ -371,16 +370,14 @@ def _label_sections(catalog: Catalog, selection: str, items: list[dict], thumbs:
                     crop(x["source_uri"], x["box"]),
                 )
             ]
-            for n in (x["neighbours"] or [])[:4]:
-                img = near.get(n["image_id"])
-                box = boxes.get(n["object_id"]) if n.get("object_id") else None
-                row.append(
-                    Tile(
-                        f"{n['label']}",
-                        f"neighbour, cosine {n['similarity']:.2f}",
-                        crop(img["source_uri"], box) if img else None,
-                    )
+            row += [
+                Tile(
+                    n["label"],
+                    f"neighbour, cosine {n['similarity']:.2f}",
+                    crop(n["source_uri"], n["box"]) if n["source_uri"] else None,
                 )
+                for n in near
+            ]
             suspects.append(row)
         info = catalog.label_review(review_name) or {}
         review = {"name": review_name, "total": (info.get("stats") or {}).get("kept", len(issues))}

@@ -12,6 +12,7 @@ from curation_pipeline.core.dedup import DedupThresholds
 from curation_pipeline.resources.catalog import Catalog
 from curation_pipeline.resources.embedders import OfflineEmbedder
 from curation_pipeline.resources.export_target import LocalExportTarget
+from curation_pipeline.resources.image_store import DEFAULT_STORES
 from curation_pipeline.steps.dedup import dedup_drop
 from curation_pipeline.steps.embed import EmbedOptions, embed_drop
 from curation_pipeline.steps.label_export import export_labels, export_review
@@ -105,6 +106,14 @@ def test_object_embeddings_and_the_review_of_box_labels_overlaps_and_missing_box
     assert len(missing) == 1 and missing[0]["suggested"] == "blue"  # the 0.2 prediction is not confident
     overlap = next(x for x in issues if x["kind"] == "overlap")
     assert overlap["object_key"] == first_image
+
+    # the asset page's preview: each top suspect's crop beside its neighbours' crops and labels
+    from curation_pipeline.steps.previews import suspects_markdown
+
+    md = suspects_markdown(catalog, "boxes", DEFAULT_STORES)
+    shown = sum(1 + min(3, len(x["neighbours"] or [])) for x in issues[:4])  # itself + up to 3 neighbours
+    assert shown >= 7 and md.count("](data:image/jpeg;base64,") == shown
+    assert "| rank | image | kind | given | suggested | score | why |" in md and "missing_label" in md
 
     # "more objects like this crop": the nearest objects of a red box are red boxes
     ids, vecs = catalog.object_vectors(catalog.current_set_ids("labels", ["c1"]), model)
