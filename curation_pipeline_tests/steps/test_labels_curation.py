@@ -304,3 +304,28 @@ def test_the_report_shows_class_counts_objects_suspects_and_the_evaluation_curve
     assert "protected drop eval" in evaluation and evaluation.count("<tr>") == 1 + 3
     suspects = html[html.index('id="suspects"') : html.index('id="evaluation"')]
     assert "review rev" in suspects
+
+
+def test_label_studio_tasks_for_an_s3_drop_carry_presigned_urls_that_open_the_image(tmp_path, database_url, s3):
+    import urllib.request
+
+    from curation_pipeline.resources.image_store import ImageStores, S3ImageStore
+    from curation_pipeline.steps.manifest import build_manifest
+    from curation_pipeline_tests.conftest import new_bucket, upload_folder
+
+    catalog = Catalog(database_url)
+    truth = make_labelled_drop(tmp_path / "drop")
+    bucket = new_bucket(s3)
+    upload_folder(s3, tmp_path / "drop", bucket, "drops/d1/")
+    location = f"s3://{bucket}/drops/d1/"
+    catalog.register_drop("d1", location)
+    build_manifest(catalog, S3ImageStore(s3), location, "d1")
+    import_labels(catalog, write_coco(tmp_path / "in.json", truth), drop_key="d1")
+    stores = ImageStores(s3)
+    export_labels(catalog, LocalExportTarget(str(tmp_path / "out")), "ls", fmt="labelstudio", drop_keys=["d1"], stores=stores)
+    tasks = json.loads((tmp_path / "out" / "ls" / "tasks.json").read_text())
+    task = next(t for t in tasks if t["data"]["key"] == "img_00.jpg")
+    url = task["data"]["image"]
+    assert url.startswith(s3.endpoint_url) and "Signature" in url and "Expires" in url
+    with urllib.request.urlopen(url, timeout=30) as response:  # the presigned URL opens the image over HTTP
+        assert response.read() == (tmp_path / "drop" / "img_00.jpg").read_bytes()
