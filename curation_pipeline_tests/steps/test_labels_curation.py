@@ -10,6 +10,7 @@ import pytest
 
 from curation_pipeline.core.dedup import DedupThresholds
 from curation_pipeline.resources.catalog import Catalog
+from curation_pipeline.resources.catalog.labels import object_index_name
 from curation_pipeline.resources.embedders import OfflineEmbedder
 from curation_pipeline.resources.export_target import LocalExportTarget
 from curation_pipeline.resources.image_store import DEFAULT_STORES
@@ -93,6 +94,9 @@ def test_object_embeddings_and_the_review_of_box_labels_overlaps_and_missing_box
     assert stats["embedded"] == stats["boxes"] == len(doc["annotations"]) + 2
     assert stats["tiny"] == 1  # the 10 px prediction
     assert catalog.object_embedding_count("c1", stats["model"]) == {"objects": stats["boxes"], "tiny": 1}
+    with catalog.connection() as conn:
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'object_embeddings'")}
+    assert object_index_name(stats["model"]) in indexes  # "more objects like this" walks an HNSW graph
 
     review = review_labels(catalog, ReviewSpec(name="boxes", k=5), model=model)
     assert review["box_labels"]["items"] == len(doc["annotations"])
