@@ -8,8 +8,10 @@ counted as tiny."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 Box = tuple[float, float, float, float]
@@ -54,3 +56,23 @@ def crop_object(image: Image.Image, box: Box, settings: CropSettings = DEFAULT_C
         scale = settings.upscale_to / longer
         crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))), Image.Resampling.BICUBIC)
     return crop
+
+
+def repeat_counts(
+    vectors: np.ndarray, groups: np.ndarray, classes: Sequence[str], *, min_cosine: float, chunk_rows: int = 4096
+) -> np.ndarray:
+    """For each object (rows of unit-norm `vectors`), how many objects of the same class in another
+    group (another image) are at least `min_cosine` similar: the same object seen again, e.g. in
+    the next frames of a sequence. Exact, per class, in row chunks (memory: chunk_rows x class size)."""
+    v = np.asarray(vectors, dtype=np.float32)
+    groups = np.asarray(groups)
+    labels = np.asarray(classes, dtype=object)
+    out = np.zeros(len(v), dtype=np.int64)
+    for cls in set(labels.tolist()):
+        rows = np.nonzero(labels == cls)[0]
+        sub, sub_groups = v[rows], groups[rows]
+        for start in range(0, len(rows), chunk_rows):
+            sims = sub[start : start + chunk_rows] @ sub.T
+            same = sub_groups[start : start + chunk_rows, None] == sub_groups[None, :]
+            out[rows[start : start + chunk_rows]] = ((sims >= min_cosine) & ~same).sum(axis=1)
+    return out

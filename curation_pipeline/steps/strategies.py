@@ -45,6 +45,7 @@ class StrategySpec:
     queries: tuple[str, ...] = ()  # query_similarity: corpus images (source URI or drop/object_key) or image files
     higher_is_better: bool = True  # score: set false when low values are wanted (e.g. confidence)
     reference: str | None = None  # novelty: the selection whose images are already covered (e.g. already labelled)
+    min_cosine: float = 0.9  # object_novelty: objects of one class at least this similar are the same object seen again
 
     @classmethod
     def parse(cls, text: str) -> "StrategySpec":
@@ -220,6 +221,34 @@ def _class_balance(pool: Pool, s: StrategySpec) -> Quotas:
     return Quotas(groups, [f"class-{n}" for n in names], quotas)
 
 
+def _object_novelty(pool: Pool, s: StrategySpec) -> np.ndarray:
+    """Images whose objects are seen again elsewhere (the same object in the next frames) score low:
+    the mean over an image's boxes of 1 / (1 + how many boxes of its class in other images are at
+    least min_cosine similar), on the object vectors of the pool's model. Images without boxes get
+    the median score (no evidence either way)."""
+    from curation_pipeline.core.objects import repeat_counts
+
+    catalog = pool.catalog
+    sets = catalog.current_set_ids("labels") + catalog.current_set_ids("predictions")
+    ids, vectors = catalog.object_vectors(sets, pool.model)
+    if not len(ids):
+        raise ValueError(
+            f"selection {pool.selection!r}: object_novelty needs object vectors of {pool.model} "
+            "(import boxes with `curation labels import`, then materialize object_embeddings)"
+        )
+    objects = {o["object_id"]: o for o in catalog.label_objects(sets)}
+    keep = [n for n, i in enumerate(ids) if int(i) in objects]
+    images = np.asarray([objects[int(ids[n])]["image_id"] for n in keep], dtype=np.int64)
+    classes = [objects[int(ids[n])]["class_name"] for n in keep]
+    counts = repeat_counts(vectors[keep], images, classes, min_cosine=s.min_cosine)
+    per_image: dict[int, list[float]] = {}
+    for image_id, count in zip(images.tolist(), counts.tolist()):
+        per_image.setdefault(image_id, []).append(1.0 / (1.0 + count))
+    scores = np.asarray([np.mean(per_image[i]) if i in per_image else np.nan for i in pool.image_ids.tolist()])
+    known = scores[~np.isnan(scores)]
+    return np.where(np.isnan(scores), np.median(known) if len(known) else 0.5, scores).astype(np.float32)
+
+
 def _needs(option: str, example: str) -> Callable[[StrategySpec], str | None]:
     return lambda s: None if getattr(s, option) else f"strategy {s.name!r} needs {option} (e.g. {example})"
 
@@ -289,6 +318,15 @@ STRATEGIES: dict[str, Strategy] = {
             (),
             "class_balance",
             quota=_class_balance,
+        ),
+        Strategy(
+            "object_novelty",
+            "images whose objects are not seen again elsewhere: each box's near-duplicates of its class in other images "
+            "(the same object in the next frames) lower its image's score",
+            ("min_cosine",),
+            "object_novelty:0.5,min_cosine=0.9",
+            score=_object_novelty,
+            check=lambda s: None if 0 < s.min_cosine <= 1 else "strategy 'object_novelty': min_cosine must be in (0, 1]",
         ),
         Strategy(
             "query_similarity",

@@ -333,3 +333,54 @@ def test_label_studio_tasks_for_an_s3_drop_carry_presigned_urls_that_open_the_im
     assert url.startswith(s3.endpoint_url) and "Signature" in url and "Expires" in url
     with urllib.request.urlopen(url, timeout=30) as response:  # the presigned URL opens the image over HTTP
         assert response.read() == (tmp_path / "drop" / "img_00.jpg").read_bytes()
+
+
+def test_repeat_counts_count_the_same_object_in_other_images_of_its_class_only():
+    import numpy as np
+
+    from curation_pipeline.core.objects import repeat_counts
+
+    a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    vectors = np.stack([a, a, a, b, a]).astype(np.float32)
+    images = np.array([1, 2, 2, 3, 4])
+    classes = ["car", "car", "car", "car", "person"]
+    # object 0 is seen again in image 2 (twice); objects 1 and 2 share an image, so each sees only object 0
+    assert repeat_counts(vectors, images, classes, min_cosine=0.9).tolist() == [2, 1, 1, 0, 0]
+
+
+def test_object_novelty_prefers_images_whose_objects_are_not_seen_again(tmp_path, database_url):
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from curation_pipeline.steps.select import SelectionSpec, select_subset
+    from curation_pipeline.steps.strategies import StrategySpec
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+
+    def pattern(seed: int) -> Image.Image:  # a 4x4 grid of random colours: an object with a look of its own
+        cells = np.random.default_rng(seed).integers(0, 255, (4, 4, 3), dtype=np.uint8)
+        return Image.fromarray(cells).resize((40, 40), Image.Resampling.NEAREST)
+
+    rows = ["image,label,x,y,w,h"]
+    for i in range(8):
+        im = Image.new("RGB", (160, 120), (120, 120, 120))  # one scene ...
+        draw = ImageDraw.Draw(im)
+        for _ in range(5):  # ... with clutter of its own in every frame: no two frames are near-duplicates
+            x0, y0 = int(rng.integers(0, 140)), int(rng.integers(0, 100))
+            draw.rectangle((x0, y0, x0 + 20, y0 + 20), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        x, y = 20 + 10 * i, 30 + 5 * (i % 3)
+        im.paste(pattern(0) if i < 4 else pattern(i), (x, y))  # the same object in four frames, then four others
+        im.save(folder / f"frame_{i}.jpg", quality=95)
+        rows.append(f"frame_{i}.jpg,thing,{x},{y},40,40")
+    catalog = Catalog(database_url)
+    ingest_manifest(catalog, folder, "seq")
+    model = _embed_and_dedup(catalog, "seq")
+    (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
+    import_labels(catalog, tmp_path / "boxes.csv", drop_key="seq")
+    embed_objects(catalog, OfflineEmbedder(), "seq")
+    novelty = StrategySpec("object_novelty", min_cosine=0.85)
+    select_subset(catalog, "fresh", SelectionSpec(budget=4, strategies=(novelty,)), model=model)
+    picked = sorted(it["object_key"] for it in catalog.selection_items("fresh"))
+    assert picked == ["frame_4.jpg", "frame_5.jpg", "frame_6.jpg", "frame_7.jpg"]
