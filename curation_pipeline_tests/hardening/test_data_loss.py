@@ -24,6 +24,8 @@ TABLES = (
     "image_annotations",
     "selection_items",
     "retrieval_items",
+    "label_sets",
+    "label_objects",
 )
 
 
@@ -56,6 +58,9 @@ def _ingest_with_selection(tmp_path: Path, drop: str, *, n_distinct: int = 8, bu
     labels = tmp_path / "labels.csv"
     labels.write_text("object_key,label\n" + "".join(f"img_{i:02d}.jpg,cat{i % 3}\n" for i in range(n_distinct)))
     _cli("annotate", str(labels), "--key-column", "object_key")
+    classes = tmp_path / f"{drop}-classes.csv"  # versioned labels too
+    classes.write_text("image,label\n" + "".join(f"img_{i:02d}.jpg,cat{i % 3}\n" for i in range(n_distinct)))
+    _cli("labels", "import", str(classes), "--drop", drop)
     _cli("select", "--budget", str(budget), "--name", "weekly")
     return folder, info
 
@@ -67,6 +72,7 @@ def test_reingesting_from_an_empty_or_mostly_empty_folder_is_refused_and_changes
     catalog = Catalog(database_url)
     before = _snapshot(catalog, "victim-1")
     assert before["images"] == info["files"] and before["selection_items"] == 4 and before["image_annotations"] == 8
+    assert before["label_sets"] == 1 and before["label_objects"] == 8
 
     empty = tmp_path / "unmounted"
     empty.mkdir()
