@@ -849,15 +849,51 @@ def cmd_labels_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed_crop(args: argparse.Namespace):
+    """(model id, vector) of a crop of an image file, cut and embedded as object_embeddings does."""
+    from curation_pipeline.definitions import build_resources
+    from curation_pipeline.resources.image_store import read_local_file
+    from curation_pipeline.steps.embed import DEFAULT_OPTIONS, model_id_for
+    from curation_pipeline.steps.objects import crop_image
+
+    data = read_local_file(args.image)
+    box = None
+    if args.box:
+        try:
+            box = tuple(float(v) for v in args.box.split(","))
+        except ValueError:
+            box = ()
+        if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+            raise SystemExit(f"curation: --box {args.box!r}: give x,y,w,h in pixels (w and h > 0)")
+    if box is None:
+        from curation_pipeline.core.decode import DecodeFailure, decode_image
+
+        decoded = decode_image(data)
+        if isinstance(decoded, DecodeFailure):
+            raise SystemExit(f"curation: {args.image}: {decoded.error}")
+        image = decoded.image
+    else:
+        image = crop_image(data, box)
+    embedder = build_resources(args.settings)["embedder"].load()
+    vector = embedder.embed_images([image])[0]
+    return model_id_for(embedder, DEFAULT_OPTIONS), vector
+
+
 def cmd_objects_similar(args: argparse.Namespace) -> int:
     catalog = _catalog(args.settings)
-    with catalog.connection() as conn:
-        row = conn.execute(
-            "SELECT model, embedding FROM object_embeddings WHERE object_id = %s ORDER BY model LIMIT 1", (args.object,)
-        ).fetchone()
-    if row is None:
-        raise SystemExit(f"curation: object {args.object} has no vector (materialize object_embeddings for its drop)")
-    found = catalog.nearest_objects(row[1].to_numpy(), row[0], args.k, exclude=args.object)
+    if (args.object is None) == (args.image is None):
+        raise SystemExit("curation: give --object ID, or --image FILE [--box x,y,w,h]")
+    if args.object is not None:
+        with catalog.connection() as conn:
+            row = conn.execute(
+                "SELECT model, embedding FROM object_embeddings WHERE object_id = %s ORDER BY model LIMIT 1", (args.object,)
+            ).fetchone()
+        if row is None:
+            raise SystemExit(f"curation: object {args.object} has no vector (materialize object_embeddings for its drop)")
+        model, vector = row[0], row[1].to_numpy()
+    else:
+        model, vector = _embed_crop(args)
+    found = catalog.nearest_objects(vector, model, args.k, exclude=args.object)
     if args.json:
         print(json.dumps(found, default=str))
     else:
@@ -1339,7 +1375,9 @@ def build_parser() -> argparse.ArgumentParser:
     ob = sub.add_parser("objects", help="labelled objects: more objects like this one")
     osub = ob.add_subparsers(dest="objects_command", required=True)
     osim = osub.add_parser("similar", help="the objects nearest to an object's crop")
-    osim.add_argument("--object", type=int, required=True, help="object id (from `curation labels review` or exports)")
+    osim.add_argument("--object", type=int, help="object id (from `curation labels review --json` or exports)")
+    osim.add_argument("--image", help="an image file: the objects nearest to it, or to its --box")
+    osim.add_argument("--box", help="x,y,w,h in pixels of --image: cut with context as object_embeddings cuts boxes")
     osim.add_argument("--k", type=int, default=20)
     osim.add_argument("--json", action="store_true")
     osim.set_defaults(func=cmd_objects_similar)

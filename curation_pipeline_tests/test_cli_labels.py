@@ -36,6 +36,14 @@ def test_labels_from_a_drop_reviewed_split_and_exported(tmp_path, env):
         ("labels", "v1", "coco", len(doc["annotations"]))
     ]
 
+    # "more objects like this crop": a red box cut from a file finds red boxes
+    name, boxes = next(iter(truth["boxes"].items()))
+    red = next(b for c, b in boxes if c == "red")
+    args = ["objects", "similar", "--image", str(drop / name), "--box", ",".join(str(v) for v in red), "--k", "5", "--json"]
+    near = json.loads(_run(args, env).stdout)
+    assert len(near) == 5 and near[0]["object_key"] == name and near[0]["similarity"] > 0.99
+    assert sum(o["class_name"] == "red" for o in near) >= 4  # the flipped box is labelled blue
+
     review = _run(["labels", "review", "--json", "--show", "5"], env)
     issues = json.loads(review.stdout)
     wrong_image = doc["images"][2]["file_name"]

@@ -11,6 +11,8 @@ import logging
 import time
 from collections import defaultdict
 
+from PIL import Image
+
 from curation_pipeline.core import progress
 from curation_pipeline.core.decode import DecodedImage, DecodeFailure, decode_image
 from curation_pipeline.core.objects import DEFAULT_CROP, CropSettings, context_crop, crop_object, is_tiny
@@ -30,13 +32,18 @@ def work_box(box, decoded: DecodedImage) -> tuple[float, float, float, float]:
     return (x * sx, y * sy, w * sx, h * sy)
 
 
-def crop_jpeg(data: bytes, box, crop: CropSettings = DEFAULT_CROP) -> bytes:
-    """The object's crop with context from an image's bytes, as JPEG (for thumbnails)."""
+def crop_image(data: bytes, box, crop: CropSettings = DEFAULT_CROP) -> Image.Image:
+    """The object's crop with context from an image's bytes, exactly as object_embeddings cuts it."""
     decoded = decode_image(data)
     if isinstance(decoded, DecodeFailure):
         raise ValueError(decoded.error)
+    return crop_object(decoded.image, work_box(box, decoded), crop)
+
+
+def crop_jpeg(data: bytes, box, crop: CropSettings = DEFAULT_CROP) -> bytes:
+    """The object's crop with context, as JPEG (for thumbnails)."""
     buf = io.BytesIO()
-    crop_object(decoded.image, work_box(box, decoded), crop).save(buf, format="JPEG", quality=90)
+    crop_image(data, box, crop).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
 
 
