@@ -67,10 +67,24 @@ def test_labels_from_a_drop_reviewed_split_and_exported(tmp_path, env):
     _run(["labels", "export", "--review", "default", "--destination", str(out)], env)
     assert json.loads(tasks.read_text())[0]["data"]["key"] == wrong_image
 
+    # what a subset buys, scored on a protected, labelled drop that no subset draws from
+    ev = tmp_path / "ev"
+    ev_truth = make_colour_drop(ev, per_class=3)
+    _run(["ingest", str(ev), "--drop", "ev"], env)
+    ev_csv = tmp_path / "ev.csv"
+    ev_csv.write_text("image,label\n" + "".join(f"{k},{v}\n" for k, v in ev_truth["classes"].items()))
+    _run(["labels", "import", str(ev_csv), "--drop", "ev"], env)
+    _run(["protect", "ev"], env)
+    _run(["select", "--budget", "6", "--name", "pick", "--strategy", "class_balance", "--strategy", "diversity"], env)
+    assert all(not p.startswith(str(ev)) for p in json.loads(_run(["subset", "--name", "pick", "--json"], env).stdout))
+    curve = json.loads(_run(["labels", "evaluate", "--selection", "pick", "--seeds", "2", "--json"], env).stdout)
+    assert curve["eval_drop"] == "ev" and curve["eval"] == 9 and curve["budgets"] == [1, 3, 6]
+    assert all(0.0 <= a <= 1.0 for a in curve["subset"] + curve["random_mean"])
+
     bad = tmp_path / "bad.json"
     doc["annotations"][0]["category_id"] = 9
     bad.write_text(json.dumps(doc))
     refused = _run(["labels", "import", str(bad), "--drop", "c1"], env, check=False)
     assert refused.returncode != 0
     assert "annotation id 1: unknown category id 9" in refused.stderr.strip().splitlines()[-1]
-    assert len(json.loads(_run(["labels", "list", "--json"], env).stdout)) == 2
+    assert len(json.loads(_run(["labels", "list", "--drop", "c1", "--json"], env).stdout)) == 2
