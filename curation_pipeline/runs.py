@@ -247,24 +247,34 @@ class PoolWait:
         """Called by the executor each time it would sleep while a step waits for a slot. Raises
         DagsterExecutionInterruptedError on a captured Ctrl-C / SIGTERM; returns True when dead
         holders were reaped (so the claim should be retried at once)."""
+        from dagster import DagsterRunStatus
         from dagster._core.errors import DagsterExecutionInterruptedError
         from dagster._utils.interrupts import pop_captured_interrupt
 
         now = time.time()
         if self.since is None:
             self.since = now
-        if pop_captured_interrupt():
-            self.interrupted = True
-            current = self.instance.get_run_by_id(run.run_id)
-            if current is not None and current.status in _active_statuses():
-                # CANCELING makes dagster end the run CANCELED, not "failed unexpectedly"
-                self.instance.report_run_canceling(
-                    current, message=(f"Interrupted (Ctrl-C or SIGTERM) while waiting for {self.holders_text()}.")
-                )
+        # once interrupted, every later wait of the run ends at once too: the interrupt flag is
+        # consumed by the first, and a run of several pool steps (image_embeddings, then
+        # object_embeddings) must not sit in the next wait after it was told to stop
+        if self.interrupted or pop_captured_interrupt():
+            if not self.interrupted:
+                self.interrupted = True
+                current = self.instance.get_run_by_id(run.run_id)
+                if current is not None and current.status in _active_statuses():
+                    # CANCELING makes dagster end the run CANCELED, not "failed unexpectedly"
+                    self.instance.report_run_canceling(
+                        current, message=(f"Interrupted (Ctrl-C or SIGTERM) while waiting for {self.holders_text()}.")
+                    )
             raise DagsterExecutionInterruptedError(f"interrupted while waiting for {self.holders_text()}")
         if now - self._last_check < CHECK_SECONDS:
             return False
         self._last_check = now
+        current = self.instance.get_run_by_id(run.run_id)
+        if current is not None and current.status in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED):
+            # asked to stop (the UI's Terminate, a CLI's Ctrl-C) without a signal reaching this process
+            self.interrupted = True
+            raise DagsterExecutionInterruptedError(f"run {run.run_id} was canceled while waiting for {self.holders_text()}")
         reaped = bool(reap_dead_runs(self.instance, self.say))
         self.steps = sorted(context.pending_claim_steps())
         storage = self.instance.event_log_storage
