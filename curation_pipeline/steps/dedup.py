@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
+from curation_pipeline.core.buckets import self_pairs
 from curation_pipeline.core.decode import DecodedImage, decode_image
 from curation_pipeline.core.dedup import (
     DEFAULT_MAX_HAMMING,
@@ -46,10 +47,13 @@ from curation_pipeline.resources.catalog import Catalog, EmbeddingSet, KeptImage
 from curation_pipeline.resources.embedders import default_min_cosine, proposal_min_cosine
 from curation_pipeline.resources.image_store import DEFAULT_STORES, ImageStores
 
+from .buckets import PROBES, corpus_recheck, record_drop_buckets
+
 log = logging.getLogger(__name__)
 
 
 BULK_FROM = 50_000  # a drop this large is deduplicated within itself in bulk mode
+SELF_EXACT_UP_TO = 20_000  # up to this many images a drop is also compared with itself exactly (n^2)
 T = TypeVar("T")
 
 
@@ -83,6 +87,7 @@ def dedup_drop(
     mirror_perm: np.ndarray | None = None,
     stores: ImageStores = DEFAULT_STORES,
     workers: int | None = None,
+    probes: int = PROBES,
     logger: logging.Logger = log,
 ) -> dict:
     """Incremental mode: within-drop and cross-drop semantic candidates from the HNSW index.
@@ -95,7 +100,9 @@ def dedup_drop(
     the backend's proposal cosine): every proposed pair of distinct contents is verified on its
     pixels (core.verify, read through `stores`, `workers` threads), only accepted pairs link, and
     every verdict is stored (dedup_pairs). `mirror_perm` (the descriptor's mirror permutation)
-    also proposes flips: a mirrored HNSW lookup and a mirrored cosine."""
+    also proposes flips: a mirrored HNSW lookup and a mirrored cosine. Every mode also re-checks
+    each vector exactly against the other drops' representatives in its `probes` nearest k-means
+    buckets (steps.buckets), so recall does not rest on the HNSW graph alone."""
     started = time.perf_counter()
     model = embeddings.model
     with catalog.dedup_lock():
@@ -112,6 +119,7 @@ def dedup_drop(
             mirror_perm if verifier is not None else None,
             stores,
             workers or min(4, os.cpu_count() or 1),
+            probes,
         )
     stats["lock_wait_seconds"] = round(waited, 3)
     stats["seconds"] = round(time.perf_counter() - started, 3)
@@ -132,6 +140,7 @@ def _dedup_locked(
     mirror_perm: np.ndarray | None,
     stores: ImageStores,
     workers: int,
+    probes: int,
 ) -> dict:
     model = embeddings.model
     own = catalog.dedup_candidates(drop_key, model)
@@ -178,6 +187,13 @@ def _dedup_locked(
     if bulk:
         for i, j in semdedup_pairs(own_vectors, thresholds.min_cosine).tolist():
             id_pairs.append((own[i].image_id, own[j].image_id))
+    # the exact safety net, whatever the graph found: the drop against itself (small drops) and
+    # against every representative in each vector's nearest k-means buckets of the other drops
+    if len(own) <= SELF_EXACT_UP_TO:
+        for i, j in self_pairs(own_vectors, floor, keep=neighbours).tolist():
+            id_pairs.append((own[i].image_id, own[j].image_id))
+    recheck = corpus_recheck(catalog, model, own_vectors, others, floor, probes=probes, keep=neighbours)
+    id_pairs.extend((own[r].image_id, other) for r, other in zip(recheck.rows.tolist(), recheck.image_ids.tolist()))
     # 2. perceptual: within the drop (multi-index hashing, exact, no n^2 scan) and against other
     #    drops (a mirrored hash close to another image's hash is a horizontally flipped copy)
     n_own = len(own)
@@ -263,6 +279,7 @@ def _dedup_locked(
         pairs=pair_records,
         verifier=None if verifier is None else dataclasses.asdict(verifier),
     )
+    record_drop_buckets(catalog, model, drop_key, np.asarray([c.image_id for c in own], dtype=np.int64), own_vectors)
     verified = {
         "pairs_verified": len(pair_records),
         "pairs_accepted": sum(1 for p in pair_records if p["accepted"]),
@@ -282,6 +299,7 @@ def _dedup_locked(
         "other_candidates_checked": len(foreign),
         "pairs_rechecked": int(len(pair_array)),
         "hnsw_ef_search": ef,
+        "exact_recheck": recheck.stats,
         "repaired_members_elsewhere": written["repaired_members"],
         "max_hamming": thresholds.max_hamming,
         "min_cosine": thresholds.min_cosine,

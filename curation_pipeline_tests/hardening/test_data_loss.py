@@ -21,6 +21,7 @@ TABLES = (
     "dedup_members",
     "dedup_pairs",
     "dedup_settings",
+    "vector_buckets",
     "image_annotations",
     "selection_items",
     "retrieval_items",

@@ -4,6 +4,7 @@ SQL beside it, over pooled connections (database.pooled_connection).
     drops.py       drops, the manifest writer (shrink guard, lost items), manifest lookups
     embeddings.py  models, the embedding cache, publishing, vectors in and out, failures, stats
     search.py      HNSW top-k lookups and filtered search; the HNSW session settings, once
+    buckets.py     coarse k-means buckets of a model's vectors: dedup's exact safety net
     dedup.py       the dedup lock, candidates and representatives, duplicate groups, checks, leaks
     sets.py        selections, retrievals, annotations, lost items, exports, report samples
     labels.py      versioned label and prediction sets, their objects, label reviews, splits
@@ -16,6 +17,7 @@ repository at once, over one database URL. The rules every repository keeps are 
 from __future__ import annotations
 
 from .base import Repository, wire_vector
+from .buckets import BucketModel, BucketRepository
 from .dedup import DedupRepository
 from .drops import DEFAULT_SHRINK_GUARD, DropRepository, DropShrinkRefused, ManifestWriter, ShrinkGuard
 from .embeddings import CacheWriter, EmbeddingRepository, hnsw_index_name
@@ -37,6 +39,8 @@ from .search import SearchRepository, hnsw_lookup_settings
 from .sets import SetRepository
 
 __all__ = [
+    "BucketModel",
+    "BucketRepository",
     "LostItem",
     "SelectionInfo",
     "DEFAULT_SHRINK_GUARD",
@@ -69,7 +73,14 @@ __all__ = [
 
 
 class Catalog(
-    DropRepository, EmbeddingRepository, SearchRepository, DedupRepository, SetRepository, ModelRepository, LabelRepository
+    DropRepository,
+    EmbeddingRepository,
+    SearchRepository,
+    DedupRepository,
+    BucketRepository,
+    SetRepository,
+    ModelRepository,
+    LabelRepository,
 ):
     """Every repository over one database URL. The repositories share nothing but the URL (and so
     this process's connection pool for it); where one domain needs another's data it reads it with
