@@ -110,7 +110,12 @@ def query_latency(catalog, model: str, queries: np.ndarray, clients: int) -> dic
 
 
 def run_size(
-    n: int, efs: list[int], storages: tuple[str, ...] = ("halfvec", "vector"), latency_queries: int = 0, clients: int = 50
+    n: int,
+    efs: list[int],
+    storages: tuple[str, ...] = ("halfvec", "vector"),
+    latency_queries: int = 0,
+    clients: int = 50,
+    probes: list[int] | None = None,
 ) -> dict:
     from psycopg import sql
 
@@ -118,6 +123,7 @@ def run_size(
     from curation_pipeline.resources.catalog import Catalog, EmbeddingSet, hnsw_index_name
     from curation_pipeline.resources.database import ThrowawayDatabase
     from curation_pipeline.settings import Settings
+    from curation_pipeline.steps.buckets import PROBES, current_buckets
     from curation_pipeline.steps.dedup import dedup_drop, ef_search_for
 
     rng = np.random.default_rng(0)
@@ -173,9 +179,17 @@ def run_size(
         truth = (best >= THRESHOLD) | (within.max(axis=1) >= THRESHOLD)
         out["true_duplicates"] = int(truth.sum())
         out["default_ef_search"] = ef_search_for(n + len(new))
-        # The index is built once; the new drop is deduplicated at each beam width (a re-run
-        # replaces the drop's rows), so recall vs time can be read off one build.
-        for ef in efs or [out["default_ef_search"]]:
+        # the corpus's k-means buckets, as every earlier drop's dedup would have left them: trained
+        # on a sample and every corpus vector bucketed (timed apart: a one-off per 4x growth)
+        t0 = time.perf_counter()
+        buckets = current_buckets(catalog, model, [f"corpus-{storage}" for storage in storages if storage == "vector"])
+        out["bucket_build_s"] = round(time.perf_counter() - t0, 1)
+        out["buckets"] = buckets.n_buckets
+        # The index is built once; the new drop is deduplicated at each beam width and probe count (a
+        # re-run replaces the drop's rows), so recall vs time can be read off one build. Probes 0 is
+        # the HNSW graph alone (the step before the exact re-check).
+        runs = [(ef, p) for ef in (efs or [out["default_ef_search"]]) for p in (probes or [PROBES])]
+        for ef, p in runs:
             rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             t0 = time.perf_counter()
             stats = dedup_drop(
@@ -184,8 +198,9 @@ def run_size(
                 EmbeddingSet(model, new_ids, [f"{i:064x}" for i in new_ids], new, ["new-drop"] * len(new)),
                 DedupThresholds(max_hamming=0, min_cosine=THRESHOLD),
                 ef_search=ef,
+                probes=p,
             )
-            res = {"dedup_new_drop_s": round(time.perf_counter() - t0, 1)}
+            res = {"dedup_new_drop_s": round(time.perf_counter() - t0, 1), "probes": p, "recheck": stats["exact_recheck"]}
             res["rss_growth_in_dedup_mb"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, 1)
             res["duplicates_found"] = stats["duplicates"]
             with catalog.connection() as conn:
@@ -198,7 +213,7 @@ def run_size(
             flagged = np.asarray([i in dup_ids for i in new_ids.tolist()])
             res["duplicate_recall"] = round(float((flagged & truth).sum() / max(1, truth.sum())), 4)
             res["duplicate_precision"] = round(float((flagged & truth).sum() / max(1, flagged.sum())), 4)
-            out[f"ef_{ef}"] = res
+            out[f"ef_{ef}_p{p}"] = res
             print(json.dumps({"corpus": n, "ef_search": ef, **res}), file=sys.stderr, flush=True)
         out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         if latency_queries:
@@ -232,12 +247,18 @@ def main() -> None:
         default=0,
         help="also time this many single top-10 queries (and 50 concurrent clients) per size",
     )
+    p.add_argument(
+        "--probes",
+        default="0,8",
+        help="comma-separated bucket probes of the exact re-check (0: the HNSW graph alone; 8: the default)",
+    )
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     efs = [int(e) for e in args.ef_search.split(",") if e]
+    probes = [int(x) for x in args.probes.split(",") if x]
     if args.one:
         storages = ("vector",) if args.one >= args.vector_only_from else ("halfvec", "vector")
-        print(json.dumps(run_size(args.one, efs, storages, args.latency_queries)))
+        print(json.dumps(run_size(args.one, efs, storages, args.latency_queries, probes=probes)))
         return
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
@@ -253,6 +274,8 @@ def main() -> None:
                 str(args.vector_only_from),
                 "--latency-queries",
                 str(args.latency_queries),
+                "--probes",
+                args.probes,
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -261,14 +284,16 @@ def main() -> None:
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     cols = [c for c in rows[0] if not c.startswith("ef_") and c != "latency"]
-    print(" | ".join(cols + ["ef_search", "dedup_new_drop_s", "duplicate_recall", "duplicate_precision"]))
+    extra = ["ef_search", "probes", "dedup_new_drop_s", "recheck_s", "duplicate_recall", "duplicate_precision"]
+    print(" | ".join(cols + extra))
     for r in rows:
         for key in (k for k in r if k.startswith("ef_")):
             e = r[key]
             print(
                 " | ".join(
                     [str(r.get(c)) for c in cols]
-                    + [key[3:], str(e["dedup_new_drop_s"]), str(e["duplicate_recall"]), str(e["duplicate_precision"])]
+                    + [key[3:].split("_p")[0], str(e["probes"]), str(e["dedup_new_drop_s"])]
+                    + [str(e["recheck"].get("seconds", 0)), str(e["duplicate_recall"]), str(e["duplicate_precision"])]
                 )
             )
     for r in rows:

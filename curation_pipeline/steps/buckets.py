@@ -120,7 +120,7 @@ def corpus_recheck(
     representatives of `drop_keys` that lie in each vector's `probes` nearest buckets."""
     started = time.perf_counter()
     empty = Recheck(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
-    if len(own_vectors) == 0 or not drop_keys:
+    if len(own_vectors) == 0 or not drop_keys or probes <= 0:  # probes 0: HNSW alone (benchmarks)
         return empty
     state = current_buckets(catalog, model, drop_keys, logger=logger)
     prepared = time.perf_counter() - started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from curation_pipeline.core import progress
@@ -15,6 +16,7 @@ from curation_pipeline.core.decode import (
 )
 from curation_pipeline.core.ids import image_id_for
 from curation_pipeline.core.manifest import ManifestRecord, inspect_header, inspect_object
+from curation_pipeline.core.pipeline import ordered_parallel_map
 from curation_pipeline.resources.catalog import DEFAULT_SHRINK_GUARD, Catalog, ShrinkGuard
 from curation_pipeline.resources.image_store import (
     MAX_OBJECT_BYTES,
@@ -72,22 +74,29 @@ def build_manifest(
     *,
     source_uri: str | None = None,
     shrink: ShrinkGuard = DEFAULT_SHRINK_GUARD,
+    workers: int | None = None,
 ) -> dict:
     """`control_objects`: keys at the top of the drop that signal completion (the sensor's marker),
     not images: they are left out of the manifest instead of being recorded as failed objects, as
     is everything under `_labels/` (label files that travel with the drop: steps/labels.py).
     `source_uri`: recorded as the drop's source in the same transaction as its manifest (a refused
     or failed listing leaves the old source). `shrink`: a listing that would remove more of the
-    drop's known objects than this allows is refused and nothing is written."""
+    drop's known objects than this allows is refused and nothing is written. `workers` threads
+    (default: one per core, at least 4 for network stores) read, decode, hash and measure objects
+    while the listing goes on; rows are written in listing order."""
     started = time.perf_counter()
     listed = 0
     bytes_total = 0
+    # Pillow's decoders, hashlib on large buffers, OpenCV and numpy release the GIL, and object reads
+    # wait on disk or network: threads keep every core busy (one thread left a core idle at ingest)
+    workers = workers or max(4, os.cpu_count() or 1)
+    images = (i for i in store.list_objects(location) if i.key not in control_objects and not i.key.startswith(SIDECAR_PREFIX))
     with catalog.manifest_writer(drop_key, source_uri=source_uri, shrink=shrink) as writer:
-        for info in store.list_objects(location):
-            if info.key in control_objects or info.key.startswith(SIDECAR_PREFIX):
-                continue
+        inspected = ordered_parallel_map(
+            lambda info: inspect_listed(store, location, info), images, workers=workers, window=8 * workers, chunk=2
+        )
+        for info, record in inspected:
             listed += 1
-            record = inspect_listed(store, location, info)
             if record.status != STATUS_OK:
                 logger.warning("drop %s: %s recorded as %s: %s", drop_key, info.key, record.status, record.error)
             bytes_total += record.bytes
