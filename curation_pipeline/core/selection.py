@@ -14,7 +14,15 @@ them in run config:
 Each step picks argmax(sum_s w_s * score_s + w_div * distance / 2) among images whose group still
 has quota, then updates every image's distance to the chosen set with one chunked matrix-vector
 product. Memory beyond the input: O(n) floats. Deterministic: ties go to the lowest index and all
-randomness comes from `seed`."""
+randomness comes from `seed`.
+
+From `PRUNE_FROM_ROWS` candidates on, the distance update is pruned (`_BucketIndex`): rows are
+grouped into spherical k-means buckets stored contiguously, and a bucket whose angular lower bound
+to the new pick cannot lower any of its available members' distances is not read. The picks are
+those of the full update, bit for bit: both paths compute each row's dot product with a kernel whose
+result does not depend on which other rows are in the call (einsum for float32, torch's half matvec
+for float16; OpenBLAS gemv rounds a call's last rows differently), and ties still go to the lowest
+original index."""
 
 from __future__ import annotations
 
@@ -25,6 +33,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 DIVERSITY = "diversity"
+PRUNE_FROM_ROWS = 50_000  # below this one full update per step costs less than keeping buckets
+SMALL_UPDATE_ROWS = 1 << 18  # float16 updates of fewer rows run single-threaded
 Progress = Callable[[int, int, float], None]  # (picked so far, budget, seconds elapsed)
 
 
@@ -34,6 +44,30 @@ class GreedyResult:
     objective: np.ndarray  # (k,) float32 objective value at pick
     distance_at_pick: np.ndarray  # (k,) float32 cosine distance to the set chosen before (+inf first)
     reason: list[str]  # (k,) the term that contributed most to each pick
+    stats: "SelectionStats | None" = None  # work done by the distance updates (None without diversity)
+
+
+@dataclass
+class SelectionStats:
+    """What the distance updates cost: bytes read per pick = rows_read * dim * itemsize / updates."""
+
+    pruned: bool
+    rows: int
+    dim: int
+    itemsize: int
+    buckets: int = 0
+    updates: int = 0  # distance updates done (one per pick but the last)
+    rows_read: int = 0  # candidate rows multiplied with a pick, over all updates
+    buckets_skipped: int = 0  # over all updates
+    build_seconds: float = 0.0  # bucketing: k-means, assignment, reordering
+
+    @property
+    def bytes_read_per_update(self) -> float:
+        return self.rows_read * self.dim * self.itemsize / max(1, self.updates)
+
+    @property
+    def skipped_fraction(self) -> float:
+        return self.buckets_skipped / max(1, self.updates * self.buckets)
 
 
 def k_center_greedy(
@@ -76,6 +110,9 @@ def greedy_select(
     first: int | None = None,
     progress: Progress | None = None,
     progress_every_s: float = 10.0,
+    prune: bool | None = None,
+    buckets: int | None = None,
+    reorder_in_place: bool = False,
 ) -> GreedyResult:
     """Greedy selection of up to `budget` rows of unit-norm `vectors` (n, d), float32 or float16.
 
@@ -85,7 +122,12 @@ def greedy_select(
     groups (n,) int in [0, G) with quotas (G,) int: at most quotas[g] picks from group g.
     min_distance: stop once the best candidate is closer than this cosine distance to the chosen
     set (only with diversity). first: force the first pick (default: the best-scoring row, or
-    with diversity alone the row nearest the mean direction, as k-center greedy starts)."""
+    with diversity alone the row nearest the mean direction, as k-center greedy starts).
+    prune: bucket-pruned distance updates (same picks; default: with diversity from
+    `PRUNE_FROM_ROWS` rows), with `buckets` buckets (default about 2 sqrt(n)). The buckets need the
+    rows reordered: a copy of `vectors`, or with `reorder_in_place` (a writeable float32/float16
+    array the caller does not read meanwhile) the rows are moved in place and moved back before
+    returning, so no second matrix is held."""
     x = np.asarray(vectors)
     if x.dtype not in (np.float32, np.float16):
         x = x.astype(np.float32)
@@ -127,6 +169,31 @@ def greedy_select(
 
     if first is None and use_div and not names:
         first = int(np.argmax(_chunked_dot(x, x.mean(axis=0, dtype=np.float32), chunk_rows)))
+    if use_div and (prune if prune is not None else n >= PRUNE_FROM_ROWS):
+        # a private copy (converted input) may be reordered freely; the caller's array only when allowed
+        own = x is not vectors and not (isinstance(vectors, np.ndarray) and np.may_share_memory(x, vectors))
+        in_place = x.flags.c_contiguous and x.flags.writeable and (own or reorder_in_place)
+        index = _BucketIndex(x, buckets or _default_buckets(n), in_place=in_place)
+        try:
+            return _greedy_pruned(
+                index,
+                k,
+                static,
+                half_w,
+                available,
+                groups,
+                left,
+                min_distance,
+                first,
+                names,
+                scores,
+                weights,
+                progress,
+                progress_every_s,
+            )
+        finally:
+            index.release()
+    stats = SelectionStats(pruned=False, rows=n, dim=x.shape[1], itemsize=x.itemsize) if use_div else None
     picked: list[int] = []
     objective: list[float] = []
     dist_at_pick: list[float] = []
@@ -163,6 +230,9 @@ def greedy_select(
             d = _chunked_dot(x, x[nxt].astype(np.float32), chunk_rows)
             np.subtract(np.float32(1.0), d, out=d)
             np.minimum(min_dist, d, out=min_dist)
+            if stats is not None:
+                stats.updates += 1
+                stats.rows_read += n
         if progress is not None and time.perf_counter() - last_report >= progress_every_s:
             last_report = time.perf_counter()
             progress(len(picked), k, last_report - started)
@@ -173,15 +243,316 @@ def greedy_select(
         np.asarray(objective, dtype=np.float32),
         np.asarray(dist_at_pick, dtype=np.float32),
         reason,
+        stats,
     )
 
 
+# ---- pruned distance updates --------------------------------------------------------------------
+
+
+def _default_buckets(n: int) -> int:
+    """About 2 sqrt(n) buckets: a step costs a product with every centroid (B d) plus the rows of the
+    buckets it cannot skip (~ n / B each); more buckets also make each one tighter."""
+    return int(max(1, min(n, 4096, round(2 * np.sqrt(n)))))
+
+
+class _BucketIndex:
+    """Candidates grouped into spherical k-means buckets, each stored contiguously (members keep
+    their original order, so the first maximum inside a bucket is the lowest original index), with
+    a unit centroid and an angular radius per bucket. Holds the working arrays of the greedy loop
+    in bucket order: distance to the chosen set, static score, availability."""
+
+    def __init__(self, x: np.ndarray, n_buckets: int, *, in_place: bool, seed: int = 0, chunk_rows: int = 16_384):
+        started = time.perf_counter()
+        n, dim = x.shape
+        self.dim = dim
+        centroids = _train_centroids(x, min(n_buckets, n), seed=seed)
+        if len(centroids) > 16:
+            # neighbouring buckets side by side: the buckets a step cannot skip then form few runs of
+            # adjacent rows, one product each (coarse clusters of the centroids, then by similarity)
+            coarse = _train_centroids(centroids, int(np.sqrt(len(centroids))), seed=seed)
+            sims = centroids @ coarse.T
+            near = np.argmax(sims, axis=1)
+            centroids = centroids[np.lexsort((-sims[np.arange(len(centroids)), near], near))]
+        labels = np.empty(n, dtype=np.int32)
+        min_cos = np.full(len(centroids), np.inf)
+        norm_lo, norm_hi = np.inf, 0.0
+        for start in range(0, n, chunk_rows):
+            block = np.asarray(x[start : start + chunk_rows], dtype=np.float32)
+            norms = np.linalg.norm(block, axis=1)
+            norm_lo, norm_hi = min(norm_lo, float(norms.min())), max(norm_hi, float(norms.max()))
+            sims = block @ centroids.T
+            lab = np.argmax(sims, axis=1)
+            labels[start : start + len(block)] = lab
+            # a zero row has no direction: cosine -1 puts its bucket's radius at pi (never skipped)
+            cos = np.divide(sims[np.arange(len(block)), lab], norms, out=np.full(len(block), -1.0, np.float32), where=norms > 0)
+            np.minimum.at(min_cos, lab, cos)
+        used = np.flatnonzero(np.isfinite(min_cos))  # drop centroids no row chose
+        remap = np.full(len(centroids), -1, dtype=np.int32)
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        labels = remap[labels]
+        self.centroids = centroids[used]
+        self.sizes = np.bincount(labels, minlength=len(used)).astype(np.int64)
+        self.starts = np.zeros(len(used), dtype=np.int64)
+        self.starts[1:] = np.cumsum(self.sizes)[:-1]
+        self.ends = self.starts + self.sizes
+        # rounding of the float32 cosines (about dim ulps) is taken out of every bound: the radius
+        # grows and the centroid-to-pick angle shrinks by `cos_margin` in cosine
+        self.cos_margin = 1e-5 + dim * 2.0**-23
+        self.radius = np.arccos(np.clip(min_cos[used] - self.cos_margin, -1.0, 1.0))
+        self.norm_lo, self.norm_hi = norm_lo * (1 - 1e-6), norm_hi * (1 + 1e-6)
+        # what one computed dot product may differ from the exact one: the float32 sum (dim ulps),
+        # or torch's float16 result rounded to half (2^-12 relative) with float32 accumulation
+        self.slack = (1e-4 if x.dtype == np.float32 else 1e-3) + dim * 2.0**-23
+        self.order = np.argsort(labels, kind="stable")  # bucket position -> original row
+        del labels
+        self.restore = False
+        if in_place:
+            _permute_rows_in_place(x, self.order)
+            self.rows = x
+            self.restore = True
+        else:
+            self.rows = x[self.order]
+        self.source = x
+        self.build_seconds = time.perf_counter() - started
+
+    def release(self) -> None:
+        """Put the caller's rows back in their original order (after an in-place reordering)."""
+        if self.restore:
+            inverse = np.empty_like(self.order)
+            inverse[self.order] = np.arange(len(self.order))
+            _permute_rows_in_place(self.rows, inverse)
+            self.restore = False
+        self.rows = None  # type: ignore[assignment]  # released: the caller owns its rows again
+
+    def bucket_of(self, positions: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.starts, positions, side="right") - 1
+
+    def candidate_buckets(self, q: np.ndarray, upper: np.ndarray) -> np.ndarray:
+        """Buckets where a row may come closer to pick `q` than `upper` (per bucket: the largest
+        distance to the chosen set among its available rows). Elsewhere every row x has
+        1 - <x, q> >= upper: the angle between x and q is at least the centroid's angle to q minus
+        the bucket's radius, and cos of that bounds <x, q> / (|x| |q|)."""
+        qn = float(np.linalg.norm(q))
+        if qn == 0:
+            return np.flatnonzero(upper > -np.inf)
+        t = (self.centroids @ (q / qn)).astype(np.float64)
+        gap = np.maximum(0.0, np.arccos(np.clip(t + self.cos_margin, -1.0, 1.0)) - self.radius)
+        cos_ub = np.cos(gap)
+        dot_ub = np.where(cos_ub >= 0, cos_ub * self.norm_hi * qn, cos_ub * self.norm_lo * qn)
+        lower = 1.0 - dot_ub - self.slack
+        return np.flatnonzero(lower < upper)
+
+
+def _greedy_pruned(
+    index: _BucketIndex,
+    k: int,
+    static: np.ndarray,
+    half_w: np.float32,
+    available: np.ndarray,
+    groups: np.ndarray | None,
+    left: np.ndarray,
+    min_distance: float,
+    first: int | None,
+    names: list[str],
+    scores: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    progress: Progress | None,
+    progress_every_s: float,
+) -> GreedyResult:
+    """greedy_select's loop with diversity on, over `index`. Per bucket it keeps the best objective
+    among available rows (value and position) and the largest distance to the chosen set; a step
+    updates the distances of the buckets `candidate_buckets` returns, one product per run of
+    adjacent buckets, and recomputes those buckets' maxima."""
+    order = index.order
+    x = index.rows
+    n = len(order)
+    n_buckets = len(index.sizes)
+    stats = SelectionStats(
+        pruned=True, rows=n, dim=index.dim, itemsize=x.itemsize, buckets=n_buckets, build_seconds=index.build_seconds
+    )
+    min_dist = np.full(n, 2.0, dtype=np.float32)
+    static_b = static[order]
+    avail_b = available[order]
+    groups_b = groups[order] if groups is not None else None
+    best_obj = np.full(n_buckets, -np.inf, dtype=np.float32)
+    best_pos = np.zeros(n_buckets, dtype=np.int64)
+    upper = np.full(n_buckets, -np.inf, dtype=np.float32)  # largest min_dist among available rows
+    rows_t = None
+    if x.dtype == np.float16:
+        import torch
+
+        rows_t = torch.from_numpy(x)
+
+    def refresh(buckets: np.ndarray) -> None:
+        lengths = index.sizes[buckets]
+        offsets = np.zeros(len(buckets), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=offsets[1:])
+        total = int(lengths.sum())
+        pos = np.repeat(index.starts[buckets] - offsets, lengths) + np.arange(total)
+        dist = min_dist[pos]
+        ok = avail_b[pos]
+        obj = np.multiply(dist, half_w)  # the same float32 operations as the full loop: equal values
+        obj += static_b[pos]
+        obj[~ok] = -np.inf
+        dist[~ok] = -np.inf
+        upper[buckets] = np.maximum.reduceat(dist, offsets)
+        best = np.maximum.reduceat(obj, offsets)
+        best_obj[buckets] = best
+        hit = np.where(obj == np.repeat(best, lengths), np.arange(total), total)
+        best_pos[buckets] = pos[np.minimum.reduceat(hit, offsets)]
+
+    def update(q: np.ndarray) -> None:
+        todo = index.candidate_buckets(q, upper)
+        stats.updates += 1
+        stats.buckets_skipped += n_buckets - len(todo)
+        if len(todo) == 0:
+            return
+        # adjacent buckets are adjacent rows: one product per run
+        breaks = np.flatnonzero(np.diff(todo) != 1) + 1
+        run_first = todo[np.r_[0, breaks]]
+        run_last = todo[np.r_[breaks - 1, len(todo) - 1]]
+        spans = list(zip(index.starts[run_first].tolist(), index.ends[run_last].tolist()))
+        if rows_t is None:
+            for a, b in spans:
+                d = np.einsum("ij,j->i", x[a:b], q)
+                np.subtract(np.float32(1.0), d, out=d)
+                np.minimum(min_dist[a:b], d, out=min_dist[a:b])
+                stats.rows_read += b - a
+        else:
+            import torch
+
+            qt = torch.from_numpy(q).to(torch.float16)
+            threads = torch.get_num_threads()
+            # waking torch's worker threads costs more than a few buckets' product (10 ms and more
+            # on a busy machine): small updates run on this thread; each row's result is the same
+            if sum(b - a for a, b in spans) < SMALL_UPDATE_ROWS:
+                torch.set_num_threads(1)
+            try:
+                for a, b in spans:
+                    d = (rows_t[a:b] @ qt).float().numpy()
+                    np.subtract(np.float32(1.0), d, out=d)
+                    np.minimum(min_dist[a:b], d, out=min_dist[a:b])
+                    stats.rows_read += b - a
+            finally:
+                torch.set_num_threads(threads)
+        refresh(todo)
+
+    refresh(np.arange(n_buckets))
+    picked: list[int] = []
+    objective: list[float] = []
+    dist_at_pick: list[float] = []
+    reason: list[str] = []
+    started = last_report = time.perf_counter()
+    while len(picked) < k:
+        if first is not None and not picked:
+            nxt = int(first)
+            pos = int(np.flatnonzero(order == nxt)[0])
+        else:
+            top = best_obj.max()
+            if top == -np.inf:
+                break
+            tied = np.flatnonzero(best_obj == top)
+            # np.argmax over the original order takes the lowest original index among equal values
+            cand = best_pos[tied]
+            pos = int(cand[np.argmin(order[cand])])
+            nxt = int(order[pos])
+        far = float(min_dist[pos]) if picked else np.inf
+        if picked and far < min_distance:
+            break
+        picked.append(nxt)
+        dist_at_pick.append(far)
+        terms = {s: float(weights.get(s, 1.0) * scores[s][nxt]) for s in names}
+        terms[DIVERSITY] = float(half_w * min(far, 2.0))
+        objective.append(sum(terms.values()))
+        reason.append(max(terms, key=terms.__getitem__))
+        avail_b[pos] = False
+        dirty = [index.bucket_of(np.array([pos]))]
+        if groups_b is not None:
+            g = groups_b[pos]
+            left[g] -= 1
+            if left[g] == 0:
+                members = np.flatnonzero(groups_b == g)
+                avail_b[members] = False
+                dirty.append(np.unique(index.bucket_of(members)))
+        if len(picked) < k:
+            update(x[pos].astype(np.float32))
+        refresh(np.unique(np.concatenate(dirty)))
+        if progress is not None and time.perf_counter() - last_report >= progress_every_s:
+            last_report = time.perf_counter()
+            progress(len(picked), k, last_report - started)
+    if progress is not None:
+        progress(len(picked), k, time.perf_counter() - started)
+    return GreedyResult(
+        np.asarray(picked, dtype=np.int64),
+        np.asarray(objective, dtype=np.float32),
+        np.asarray(dist_at_pick, dtype=np.float32),
+        reason,
+        stats,
+    )
+
+
+def _train_centroids(x: np.ndarray, k: int, *, seed: int, iterations: int = 6, per_bucket: int = 16) -> np.ndarray:
+    """(k, d) unit centroids by spherical Lloyd on a seeded sample of `per_bucket * k` rows.
+    Buckets only need to be tight neighbourhoods, not the best clustering, and a few passes on a
+    sample are what 2,000+ centroids allow on a CPU (sklearn's mini-batch runs take minutes)."""
+    n = len(x)
+    rng = np.random.default_rng(seed)
+    sample = np.asarray(x[np.sort(rng.choice(n, size=min(n, per_bucket * k), replace=False))], dtype=np.float32)
+    sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
+    centroids = sample[rng.choice(len(sample), size=k, replace=False)].copy()
+    for _ in range(iterations):
+        lab = np.concatenate([np.argmax(sample[s : s + 8192] @ centroids.T, axis=1) for s in range(0, len(sample), 8192)])
+        counts = np.bincount(lab, minlength=k)
+        srt = np.argsort(lab, kind="stable")
+        nonempty = np.flatnonzero(counts)
+        sums = np.add.reduceat(sample[srt], np.r_[0, np.cumsum(counts[nonempty])[:-1]], axis=0)
+        centroids[nonempty] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        empty = np.flatnonzero(counts == 0)
+        if len(empty):  # re-seed an empty bucket on a random sample row
+            centroids[empty] = sample[rng.choice(len(sample), size=len(empty), replace=False)]
+    return centroids
+
+
+def _permute_rows_in_place(x: np.ndarray, perm: np.ndarray, chunk_rows: int = 65_536) -> None:
+    """x[i] <- x[perm[i]] for every i without a second matrix: rows move along the permutation's
+    cycles, `chunk_rows` at a time (numpy reads a fancy-indexed source into a temporary before it
+    writes, and each chunk's last source is the next chunk's first destination)."""
+    n = len(perm)
+    nxt = np.ascontiguousarray(perm, dtype=np.int64).data  # a memoryview: fast scalar reads in the loop
+    seen = bytearray(n)
+    for start in range(n):
+        if seen[start]:
+            continue
+        seen[start] = 1
+        if nxt[start] == start:
+            continue
+        saved = x[start].copy()
+        j = start
+        while True:
+            dst: list[int] = []
+            while len(dst) < chunk_rows:
+                dst.append(j)
+                seen[j] = 1
+                j = nxt[j]
+                if j == start:
+                    break
+            if j == start:  # the cycle closes: its last row takes the first row's old content
+                if len(dst) > 1:
+                    x[dst[:-1]] = x[dst[1:]]
+                x[dst[-1]] = saved
+                break
+            x[dst] = x[dst[1:] + [j]]
+
+
 def _chunked_dot(x: np.ndarray, q: np.ndarray, chunk_rows: int) -> np.ndarray:
-    """x @ q as float32 (n,). A matrix-vector product allocates nothing but its (n,) output, so
-    float32 goes to BLAS in one call (splitting it only adds per-call overhead); float16 rows go
-    through torch's half-precision kernel (half the bytes read per step; numpy has no fast float16
-    matmul and upcasting chunks costs more than it saves). `chunk_rows` bounds the rows per call
-    for callers that pass huge matrices to other backends; the default covers 1M rows in one."""
+    """x @ q as float32 (n,). Each row's result depends on that row alone, whatever the call's other
+    rows, so the pruned update (a few buckets per call) reproduces the full one bit for bit:
+    float32 goes through numpy's einsum loop, not BLAS (OpenBLAS gemv rounds the last rows of a
+    call, n mod 4 per thread, with another kernel; einsum streams as fast, the product is bound by
+    memory reads); float16 rows go through torch's half-precision kernel (half the bytes read per
+    step; numpy has no fast float16 matmul and upcasting chunks costs more than it saves).
+    `chunk_rows` bounds the rows per call; the default covers 1M rows in one."""
     q = np.asarray(q, dtype=np.float32)
     if x.dtype == np.float16:
         import torch
@@ -196,7 +567,7 @@ def _chunked_dot(x: np.ndarray, q: np.ndarray, chunk_rows: int) -> np.ndarray:
     out = np.empty(x.shape[0], dtype=np.float32)
     for start in range(0, x.shape[0], chunk_rows):
         stop = min(x.shape[0], start + chunk_rows)
-        np.dot(x[start:stop], q, out=out[start:stop])
+        np.einsum("ij,j->i", x[start:stop], q, out=out[start:stop])
     return out
 
 

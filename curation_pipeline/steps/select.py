@@ -181,6 +181,7 @@ def select_subset(
         quotas=quota.quotas if quota else None,
         min_distance=spec.min_distance,
         progress=progress,
+        reorder_in_place=True,  # `vectors` is this step's own copy: no second matrix for the buckets
     )
     picked = result.indices
     comparison = None

@@ -125,3 +125,83 @@ def test_subset_quality_tells_a_covering_subset_from_a_clumped_one():
     assert good["coverage_distance_max"] < bad["coverage_distance_max"]
     assert good["nn_distance_min"] > bad["nn_distance_min"]
     assert good["metadata_coverage"]["blob"] == 1.0 and bad["metadata_coverage"]["blob"] == pytest.approx(1 / 6, abs=1e-3)
+
+
+def _low_dim_blobs(n=4000, dim=16, centres=12, directions=3, dup=200, seed=0):
+    """Clusters with members along a few directions, plus exact duplicates of some rows scattered
+    through the matrix, so equal distances (ties) occur and the lowest index must win them."""
+    rng = np.random.default_rng(seed)
+    c = _unit(rng.normal(size=(centres, dim)))
+    labels = rng.integers(0, centres, size=n)
+    basis = rng.normal(size=(centres, directions, dim))
+    x = c[labels] + 0.3 * np.einsum("nk,nkd->nd", rng.normal(size=(n, directions)), basis[labels]) / np.sqrt(dim)
+    x = _unit(x + rng.normal(scale=0.01, size=x.shape))
+    copies = rng.choice(n, size=dup, replace=False)
+    where = np.sort(rng.choice(n + dup, size=dup, replace=False))
+    keep = np.setdiff1d(np.arange(n + dup), where)
+    out = np.empty((n + dup, dim), dtype=np.float32)
+    out[keep], out[where] = x, x[copies]
+    lab = np.empty(n + dup, dtype=np.int64)
+    lab[keep], lab[where] = labels, labels[copies]
+    return out, lab
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_pruned_updates_pick_exactly_what_full_updates_pick(dtype):
+    x, labels = _low_dim_blobs()
+    x = x.astype(dtype)
+    n = len(x)
+    rng = np.random.default_rng(1)
+    score = rank_scores(rng.random(n))
+    compositions = [
+        {},
+        {"scores": {"s": score}, "weights": {"s": 0.3}},
+        {"groups": labels % 5, "quotas": np.array([40, 3, 0, 120, 25])},
+        {"min_distance": 0.1},
+        {"scores": {"s": score}, "weights": {"s": 0.5}, "groups": labels % 3, "quotas": np.array([30, 60, 10])},
+    ]
+    budget = 300 if dtype == np.float32 else 120
+    halfway = greedy_select(x, budget, diversity_weight=1.0, prune=False).distance_at_pick[budget // 2]
+    compositions[3]["min_distance"] = float(halfway) + 1e-3  # reached within the budget: an early stop
+    for kw in compositions:
+        exact = greedy_select(x, budget, diversity_weight=1.0, prune=False, **kw)
+        pruned = greedy_select(x, budget, diversity_weight=1.0, prune=True, buckets=60, **kw)
+        assert pruned.stats.pruned and not exact.stats.pruned
+        assert pruned.indices.tolist() == exact.indices.tolist(), kw
+        assert np.array_equal(pruned.distance_at_pick, exact.distance_at_pick)
+        assert np.array_equal(pruned.objective, exact.objective) and pruned.reason == exact.reason
+    # the min_distance composition stopped early, the quota ones at their quota sums
+    assert len(greedy_select(x, budget, diversity_weight=1.0, prune=True, buckets=60, **compositions[3]).indices) < budget
+
+
+def test_pruning_skips_most_work_on_low_dimensional_data():
+    """A counter of rows multiplied, so pruning cannot silently fall back to reading every row."""
+    x, _ = _low_dim_blobs(n=20_000, dim=8, directions=2, dup=0)
+    res = greedy_select(x, 1500, diversity_weight=1.0, prune=True)
+    full = greedy_select(x, 1500, diversity_weight=1.0, prune=False)
+    assert res.indices.tolist() == full.indices.tolist()
+    assert full.stats.rows_read == len(x) * 1499
+    assert res.stats.skipped_fraction > 0.7
+    assert res.stats.rows_read < 0.25 * full.stats.rows_read
+    assert res.stats.bytes_read_per_update < 0.25 * len(x) * 8 * 4
+
+
+def test_pruning_is_on_by_default_from_the_threshold_and_reorders_in_place_without_losing_rows():
+    x, _ = _low_dim_blobs(n=50_000, dim=8, directions=2, dup=0)
+    x = x.astype(np.float16)
+    original = x.copy()
+    auto = greedy_select(x, 40, diversity_weight=1.0, reorder_in_place=True)
+    assert auto.stats.pruned and np.array_equal(x, original)  # moved back after the selection
+    assert auto.indices.tolist() == greedy_select(x, 40, diversity_weight=1.0, prune=False).indices.tolist()
+    assert greedy_select(x[:1000], 5, diversity_weight=1.0).stats.pruned is False
+
+
+def test_rows_are_permuted_in_place_along_cycles():
+    from curation_pipeline.core.selection import _permute_rows_in_place
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(1000, 3)).astype(np.float32)
+    perm = np.r_[[1, 0, 2, 3], 4 + rng.permutation(996)]  # a cycle of two, fixed points, long cycles
+    want = x[perm]
+    _permute_rows_in_place(x, perm, chunk_rows=7)  # chunks far shorter than the cycles
+    assert np.array_equal(x, want)
