@@ -147,12 +147,12 @@ def select_subset(
             " (valid, non-duplicate, passing the filters): lower the budget or widen the filters"
         )
     rows = np.arange(pool_size)
+    vectors, image_ids = pool.vectors, pool.image_ids  # the pool's own arrays: no second matrix
     if spec.candidate_pool_cap and pool_size > spec.candidate_pool_cap:
         rows = np.sort(np.random.default_rng(spec.seed).choice(pool_size, spec.candidate_pool_cap, replace=False))
         logger.info("selection %s: candidate pool capped at %d of %d images", name, len(rows), pool_size)
-    vectors = pool.vectors[rows]
-    image_ids = pool.image_ids[rows]
-    meta = {c: v[rows] for c, v in meta.items()}
+        vectors, image_ids = pool.vectors[rows], pool.image_ids[rows]
+        meta = {c: v[rows] for c, v in meta.items()}
     n = len(rows)
     budget = min(spec.budget, n)
 

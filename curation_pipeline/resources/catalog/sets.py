@@ -31,6 +31,7 @@ class SetRepository(Repository):
         predicates: Sequence["Predicate"] = (),
         exclude_flags: Sequence[str] = (),
         columns: Sequence[str] = (),
+        fetch_rows: int = 10_000,
     ) -> tuple[EmbeddingSet, dict[str, np.ndarray]]:
         """Valid, embedded images of unprotected drops that are not duplicates of another image and pass the filters,
         with the requested metadata `columns` (manifest columns or annotation names) as object
@@ -54,11 +55,37 @@ class SetRepository(Repository):
             " AND NOT EXISTS (SELECT 1 FROM drops pd WHERE pd.drop_key = e.drop_key AND pd.protected){where}"
             " ORDER BY e.image_id"
         ).format(meta=select_meta, joins=join_sql, extra=extra_join_sql, where=where_sql)
-        with self.connection() as conn:
-            rows = conn.execute(query, [*join_params, *extra_params, model, keys, keys, *where_params]).fetchall()
+        params = [*join_params, *extra_params, model, keys, keys, *where_params]
+        with self.connection() as conn, conn.transaction():
             dim = model_info(conn, model).dim
-        pool = EmbeddingSet.from_rows(model, rows, dim)
-        meta = {c: np.asarray([r[4 + j] for r in rows], dtype=object) for j, c in enumerate(columns)}
+            # an upper bound on the pool: the vectors stream into one preallocated matrix (pages past
+            # the pool's end are never touched, so never resident) instead of a list of a million
+            # row objects stacked into a second copy
+            bound = int(scalar(conn.execute("SELECT count(*) FROM embeddings WHERE model = %s", (model,))))
+            vectors = np.empty((bound, dim), dtype=np.float32)
+            ids = np.empty(bound, dtype=np.int64)
+            sha256: list[str] = []
+            drops: list[str] = []
+            meta_cols: list[list] = [[] for _ in columns]
+            n = 0
+            with conn.cursor(name="selection_pool") as cur:
+                cur.itersize = fetch_rows
+                cur.execute(query, params)
+                while batch := cur.fetchmany(fetch_rows):
+                    for r in batch:
+                        if n == bound:  # rows embedded since the count: grow (rare)
+                            vectors = np.concatenate([vectors, np.empty((max(1024, bound // 4), dim), np.float32)])
+                            ids = np.concatenate([ids, np.empty(len(vectors) - bound, np.int64)])
+                            bound = len(vectors)
+                        ids[n] = r[0]
+                        vectors[n] = r[3].to_numpy()
+                        sha256.append(r[1])
+                        drops.append(r[2])
+                        for j, col in enumerate(meta_cols):
+                            col.append(r[4 + j])
+                        n += 1
+        pool = EmbeddingSet(model, ids[:n].copy(), sha256, vectors[:n], drops)
+        meta = {c: np.asarray(meta_cols[j], dtype=object) for j, c in enumerate(columns)}
         return pool, meta
 
     # ---- annotations -------------------------------------------------------------------------
