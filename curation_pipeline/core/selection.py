@@ -233,9 +233,30 @@ def greedy_select(
             if stats is not None:
                 stats.updates += 1
                 stats.rows_read += n
-        if progress is not None and time.perf_counter() - last_report >= progress_every_s:
-            last_report = time.perf_counter()
-            progress(len(picked), k, last_report - started)
+        last_report = _report(progress, len(picked), k, started, last_report, progress_every_s)
+    return _result(picked, objective, dist_at_pick, reason, stats, progress, k, started)
+
+
+def _report(progress: Progress | None, done: int, k: int, started: float, last: float, every_s: float) -> float:
+    """Call `progress` when `every_s` has passed since `last`; returns the time of the last report."""
+    now = time.perf_counter()
+    if progress is not None and now - last >= every_s:
+        progress(done, k, now - started)
+        return now
+    return last
+
+
+def _result(
+    picked: list[int],
+    objective: list[float],
+    dist_at_pick: list[float],
+    reason: list[str],
+    stats: "SelectionStats | None",
+    progress: Progress | None,
+    k: int,
+    started: float,
+) -> GreedyResult:
+    """The loop's lists as a GreedyResult, after the final progress report."""
     if progress is not None:
         progress(len(picked), k, time.perf_counter() - started)
     return GreedyResult(
@@ -500,18 +521,8 @@ def _greedy_pruned(
         if len(picked) < k:
             update(x[pos].astype(np.float32))
         refresh(np.unique(np.concatenate(dirty)))
-        if progress is not None and time.perf_counter() - last_report >= progress_every_s:
-            last_report = time.perf_counter()
-            progress(len(picked), k, last_report - started)
-    if progress is not None:
-        progress(len(picked), k, time.perf_counter() - started)
-    return GreedyResult(
-        np.asarray(picked, dtype=np.int64),
-        np.asarray(objective, dtype=np.float32),
-        np.asarray(dist_at_pick, dtype=np.float32),
-        reason,
-        stats,
-    )
+        last_report = _report(progress, len(picked), k, started, last_report, progress_every_s)
+    return _result(picked, objective, dist_at_pick, reason, stats, progress, k, started)
 
 
 def _train_centroids(x: np.ndarray, k: int, *, seed: int, iterations: int = 6, per_bucket: int = 16) -> np.ndarray:
