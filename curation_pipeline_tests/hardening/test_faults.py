@@ -163,20 +163,23 @@ def test_two_runs_of_the_same_partition_at_once_leave_one_copy(tmp_path, databas
 
 
 class _Throttling(BaseHTTPRequestHandler):
-    """Forwards to the S3 server, but answers 503 SlowDown to every request whose number is in
-    `fail` (1-based), like a throttled prefix."""
+    """Forwards to the S3 server, but answers 503 SlowDown to every request whose number for its
+    object (1-based, counted per path) is in `fail`, like a throttled prefix. Counted per object, not
+    globally: the manifest reads several objects at once, and a global count would hand one object
+    all the odd numbers (every attempt throttled) as often as the threads happen to interleave so."""
 
     upstream = ""
     fail: set = set()
-    seen = 0
+    seen: dict = {}
     served_503 = 0
     lock = threading.Lock()
 
     def _handle(self):
         cls = type(self)
+        path = self.path.split("?")[0]
         with cls.lock:
-            cls.seen += 1
-            number = cls.seen
+            cls.seen[path] = cls.seen.get(path, 0) + 1
+            number = cls.seen[path]
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if self.command in ("PUT", "POST") else None
         if number in cls.fail:
             with cls.lock:
@@ -218,7 +221,7 @@ def test_s3_throttling_is_retried_until_it_passes(tmp_path, s3, database_url):
     handler = type(
         "Throttle",
         (_Throttling,),
-        {"upstream": s3.endpoint_url, "fail": set(range(1, 60, 2)), "seen": 0, "served_503": 0, "lock": threading.Lock()},
+        {"upstream": s3.endpoint_url, "fail": set(range(1, 60, 2)), "seen": {}, "served_503": 0, "lock": threading.Lock()},
     )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -231,7 +234,7 @@ def test_s3_throttling_is_retried_until_it_passes(tmp_path, s3, database_url):
         assert handler.served_503 >= 10  # every other request failed for a while ...
         assert stats["rows"] == info["files"] and stats["valid_images"] == info["files"] - 3  # ... and all arrived
         # with retries off, the same throttling is a clear failure, not a silent gap
-        handler.seen, handler.fail = 0, set(range(1, 1000))
+        handler.seen, handler.fail = {}, set(range(1, 1000))
         with pytest.raises(Exception, match="SlowDown|503|reduce your request rate"):
             list(
                 S3ImageStore(S3Settings(endpoint_url=proxy, region_name="us-east-1", max_attempts=1)).list_objects(
